@@ -1,0 +1,27 @@
+"""la_edge: on-device Linear Alignment decoding (z = z_P + r*(z_P - z_0)) on llama.cpp."""
+
+from .errors import (
+    BusyError, ChatTemplateError, ContextOverflowError, DecodeAbortedError, DecodeError,
+    FatalDecodeError, InvalidBatchError, InvalidParameterError, LaEdgeError, ModelLoadError,
+    ModelNotFoundError, NoKvSlotError, NonFiniteLogitsError,
+)
+from .params import GenerationParams
+from .prompts import PromptPair
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Aligner", "GenerationParams", "PromptPair", "LaEdgeError", "InvalidParameterError",
+    "ModelNotFoundError", "ModelLoadError", "ChatTemplateError", "ContextOverflowError",
+    "NonFiniteLogitsError", "BusyError", "DecodeError", "NoKvSlotError", "DecodeAbortedError",
+    "InvalidBatchError", "FatalDecodeError",
+]
+
+
+def __getattr__(name):
+    # Aligner pulls in llama.cpp; import it lazily so the pure-math modules stay light.
+    if name == "Aligner":
+        from .generate import Aligner
+
+        return Aligner
+    raise AttributeError(name)

@@ -1,0 +1,134 @@
+"""The `la-edge` command line: generate, doctor (and bench, serve where installed)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import List, Optional
+
+from .errors import LaEdgeError
+from .params import GenerationParams
+
+# CLI flag -> GenerationParams field; types and defaults come from the parameters object.
+PARAM_FLAGS = {
+    "--ratio": ("ratio", float, "alignment ratio r in z = z_P + r(z_P - z_0); 0 = principle in prompt only"),
+    "--temperature": ("temperature", float, "sampling temperature; 0 = greedy"),
+    "--top-k": ("top_k", int, "keep the k most likely aligned tokens (0 = off)"),
+    "--top-p": ("top_p", float, "nucleus sampling over aligned logits (1 = off)"),
+    "--min-p": ("min_p", float, "drop tokens below min_p x the top probability (0 = off)"),
+    "--repeat-penalty": ("repeat_penalty", float, "llama.cpp repeat penalty (1 = off)"),
+    "--frequency-penalty": ("frequency_penalty", float, "OpenAI frequency penalty (0 = off)"),
+    "--presence-penalty": ("presence_penalty", float, "OpenAI presence penalty (0 = off)"),
+    "--seed": ("seed", int, "random seed (default: random, reported in --json)"),
+    "--max-tokens": ("max_tokens", int, "maximum tokens to generate"),
+    "--plausibility-top-p": ("plausibility_top_p", float, "nucleus of the principled distribution"),
+    "--plausibility-temperature": ("plausibility_temperature", float, "temperature of that nucleus (default: T, or 1 if T = 0)"),
+    "--top-logprobs": ("top_logprobs", int, "alternatives per token in --json logprobs (0..20)"),
+}
+
+
+def add_param_flags(p: argparse.ArgumentParser) -> None:
+    defaults = GenerationParams()
+    for flag, (name, typ, help_) in PARAM_FLAGS.items():
+        p.add_argument(flag, dest=name, type=typ, default=None,
+                       help=f"{help_} (default: {getattr(defaults, name)})")
+    p.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
+
+
+def params_from_args(args: argparse.Namespace) -> GenerationParams:
+    """Build the validated parameters object from parsed flags (unset flags keep defaults)."""
+    given = {name: getattr(args, name) for name, _, _ in PARAM_FLAGS.values() if getattr(args, name) is not None}
+    if args.stop:
+        given["stop"] = tuple(args.stop)
+    return GenerationParams(**given)
+
+
+def add_model_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", "-m", default=None, help="GGUF file (default: embedded SmolLM2-135M-Instruct Q4_1)")
+    p.add_argument("--n-ctx", type=int, default=4096, help="context size in tokens, shared by both sequences")
+    p.add_argument("--n-gpu-layers", type=int, default=0, help="layers to offload to a GPU build (CUDA/Metal)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    p.add_argument("--flash-attn", action="store_true", help="enable flash attention")
+    p.add_argument("--numpy-sampler", action="store_true", help="use the NumPy reference sampler")
+    p.add_argument("--verbose", action="store_true", help="show llama.cpp logs")
+
+
+def _load(args, max_requests: int = 1):
+    from .generate import Aligner
+
+    return Aligner.load(args.model, n_ctx=args.n_ctx, n_gpu_layers=args.n_gpu_layers, n_threads=args.threads,
+                        flash_attn=args.flash_attn, prefer_native=not args.numpy_sampler, verbose=args.verbose,
+                        max_requests=max_requests)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    params = params_from_args(args)
+    la = _load(args)
+    if args.raw:
+        from .prompts import raw_pair
+
+        pair = raw_pair(args.prompt, args.plain_prompt)
+    else:
+        pair = la.prompts(args.prompt, args.principle, system=args.system)
+    if args.json:
+        result = la.generate(params=params, pair=pair)
+        print(json.dumps(result.to_dict(), ensure_ascii=False))
+        return 0
+    for chunk in la.stream(params=params, pair=pair):
+        sys.stdout.write(chunk.text)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import report
+
+    info = report(args.model)
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        for k, v in info.items():
+            print(f"{k}: {v}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="la-edge", description="Linear Alignment decoding on llama.cpp")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="generate an answer aligned to a principle")
+    g.add_argument("prompt", help="the user message (with --raw: the principled prompt string)")
+    g.add_argument("--principle", default=None, help="the preference in plain words")
+    g.add_argument("--system", default=None, help="system message (the principle is appended to it)")
+    g.add_argument("--raw", action="store_true", help="no chat template: PROMPT is the principled prompt")
+    g.add_argument("--plain-prompt", default=None, help="with --raw: the principle-free prompt")
+    g.add_argument("--json", action="store_true", help="print one JSON object instead of streaming")
+    add_param_flags(g)
+    add_model_flags(g)
+    g.set_defaults(func=cmd_generate)
+
+    d = sub.add_parser("doctor", help="report the build, backends, CPU features and sampler path")
+    d.add_argument("--model", "-m", default=None)
+    d.add_argument("--json", action="store_true")
+    d.set_defaults(func=cmd_doctor)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except LaEdgeError as exc:
+        print(f"la-edge: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

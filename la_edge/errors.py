@@ -1,0 +1,76 @@
+"""Typed errors. Every error the library raises derives from LaEdgeError."""
+
+from __future__ import annotations
+
+
+class LaEdgeError(Exception):
+    """Base class of all la_edge errors."""
+
+
+class InvalidParameterError(LaEdgeError, ValueError):
+    """A generation parameter or request field is out of range; the message says how to fix it."""
+
+
+class ModelNotFoundError(LaEdgeError, FileNotFoundError):
+    """The model file does not exist (or the embedded default is not installed)."""
+
+
+class ModelLoadError(LaEdgeError):
+    """The model file exists but could not be loaded (not GGUF, corrupt, unsupported)."""
+
+
+class ChatTemplateError(LaEdgeError):
+    """The model's chat template is missing, unknown or failed to render."""
+
+
+class ContextOverflowError(LaEdgeError):
+    """The prompts plus max_tokens do not fit the context window."""
+
+
+class NonFiniteLogitsError(LaEdgeError):
+    """A logits row holds NaN or +inf; it is reported, never sampled."""
+
+
+class BusyError(LaEdgeError):
+    """The engine is at capacity; retry later."""
+
+
+class CancelledError(LaEdgeError):
+    """The request was cancelled before it finished."""
+
+
+class DecodeError(LaEdgeError):
+    """llama_decode returned a non-zero code; `code` keeps it."""
+
+    def __init__(self, code: int, message: str = ""):
+        self.code = code
+        super().__init__(message or f"llama_decode failed with code {code}")
+
+
+class NoKvSlotError(DecodeError):
+    """Code 1: no KV-cache slot for the batch (reduce the batch or enlarge n_ctx)."""
+
+
+class DecodeAbortedError(DecodeError):
+    """Code 2: decoding was aborted by the abort callback."""
+
+
+class InvalidBatchError(DecodeError):
+    """Code -1: llama.cpp rejected the batch as invalid."""
+
+
+class FatalDecodeError(DecodeError):
+    """Code < -1: a fatal error inside llama.cpp."""
+
+
+def decode_error(code: int) -> DecodeError:
+    """Map a llama_decode return code to its typed exception."""
+    if code == 1:
+        return NoKvSlotError(code, "llama_decode: no KV slot for the batch (code 1); enlarge n_ctx")
+    if code == 2:
+        return DecodeAbortedError(code, "llama_decode: aborted (code 2)")
+    if code == -1:
+        return InvalidBatchError(code, "llama_decode: invalid input batch (code -1)")
+    if code < -1:
+        return FatalDecodeError(code, f"llama_decode: fatal error (code {code})")
+    return DecodeError(code)

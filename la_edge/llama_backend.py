@@ -1,0 +1,268 @@
+"""llama.cpp backend through llama-cpp-python's low-level ctypes API.
+
+Thin owners over the C handles (model, context, batch) that free them in order.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from typing import List, Optional, Sequence, Tuple
+
+import llama_cpp
+from llama_cpp import _logger as _llama_logger
+
+from .backend import BatchEntry
+from .errors import InvalidParameterError, ModelLoadError, ModelNotFoundError, decode_error
+
+GGUF_MAGIC = b"GGUF"
+_backend_ready = False
+
+
+def _init_backend(verbose: bool) -> None:
+    global _backend_ready
+    _llama_logger.set_verbose(verbose)
+    if not _backend_ready:
+        llama_cpp.llama_backend_init()
+        _backend_ready = True
+
+
+def check_gguf(path: str) -> None:
+    """Raise ModelNotFoundError / ModelLoadError unless `path` is a readable GGUF file."""
+    if not os.path.exists(path):
+        raise ModelNotFoundError(f"model file not found: {path}")
+    if os.path.isdir(path):
+        raise ModelLoadError(f"model path is a directory, expected a .gguf file: {path}")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != GGUF_MAGIC:
+        raise ModelLoadError(f"not a GGUF file (magic {magic!r}, expected b'GGUF'): {path}")
+
+
+class LlamaModel:
+    """Owns a llama_model and its vocabulary."""
+
+    def __init__(self, path: str, n_gpu_layers: int = 0, verbose: bool = False):
+        check_gguf(path)
+        _init_backend(verbose)
+        mparams = llama_cpp.llama_model_default_params()
+        mparams.n_gpu_layers = n_gpu_layers
+        self.path = path
+        self._model = llama_cpp.llama_model_load_from_file(path.encode(), mparams)
+        if not self._model:
+            raise ModelLoadError(f"llama.cpp could not load the model (corrupt or unsupported GGUF?): {path}")
+        self._vocab = llama_cpp.llama_model_get_vocab(self._model)
+        self.n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
+        self.n_ctx_train = llama_cpp.llama_model_n_ctx_train(self._model)
+        self._piece_cache: dict = {}
+
+    @property
+    def handle(self):
+        return self._model
+
+    def close(self) -> None:
+        if self._model:
+            llama_cpp.llama_model_free(self._model)
+            self._model = None
+
+    def __del__(self):
+        self.close()
+
+    def description(self) -> str:
+        buf = ctypes.create_string_buffer(256)
+        llama_cpp.llama_model_desc(self._model, buf, len(buf))
+        return buf.value.decode("utf-8", "replace")
+
+    def meta(self, key: str) -> Optional[str]:
+        buf = ctypes.create_string_buffer(4096)
+        n = llama_cpp.llama_model_meta_val_str(self._model, key.encode(), buf, len(buf))
+        return buf.value.decode("utf-8", "replace") if n >= 0 else None
+
+    def tokenize(self, text: str, add_special: bool = True) -> List[int]:
+        data = text.encode("utf-8")
+        cap = len(data) + 8
+        buf = (llama_cpp.llama_token * cap)()
+        n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, cap, add_special, True)
+        if n < 0:
+            cap = -n
+            buf = (llama_cpp.llama_token * cap)()
+            n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, cap, add_special, True)
+        return list(buf[:n])
+
+    def token_bytes(self, token: int, special: bool = False) -> bytes:
+        key = (token, special)
+        piece = self._piece_cache.get(key)
+        if piece is None:
+            buf = ctypes.create_string_buffer(64)
+            n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
+            if n < 0:
+                buf = ctypes.create_string_buffer(-n)
+                n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
+            piece = buf.raw[:n]
+            self._piece_cache[key] = piece
+        return piece
+
+    def is_eog(self, token: int) -> bool:
+        return bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
+
+    def add_bos(self) -> bool:
+        return bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))
+
+    def chat_template(self) -> Optional[str]:
+        t = llama_cpp.llama_model_chat_template(self._model, None)
+        return t.decode("utf-8") if t else None
+
+    def bos_eos_text(self) -> Tuple[str, str]:
+        def text(tok: int) -> str:
+            return self.token_bytes(tok, special=True).decode("utf-8", "replace") if tok >= 0 else ""
+
+        return text(llama_cpp.llama_vocab_bos(self._vocab)), text(llama_cpp.llama_vocab_eos(self._vocab))
+
+
+class LlamaBatch:
+    """Owns a llama_batch sized for n_tokens entries of up to n_seq sequence ids each."""
+
+    def __init__(self, n_tokens: int, n_seq: int):
+        self.capacity = n_tokens
+        self.n_seq = n_seq
+        self._batch = llama_cpp.llama_batch_init(n_tokens, 0, n_seq)
+
+    def fill(self, entries: Sequence[BatchEntry]) -> None:
+        b = self._batch
+        if len(entries) > self.capacity:
+            raise InvalidParameterError(f"batch of {len(entries)} tokens exceeds n_batch={self.capacity}")
+        for i, e in enumerate(entries):
+            b.token[i] = e.token
+            b.pos[i] = e.pos
+            b.n_seq_id[i] = len(e.seq_ids)
+            row = b.seq_id[i]
+            for j, s in enumerate(e.seq_ids):
+                row[j] = s
+            b.logits[i] = 1 if e.logits else 0
+        b.n_tokens = len(entries)
+
+    @property
+    def struct(self):
+        return self._batch
+
+    def close(self) -> None:
+        if self._batch is not None:
+            llama_cpp.llama_batch_free(self._batch)
+            self._batch = None
+
+    def __del__(self):
+        self.close()
+
+
+class LlamaCppBackend:
+    """One llama.cpp context with a unified KV cache shared by n_seq_max sequences."""
+
+    name = "llama.cpp"
+
+    def __init__(
+        self,
+        model_path: str,
+        n_ctx: int = 4096,
+        n_batch: int = 512,
+        n_seq_max: int = 2,
+        n_threads: Optional[int] = None,
+        n_gpu_layers: int = 0,
+        flash_attn: bool = False,
+        verbose: bool = False,
+    ):
+        if n_ctx < 16:
+            raise InvalidParameterError(f"n_ctx must be >= 16, got {n_ctx}")
+        if not 1 <= n_seq_max <= 256:
+            raise InvalidParameterError(f"n_seq_max must be in [1, 256], got {n_seq_max}")
+        self.model = LlamaModel(model_path, n_gpu_layers=n_gpu_layers, verbose=verbose)
+        cparams = llama_cpp.llama_context_default_params()
+        cparams.n_ctx = n_ctx
+        cparams.n_batch = n_batch
+        cparams.n_ubatch = n_batch
+        cparams.n_seq_max = n_seq_max
+        threads = n_threads or max(1, os.cpu_count() or 1)
+        cparams.n_threads = threads
+        cparams.n_threads_batch = threads
+        cparams.kv_unified = True  # shared prefixes are cheap only in a unified cache
+        cparams.flash_attn_type = (
+            llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        )
+        cparams.no_perf = True
+        self._ctx = llama_cpp.llama_init_from_model(self.model.handle, cparams)
+        if not self._ctx:
+            self.model.close()
+            raise ModelLoadError(f"llama.cpp could not create a context (n_ctx={n_ctx}); try a smaller n_ctx")
+        self._mem = llama_cpp.llama_get_memory(self._ctx)
+        self.n_ctx = llama_cpp.llama_n_ctx(self._ctx)
+        self.n_batch = llama_cpp.llama_n_batch(self._ctx)
+        self.n_seq_max = llama_cpp.llama_n_seq_max(self._ctx)
+        self.n_vocab = self.model.n_vocab
+        self.n_threads = threads
+        self.flash_attn = flash_attn
+        self._batch = LlamaBatch(self.n_batch, self.n_seq_max)
+
+    # Tokenizer and template, delegated to the model.
+    def tokenize(self, text: str, add_special: bool = True) -> List[int]:
+        return self.model.tokenize(text, add_special)
+
+    def token_bytes(self, token: int) -> bytes:
+        return self.model.token_bytes(token)
+
+    def is_eog(self, token: int) -> bool:
+        return self.model.is_eog(token)
+
+    def chat_template(self) -> Optional[str]:
+        return self.model.chat_template()
+
+    def bos_eos_text(self) -> Tuple[str, str]:
+        return self.model.bos_eos_text()
+
+    def add_bos(self) -> bool:
+        return self.model.add_bos()
+
+    def decode(self, entries: Sequence[BatchEntry]) -> None:
+        self._batch.fill(entries)
+        rc = llama_cpp.llama_decode(self._ctx, self._batch.struct)
+        if rc != 0:
+            raise decode_error(rc)
+
+    def logits_row(self, index: int):
+        ptr = llama_cpp.llama_get_logits_ith(self._ctx, index)
+        if not ptr:
+            raise InvalidParameterError(f"no logits for batch entry {index}")
+        return ptr
+
+    def seq_copy(self, src: int, dst: int, p0: int, p1: int) -> None:
+        llama_cpp.llama_memory_seq_cp(self._mem, src, dst, p0, p1)
+
+    def seq_remove(self, seq: int, p0: int = -1, p1: int = -1) -> None:
+        llama_cpp.llama_memory_seq_rm(self._mem, seq, p0, p1)
+
+    def seq_pos_max(self, seq: int) -> int:
+        return llama_cpp.llama_memory_seq_pos_max(self._mem, seq)
+
+    def clear(self) -> None:
+        llama_cpp.llama_memory_clear(self._mem, True)
+
+    def close(self) -> None:
+        if getattr(self, "_batch", None) is not None:
+            self._batch.close()
+            self._batch = None
+        if getattr(self, "_ctx", None):
+            llama_cpp.llama_free(self._ctx)
+            self._ctx = None
+        if getattr(self, "model", None) is not None:
+            self.model.close()
+
+    def __del__(self):
+        self.close()
+
+
+def system_info() -> dict:
+    """The llama.cpp build: GPU offload support and the CPU features it was compiled for."""
+    info = llama_cpp.llama_print_system_info().decode("utf-8", "replace")
+    return {
+        "llama_cpp_python": llama_cpp.__version__,
+        "gpu_offload": bool(llama_cpp.llama_supports_gpu_offload()),
+        "system_info": info.strip(),
+    }

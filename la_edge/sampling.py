@@ -1,0 +1,176 @@
+"""Pure math of Linear Alignment decoding: the NumPy reference (the specification).
+
+Order of a step: z = z_P + r*(z_P - z_0) in float32; the plausibility nucleus of
+softmax(z_P / T_m); then greedy argmax, or penalties -> top-k -> top-p -> min-p ->
+temperature -> seeded draw, all restricted to the nucleus. Candidates are ordered by
+value descending, ties by token id ascending. Sums run sequentially in that order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+
+from .errors import NonFiniteLogitsError
+from .params import GenerationParams
+from .rng import SplitMix64
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The chosen token; logprob/top are filled only when asked for."""
+
+    token: int
+    logprob: Optional[float] = None
+    top: Tuple[Tuple[int, float], ...] = ()
+    nucleus_size: int = 0
+
+
+def check_finite(row: np.ndarray, name: str) -> None:
+    """Raise NonFiniteLogitsError if the row holds NaN or +inf (-inf is allowed: a banned token)."""
+    if np.isnan(row).any() or np.isposinf(row).any():
+        raise NonFiniteLogitsError(f"{name} logits hold NaN or +inf; refusing to sample")
+
+
+def combine(z_p: np.ndarray, z_0: Optional[np.ndarray], ratio: float) -> np.ndarray:
+    """z = z_P + r*(z_P - z_0), in float32 (no fused multiply-add)."""
+    z_p = np.asarray(z_p, dtype=np.float32)
+    if z_0 is None or ratio == 0.0:
+        return z_p.copy()
+    r = np.float32(ratio)
+    with np.errstate(invalid="ignore", over="ignore"):
+        return z_p + r * (z_p - np.asarray(z_0, dtype=np.float32))
+
+
+def order_desc(values: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Indices of `ids` sorted by values descending, ties by id ascending."""
+    return np.lexsort((ids, -values.astype(np.float64)))
+
+
+def relative_weights(values: np.ndarray, temperature: float) -> np.ndarray:
+    """exp((v - max)/T) in float64; +inf maxima get weight 1 each, others 0."""
+    v = values.astype(np.float64)
+    top = v.max()
+    if top == np.inf:
+        return (v == np.inf).astype(np.float64)
+    if top == -np.inf:
+        return np.zeros_like(v)
+    return np.exp((v - top) / temperature)
+
+
+def nucleus_count(weights_sorted: np.ndarray, top_p: float) -> int:
+    """How many leading tokens keep: token j stays iff the mass ranked above it < top_p."""
+    if top_p >= 1.0:
+        return int(np.count_nonzero(weights_sorted > 0)) or 1
+    cum = np.cumsum(weights_sorted)
+    total = cum[-1]
+    above = np.concatenate(([0.0], cum[:-1]))
+    keep = int(np.count_nonzero(above < top_p * total))
+    nonzero = int(np.count_nonzero(weights_sorted > 0))
+    return max(1, min(keep, nonzero))
+
+
+def plausibility_mask(z_p: np.ndarray, top_p: float, temperature: float) -> np.ndarray:
+    """Token ids of the nucleus of softmax(z_P/T_m), ordered by z_P descending."""
+    ids = np.arange(z_p.shape[0])
+    w = relative_weights(z_p, temperature)
+    order = order_desc(z_p, ids)
+    return ids[order[: nucleus_count(w[order], top_p)]]
+
+
+def apply_penalties(z: np.ndarray, ids: np.ndarray, history: Sequence[int], p: GenerationParams) -> np.ndarray:
+    """llama.cpp-style repeat / frequency / presence penalties over the last repeat_last_n tokens."""
+    if not history or p.repeat_last_n == 0 or (
+        p.repeat_penalty == 1.0 and p.frequency_penalty == 0.0 and p.presence_penalty == 0.0
+    ):
+        return z
+    recent = np.asarray(history[-p.repeat_last_n:], dtype=np.int64)
+    counts = np.bincount(recent, minlength=int(max(recent.max(), ids.max())) + 1)[ids]
+    z = z.copy()
+    seen = counts > 0
+    rp = np.float32(p.repeat_penalty)
+    z[seen] = np.where(z[seen] > 0, z[seen] / rp, z[seen] * rp)
+    z -= (counts * np.float32(p.frequency_penalty) + seen * np.float32(p.presence_penalty)).astype(np.float32)
+    return z
+
+
+def _logprobs(z_kept: np.ndarray, ids: np.ndarray, token: int, temperature: float, n: int):
+    # Aligned distribution: softmax(z / T) over the nucleus (T = 1 when greedy).
+    t = temperature if temperature > 0 else 1.0
+    w = relative_weights(z_kept, t)
+    total = float(np.cumsum(w)[-1]) if w.size else 0.0
+    with np.errstate(divide="ignore"):
+        lp = np.log(w) - np.log(total) if total > 0 else np.full_like(w, -np.inf)
+    chosen = float(lp[np.nonzero(ids == token)[0][0]])
+    top = ()
+    if n:
+        order = order_desc(lp, ids)[:n]
+        top = tuple((int(ids[i]), float(lp[i])) for i in order)
+    return chosen, top
+
+
+def choose_token(
+    z_p: np.ndarray,
+    z_0: Optional[np.ndarray],
+    params: GenerationParams,
+    rng: Optional[SplitMix64] = None,
+    history: Sequence[int] = (),
+    check: bool = True,
+) -> Choice:
+    """One Linear Alignment decision from the two logits rows (the NumPy reference path)."""
+    if check:
+        check_finite(z_p, "principled")
+        if z_0 is not None:
+            check_finite(z_0, "plain")
+    z_p = np.asarray(z_p, dtype=np.float32)
+    nucleus = plausibility_mask(z_p, params.plausibility_top_p, params.mask_temperature)
+    z = combine(z_p[nucleus], None if z_0 is None else np.asarray(z_0)[nucleus], params.ratio)
+    if params.greedy:
+        order = order_desc(np.nan_to_num(z, nan=-np.inf), nucleus)
+        token = int(nucleus[order[0]])
+        ids, kept = nucleus, z
+    else:
+        if rng is None:
+            raise ValueError("sampling needs an rng")
+        ids, kept = _filtered(np.nan_to_num(z, nan=-np.inf), nucleus, params, history)
+        token = _draw(kept, ids, params.temperature, rng)
+        if token < 0:
+            # Aligned weights underflowed: fall back to the principled nucleus.
+            ids = nucleus
+            kept = z_p[nucleus]
+            token = _draw(kept, ids, params.mask_temperature, rng)
+    logprob, top = _logprobs(kept, ids, token, params.temperature, params.top_logprobs)
+    return Choice(token=token, logprob=logprob, top=top, nucleus_size=int(nucleus.size))
+
+
+def _filtered(z: np.ndarray, ids: np.ndarray, p: GenerationParams, history: Sequence[int]):
+    """penalties -> top-k -> top-p -> min-p; returns (ids, values) ordered by value desc."""
+    z = apply_penalties(z, ids, history, p)
+    order = order_desc(z, ids)
+    ids, z = ids[order], z[order]
+    if p.top_k > 0:
+        ids, z = ids[: p.top_k], z[: p.top_k]
+    if p.top_p < 1.0:
+        n = nucleus_count(relative_weights(z, 1.0), p.top_p)
+        ids, z = ids[:n], z[:n]
+    if p.min_p > 0.0:
+        w = relative_weights(z, 1.0)
+        n = max(1, int(np.count_nonzero(w >= p.min_p)))
+        ids, z = ids[:n], z[:n]
+    return ids, z
+
+
+def _draw(values: np.ndarray, ids: np.ndarray, temperature: float, rng: SplitMix64) -> int:
+    """Inverse-CDF draw over values (ordered desc) at temperature; -1 if all weights are zero."""
+    w = relative_weights(values, temperature)
+    cum = np.cumsum(w)
+    total = cum[-1]
+    if not total > 0:
+        return -1
+    target = rng.uniform() * total
+    j = int(np.searchsorted(cum, target, side="right"))
+    if j >= ids.size:
+        j = int(np.nonzero(w > 0)[0][-1])
+    return int(ids[j])

@@ -1,0 +1,53 @@
+import math
+
+import pytest
+
+from la_edge import GenerationParams, InvalidParameterError
+
+
+def test_defaults_are_the_papers():
+    p = GenerationParams()
+    assert p.ratio == 2.0 and p.plausibility_top_p == 0.8
+    assert p.top_k == 0 and p.top_p == 1.0 and p.min_p == 0.0 and p.repeat_penalty == 1.0
+
+
+def test_mask_temperature_resolution():
+    assert GenerationParams(temperature=0.0).mask_temperature == 1.0
+    assert GenerationParams(temperature=0.5).mask_temperature == 0.5
+    assert GenerationParams(temperature=0.5, plausibility_temperature=2.0).mask_temperature == 2.0
+
+
+def test_frozen():
+    p = GenerationParams()
+    with pytest.raises(Exception):
+        p.ratio = 3.0  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("kwargs, needle", [
+    ({"ratio": math.nan}, "finite"),
+    ({"ratio": math.inf}, "finite"),
+    ({"ratio": 1e6}, "[-1, 100]"),
+    ({"ratio": -5}, "[-1, 100]"),
+    ({"ratio": "2"}, "number"),
+    ({"temperature": -0.1}, "temperature"),
+    ({"top_p": 0.0}, "top_p"),
+    ({"top_p": 1.5}, "top_p"),
+    ({"plausibility_top_p": 0.0}, "plausibility_top_p"),
+    ({"plausibility_temperature": 0.0}, "plausibility_temperature"),
+    ({"top_k": -1}, "top_k"),
+    ({"top_k": 2.5}, "integer"),
+    ({"min_p": 2.0}, "min_p"),
+    ({"max_tokens": 0}, "max_tokens"),
+    ({"seed": -1}, "seed"),
+    ({"stop": ("",)}, "stop"),
+    ({"top_logprobs": 21}, "top_logprobs"),
+    ({"repeat_penalty": 0.0}, "repeat_penalty"),
+])
+def test_bad_values_are_rejected_with_a_message(kwargs, needle):
+    with pytest.raises(InvalidParameterError) as e:
+        GenerationParams(**kwargs)
+    assert needle in str(e.value)
+
+
+def test_stop_string_becomes_tuple():
+    assert GenerationParams(stop="###").stop == ("###",)
