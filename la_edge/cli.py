@@ -34,6 +34,7 @@ def add_param_flags(p: argparse.ArgumentParser) -> None:
         p.add_argument(flag, dest=name, type=typ, default=None,
                        help=f"{help_} (default: {getattr(defaults, name)})")
     p.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
+    p.add_argument("--ignore-eos", action="store_true", default=None, help="do not stop at end-of-generation tokens")
 
 
 def params_from_args(args: argparse.Namespace) -> GenerationParams:
@@ -41,6 +42,8 @@ def params_from_args(args: argparse.Namespace) -> GenerationParams:
     given = {name: getattr(args, name) for name, _, _ in PARAM_FLAGS.values() if getattr(args, name) is not None}
     if args.stop:
         given["stop"] = tuple(args.stop)
+    if args.ignore_eos:
+        given["ignore_eos"] = True
     return GenerationParams(**given)
 
 
@@ -94,6 +97,33 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .server import serve
+
+    la = _load(args, max_requests=args.max_requests)
+    la.engine.max_queue = args.max_queue
+    name = args.model_name or (args.model and __import__("os").path.basename(args.model)) or "smollm2-135m-instruct"
+    serve(la, host=args.host, port=args.port, model_name=name, api_key=args.api_key)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    if args.sampler:
+        from .bench_sampler import run as run_sampler, table as sampler_table
+
+        result = run_sampler(quick=args.quick)
+        print(json.dumps(result, indent=2) if args.json else sampler_table(result))
+        return 0
+    from .bench import plot, run, table
+
+    result = run(args.model, quick=args.quick, repetitions=args.repetitions, tokens=args.tokens,
+                 ratio=args.ratio, n_threads=args.threads)
+    if args.plot:
+        plot(result, args.plot)
+    print(json.dumps(result, indent=2) if args.json else table(result))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="la-edge", description="Linear Alignment decoding on llama.cpp")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -108,6 +138,28 @@ def build_parser() -> argparse.ArgumentParser:
     add_param_flags(g)
     add_model_flags(g)
     g.set_defaults(func=cmd_generate)
+
+    s = sub.add_parser("serve", help="OpenAI-compatible HTTP server (127.0.0.1 by default)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8080)
+    s.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY'")
+    s.add_argument("--max-requests", type=int, default=8, help="concurrent requests decoded together")
+    s.add_argument("--max-queue", type=int, default=32, help="waiting requests beyond which 429 is returned")
+    s.add_argument("--model-name", default=None, help="id reported by /v1/models")
+    add_model_flags(s)
+    s.set_defaults(func=cmd_serve, n_ctx=8192)
+
+    b = sub.add_parser("bench", help="plain vs naive two-context vs la_edge aligned decoding, one run")
+    b.add_argument("--model", "-m", default=None)
+    b.add_argument("--quick", action="store_true", help="a short run (under two minutes here)")
+    b.add_argument("--json", action="store_true")
+    b.add_argument("--sampler", action="store_true", help="per-token sampler time, native vs NumPy")
+    b.add_argument("--repetitions", type=int, default=None)
+    b.add_argument("--tokens", type=int, default=None)
+    b.add_argument("--ratio", type=float, default=2.0)
+    b.add_argument("--threads", type=int, default=None)
+    b.add_argument("--plot", default=None, help="write a PNG chart here (needs matplotlib)")
+    b.set_defaults(func=cmd_bench)
 
     d = sub.add_parser("doctor", help="report the build, backends, CPU features and sampler path")
     d.add_argument("--model", "-m", default=None)

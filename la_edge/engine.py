@@ -134,7 +134,8 @@ class RequestHandle:
 class Engine:
     """Schedules requests over one backend context; every step is one decode call."""
 
-    def __init__(self, backend, max_requests: int = 1, max_queue: int = 16, prefer_native: bool = True):
+    def __init__(self, backend, max_requests: int = 1, max_queue: int = 16, prefer_native: bool = True,
+                 prefill_chunk: int = 256):
         from .native import make_chooser
 
         if max_requests < 1 or 2 * max_requests > backend.n_seq_max:
@@ -142,6 +143,7 @@ class Engine:
         self.backend = backend
         self.max_requests = max_requests
         self.max_queue = max_queue
+        self.prefill_chunk = prefill_chunk  # prompt tokens per step while others decode
         self.chooser = make_chooser(backend.n_vocab, prefer_native=prefer_native)
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
@@ -280,13 +282,17 @@ class Engine:
             entries: List[BatchEntry] = []
             plans = []
             # Decoding requests first (two tokens each), then prefill chunks in the space left.
-            order = sorted(self._active, key=lambda r: r.phase != "rest" or bool(r.seqs[0].pending[:-1]))
-            for req in order:
-                budget = self.backend.n_batch - len(entries)
+            decoding = [r for r in self._active if r.phase == "rest" and all(len(s.pending) <= 1 for s in r.seqs)]
+            prefilling = [r for r in self._active if r not in decoding]
+            for req in decoding:
+                plans.append((req, self._plan(req, entries, self.backend.n_batch - len(entries))))
+            # A long prompt is fed in chunks so the running requests keep their pace.
+            limit = self.backend.n_batch if not decoding else len(entries) + self.prefill_chunk
+            for req in prefilling:
+                budget = min(self.backend.n_batch, limit) - len(entries)
                 if budget <= 0:
                     break
-                action = self._plan(req, entries, budget)
-                plans.append((req, action))
+                plans.append((req, self._plan(req, entries, budget)))
             if not entries:
                 return False
             try:
@@ -320,7 +326,7 @@ class Engine:
         if len(req.history) == 1:
             req.t_first = time.perf_counter()
         reason = None
-        if self.backend.is_eog(tok):
+        if not req.params.ignore_eos and self.backend.is_eog(tok):
             reason = "stop"
         elif len(req.history) >= req.params.max_tokens:
             reason = "length"

@@ -57,6 +57,7 @@ class GenerationParams:
     max_tokens: int = 256
     stop: Tuple[str, ...] = field(default_factory=tuple)
     top_logprobs: int = 0
+    ignore_eos: bool = False
 
     def __post_init__(self) -> None:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
@@ -98,6 +99,8 @@ class GenerationParams:
             set_("seed", _integer("seed", self.seed, 0, (1 << 64) - 1))
         set_("max_tokens", _integer("max_tokens", self.max_tokens, 1, 1 << 20))
         set_("top_logprobs", _integer("top_logprobs", self.top_logprobs, 0, 20))
+        if not isinstance(self.ignore_eos, bool):
+            raise InvalidParameterError("ignore_eos must be true or false")
         stop = self.stop
         if isinstance(stop, str):
             stop = (stop,)

@@ -3,11 +3,15 @@
 Order of a step: z = z_P + r*(z_P - z_0) in float32; the plausibility nucleus of
 softmax(z_P / T_m); then greedy argmax, or penalties -> top-k -> top-p -> min-p ->
 temperature -> seeded draw, all restricted to the nucleus. Candidates are ordered by
-value descending, ties by token id ascending. Sums run sequentially in that order.
+value descending, ties by token id ascending. Sums run sequentially in that order, except
+the nucleus total over the whole vocabulary, which is `mass_total` (fixed chunk/lane order in
+token-id order, so the native sampler needs no full sort). Weights use `exp2_weights`, a
+portable IEEE-exact exp that native/la_sampler.c reproduces bit for bit.
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
 
@@ -49,23 +53,73 @@ def order_desc(values: np.ndarray, ids: np.ndarray) -> np.ndarray:
     return np.lexsort((ids, -values.astype(np.float64)))
 
 
+_LOG2E = float.fromhex("0x1.71547652b82fep+0")
+_SHIFT = float.fromhex("0x1.8p52") + 2048.0  # rounds y to an integer n; low bits hold n + 2048
+_Y_MIN = -1100.0  # 2^y underflows to 0 well above this
+_EXP2_POLY = tuple(float.fromhex(h) for h in (
+    "0x1.0000000000000p+0", "0x1.62e42fefa39efp-1", "0x1.ebfbdff82c5a8p-3", "0x1.c6b08d7049fd0p-5",
+    "0x1.3b2ab6fba0114p-7", "0x1.5d87fe78d1630p-10", "0x1.4309130ed70c0p-13", "0x1.ffcbfba7e1000p-17",
+    "0x1.62bfc7ad6e400p-20", "0x1.b526641400000p-24", "0x1.e61b102460000p-28", "0x1.e7e123ea00000p-32",
+))
+MASS_CHUNK = 8192
+MASS_LANES = 16
+
+
+def exp2_weights(d: np.ndarray, temperature: float) -> np.ndarray:
+    """exp(d/T) for d = v - max <= 0, as 2^(d*log2e/T) with a degree-11 polynomial (< 2 ulp).
+
+    Only IEEE +, -, * and bit operations, so native/la_sampler.c gives identical bits.
+    """
+    c = min(_LOG2E / temperature, sys.float_info.max)
+    dlo = _Y_MIN / c
+    y = np.where(d > dlo, d, dlo) * c
+    kd = y + _SHIFT
+    f = y - (kd - _SHIFT)
+    p = np.full_like(y, _EXP2_POLY[-1])
+    for coef in _EXP2_POLY[-2::-1]:
+        p = p * f + coef
+    m = kd.view(np.uint64) & np.uint64(0xFFFFF)
+    h = m >> np.uint64(1)
+    s1 = ((h - np.uint64(1)) << np.uint64(52)).view(np.float64)
+    s2 = ((m - h - np.uint64(1)) << np.uint64(52)).view(np.float64)
+    return p * s1 * s2
+
+
+def mass_total(w: np.ndarray) -> float:
+    """Sum of w in a fixed order: per chunk of MASS_CHUNK, MASS_LANES sequential lane sums
+    (element i in lane i % MASS_LANES) folded as a halving tree; then chunks in sequence."""
+    w = np.asarray(w, dtype=np.float64)
+    pad = (-w.size) % MASS_CHUNK
+    blocks = np.concatenate([w, np.zeros(pad)]).reshape(-1, MASS_CHUNK // MASS_LANES, MASS_LANES)
+    lanes = np.add.accumulate(blocks, axis=1)[:, -1, :]
+    width = MASS_LANES // 2
+    while width:
+        lanes = lanes[:, :width] + lanes[:, width:2 * width]
+        width //= 2
+    return float(np.add.accumulate(lanes[:, 0])[-1])
+
+
 def relative_weights(values: np.ndarray, temperature: float) -> np.ndarray:
-    """exp((v - max)/T) in float64; +inf maxima get weight 1 each, others 0."""
+    """exp((v - max)/T) in float64 (via exp2_weights); +inf maxima get weight 1 each, others 0."""
     v = values.astype(np.float64)
     top = v.max()
     if top == np.inf:
         return (v == np.inf).astype(np.float64)
     if top == -np.inf:
         return np.zeros_like(v)
-    return np.exp((v - top) / temperature)
+    return exp2_weights(v - top, temperature)
 
 
-def nucleus_count(weights_sorted: np.ndarray, top_p: float) -> int:
-    """How many leading tokens keep: token j stays iff the mass ranked above it < top_p."""
+def nucleus_count(weights_sorted: np.ndarray, top_p: float, total: Optional[float] = None) -> int:
+    """How many leading tokens keep: token j stays iff the mass ranked above it < top_p*total.
+
+    total defaults to the sequential sum of weights_sorted.
+    """
     if top_p >= 1.0:
         return int(np.count_nonzero(weights_sorted > 0)) or 1
     cum = np.cumsum(weights_sorted)
-    total = cum[-1]
+    if total is None:
+        total = cum[-1]
     above = np.concatenate(([0.0], cum[:-1]))
     keep = int(np.count_nonzero(above < top_p * total))
     nonzero = int(np.count_nonzero(weights_sorted > 0))
@@ -77,7 +131,8 @@ def plausibility_mask(z_p: np.ndarray, top_p: float, temperature: float) -> np.n
     ids = np.arange(z_p.shape[0])
     w = relative_weights(z_p, temperature)
     order = order_desc(z_p, ids)
-    return ids[order[: nucleus_count(w[order], top_p)]]
+    total = mass_total(w) if top_p < 1.0 else None
+    return ids[order[: nucleus_count(w[order], top_p, total)]]
 
 
 def apply_penalties(z: np.ndarray, ids: np.ndarray, history: Sequence[int], p: GenerationParams) -> np.ndarray:
@@ -106,7 +161,8 @@ def _logprobs(z_kept: np.ndarray, ids: np.ndarray, token: int, temperature: floa
     chosen = float(lp[np.nonzero(ids == token)[0][0]])
     top = ()
     if n:
-        order = order_desc(lp, ids)[:n]
+        # By weight (then id): log rounding cannot reorder or tie alternatives.
+        order = np.lexsort((ids, -w))[:n]
         top = tuple((int(ids[i]), float(lp[i])) for i in order)
     return chosen, top
 
@@ -127,20 +183,23 @@ def choose_token(
     z_p = np.asarray(z_p, dtype=np.float32)
     nucleus = plausibility_mask(z_p, params.plausibility_top_p, params.mask_temperature)
     z = combine(z_p[nucleus], None if z_0 is None else np.asarray(z_0)[nucleus], params.ratio)
+    z = np.where(np.isnan(z), np.float32(-np.inf), z)  # NaN (inf - inf) is banned; +/-inf stay
     if params.greedy:
-        order = order_desc(np.nan_to_num(z, nan=-np.inf), nucleus)
+        order = order_desc(z, nucleus)
         token = int(nucleus[order[0]])
         ids, kept = nucleus, z
     else:
         if rng is None:
             raise ValueError("sampling needs an rng")
-        ids, kept = _filtered(np.nan_to_num(z, nan=-np.inf), nucleus, params, history)
+        ids, kept = _filtered(z, nucleus, params, history)
         token = _draw(kept, ids, params.temperature, rng)
         if token < 0:
             # Aligned weights underflowed: fall back to the principled nucleus.
             ids = nucleus
             kept = z_p[nucleus]
             token = _draw(kept, ids, params.mask_temperature, rng)
+            if token < 0:
+                token = int(nucleus[0])  # every z_P is -inf: the nucleus is its single token
     logprob, top = _logprobs(kept, ids, token, params.temperature, params.top_logprobs)
     return Choice(token=token, logprob=logprob, top=top, nucleus_size=int(nucleus.size))
 

@@ -1,0 +1,71 @@
+"""The `la-edge eval` subcommand: principle adherence (or --mc preference accuracy) per setting."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import List, Tuple
+
+from ..errors import InvalidParameterError
+
+
+def _floats(text: str) -> Tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
+
+
+def _names(text: str) -> Tuple[str, ...]:
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+def add_eval_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the `eval` subcommand to an argparse subparsers object."""
+    p = subparsers.add_parser(
+        "eval", help="measure principle adherence of plain, r=0 and Linear Alignment decoding",
+        description="Evaluate verifiable principles (or, with --mc, personal-preference multiple choice) "
+                    "for plain decoding, the principle in the prompt (r=0) and Linear Alignment at each ratio.")
+    p.add_argument("--model", "-m", default=None, help="GGUF file (default: embedded SmolLM2-135M-Instruct Q4_1)")
+    p.add_argument("--ratios", type=_floats, default=(1.0, 2.0, 4.0), help="comma-separated ratios (default: 1,2,4)")
+    p.add_argument("--max-tokens", type=int, default=64, help="tokens per answer (default: 64)")
+    p.add_argument("--limit", type=int, default=None, help="prompts per principle (--mc: items) (default: all)")
+    p.add_argument("--principles", type=_names, default=None, help="comma-separated principle ids (default: all)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default: 0)")
+    p.add_argument("--mc", action="store_true", help="personal-preference multiple-choice mode")
+    p.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
+    p.add_argument("--out", default=None, metavar="DIR", help="write results.json, results.md and plot.png")
+    p.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
+    p.add_argument("--n-ctx", type=int, default=2048, help="context size in tokens (default: 2048)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    p.add_argument("--n-gpu-layers", type=int, default=0, help="layers to offload to a GPU build")
+    p.set_defaults(func=cmd_eval)
+    return p
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Run the evaluation and print or write its results."""
+    from ..generate import Aligner
+    from ..models import resolve_model
+    from .report import markdown, write_outputs
+    from .runner import EvalConfig, run_mc, run_principles
+
+    if args.limit is not None and args.limit < 1:
+        raise InvalidParameterError(f"--limit must be >= 1, got {args.limit}")
+    config = EvalConfig(ratios=args.ratios, max_tokens=args.max_tokens, limit=args.limit, seed=args.seed,
+                        temperature=args.temperature, principles=args.principles)
+    model = resolve_model(args.model)
+    progress = None if args.quiet else sys.stderr
+    with Aligner.load(model, n_ctx=args.n_ctx, n_threads=args.threads, n_gpu_layers=args.n_gpu_layers) as la:
+        run = run_mc if args.mc else run_principles
+        doc = run(la, config, progress=progress, model=model)
+    notes: List[str] = write_outputs(doc, args.out) if args.out else []
+    for note in notes:
+        print(f"la-edge eval: {note}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(doc, ensure_ascii=False))
+    else:
+        sys.stdout.write(markdown(doc))
+    return 0

@@ -1,0 +1,89 @@
+"""Render evaluation results: a Markdown table, a PNG plot (needs matplotlib) and the output folder."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Dict, List, Optional
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.0f}%"
+
+
+def _table(header: List[str], rows: List[List[str]]) -> List[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
+    return lines + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def markdown(doc: Dict[str, object]) -> str:
+    """A Markdown report of a results document (principles or mc mode)."""
+    settings = doc["settings"]
+    cfg = doc["config"]
+    head = (f"Model: `{os.path.basename(doc.get('model') or '') or 'default'}`; max_tokens={cfg['max_tokens']}, "
+            f"temperature={cfg['temperature']:g}, seed={cfg['seed']}.")
+    if doc["mode"] == "mc":
+        rows = [[s, _pct(r["accuracy"]), f"{r['correct']}/{r['n']}", _pct(r["answered"]), f"{r['letter_mass']:.2f}"]
+                for s, r in doc["results"].items()]
+        return "\n".join(["## Personal-preference multiple choice", "", head, ""] + _table(
+            ["setting", "accuracy", "correct", "letter in top-20", "mean letter mass"], rows)) + "\n"
+    res, overall = doc["results"], doc["overall"]
+    adh = [[pid] + [_pct(res[pid][s]["adherence"]) for s in settings] for pid in res]
+    adh.append(["**all**"] + [f"**{_pct(overall[s]['adherence'])}**" for s in settings])
+    flu = [[name] + [f"{overall[s][key]:.2f}" if key != "words" else f"{overall[s][key]:.0f}" for s in settings]
+           for name, key in (("distinct-1", "distinct_1"), ("distinct-2", "distinct_2"),
+                             ("rep-4 (lower is better)", "rep_4"), ("mean words", "words"))]
+    n = overall[settings[0]]["n"]
+    return "\n".join(
+        ["## Principle adherence", "", head + f" {n} answers per setting.", ""] + _table(["principle"] + settings, adh)
+        + ["", "## Fluency guard (all principles)", ""] + _table(["metric"] + settings, flu)) + "\n"
+
+
+def plot(doc: Dict[str, object], path: str) -> Optional[str]:
+    """Write a PNG of adherence (or accuracy) and fluency per setting; returns a message if skipped."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed, so no plot.png: pip install 'la-edge[eval]'"
+    settings = doc["settings"]
+    x = list(range(len(settings)))
+    if doc["mode"] == "mc":
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        ax.plot(x, [doc["results"][s]["accuracy"] for s in settings], "o-", label="accuracy")
+        ax.plot(x, [doc["results"][s]["letter_mass"] for s in settings], "s--", label="letter mass")
+        axes = [ax]
+        ax.set_title("Personal-preference multiple choice")
+    else:
+        fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+        for pid, by in doc["results"].items():
+            ax.plot(x, [by[s]["adherence"] for s in settings], ".-", alpha=0.6, label=pid)
+        ax.plot(x, [doc["overall"][s]["adherence"] for s in settings], "ko-", linewidth=2.5, label="all")
+        ax.set_title("Adherence rate")
+        for key in ("distinct_1", "distinct_2", "rep_4"):
+            ax2.plot(x, [doc["overall"][s][key] for s in settings], "o-", label=key)
+        ax2.set_title("Fluency guard")
+        axes = [ax, ax2]
+    for a in axes:
+        a.set_xticks(x)
+        a.set_xticklabels(settings)
+        a.set_ylim(-0.02, 1.02)
+        a.set_xlabel("setting (plain, principle in prompt r=0, Linear Alignment ratio r)")
+        a.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return None
+
+
+def write_outputs(doc: Dict[str, object], out_dir: str) -> List[str]:
+    """Write results.json, results.md and plot.png into out_dir; returns notes (e.g. plot skipped)."""
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "results.json"), "w", encoding="utf-8") as f:
+        json.dump(doc, f, indent=2, ensure_ascii=False)
+    with open(os.path.join(out_dir, "results.md"), "w", encoding="utf-8") as f:
+        f.write(markdown(doc))
+    note = plot(doc, os.path.join(out_dir, "plot.png"))
+    return [note] if note else []

@@ -1,0 +1,453 @@
+/* Native Linear Alignment sampler, bit-exact mirror of la_edge/sampling.py.
+ * Shaped like llama.cpp's sampler chain: each stage rewrites one candidates array {id, value}.
+ * Build with -ffp-contract=off: every float op must round exactly like NumPy's. */
+#include "la_sampler.h"
+
+#include <float.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define LA_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define LA_CLONES
+#endif
+
+#define LOG2E 0x1.71547652b82fep+0
+#define SHIFT (0x1.8p52 + 2048.0) /* y + SHIFT rounds y to n; its low bits hold n + 2048 */
+#define Y_MIN (-1100.0)
+#define MASS_CHUNK 8192
+#define LANES 16
+#define SMALL_SORT 16
+#define HEAD_START 64
+
+static const double POLY[12] = {
+    0x1.0000000000000p+0, 0x1.62e42fefa39efp-1, 0x1.ebfbdff82c5a8p-3, 0x1.c6b08d7049fd0p-5,
+    0x1.3b2ab6fba0114p-7, 0x1.5d87fe78d1630p-10, 0x1.4309130ed70c0p-13, 0x1.ffcbfba7e1000p-17,
+    0x1.62bfc7ad6e400p-20, 0x1.b526641400000p-24, 0x1.e61b102460000p-28, 0x1.e7e123ea00000p-32,
+};
+
+typedef struct {
+  int32_t id;
+  float value;
+} la_cand;
+
+struct la_workspace {
+  int32_t n_vocab;
+  la_cand* cand;   /* the working candidates */
+  la_cand* nuc;    /* the plausibility nucleus, kept for the fallback draw */
+  double* w;       /* weights of the candidates */
+  int32_t* counts; /* history counts by token id; all zero between calls */
+};
+
+/* ---- weights: exp2_weights / relative_weights of sampling.py ---- */
+
+static double weight_scale(double temperature) {
+  double c = LOG2E / temperature;
+  return c <= DBL_MAX ? c : DBL_MAX;
+}
+
+static inline double exp2_weight(double d, double c, double dlo) {
+  double dd = d > dlo ? d : dlo;
+  double y = dd * c;
+  double kd = y + SHIFT;
+  double f = y - (kd - SHIFT);
+  double p = ((((((((((POLY[11] * f + POLY[10]) * f + POLY[9]) * f + POLY[8]) * f + POLY[7]) * f +
+                   POLY[6]) * f + POLY[5]) * f + POLY[4]) * f + POLY[3]) * f + POLY[2]) * f +
+              POLY[1]) * f + POLY[0];
+  uint64_t bits, b1, b2;
+  memcpy(&bits, &kd, sizeof bits);
+  uint64_t m = bits & 0xFFFFF, h = m >> 1;
+  b1 = (h - 1) << 52;
+  b2 = (m - h - 1) << 52;
+  double s1, s2;
+  memcpy(&s1, &b1, sizeof s1);
+  memcpy(&s2, &b2, sizeof s2);
+  return p * s1 * s2;
+}
+
+static void cand_weights(const la_cand* c, int32_t n, double temperature, double* w) {
+  float top = -INFINITY;
+  for (int32_t i = 0; i < n; i++) top = c[i].value > top ? c[i].value : top;
+  if (top == INFINITY || top == -INFINITY) {
+    for (int32_t i = 0; i < n; i++) w[i] = (top == INFINITY && c[i].value == INFINITY) ? 1.0 : 0.0;
+    return;
+  }
+  double s = weight_scale(temperature), dlo = Y_MIN / s;
+  for (int32_t i = 0; i < n; i++) w[i] = exp2_weight((double)c[i].value - (double)top, s, dlo);
+}
+
+static double seq_sum(const double* w, int32_t n) {
+  double s = 0.0;
+  for (int32_t i = 0; i < n; i++) s += w[i];
+  return s;
+}
+
+/* ---- full-vocabulary passes ---- */
+
+LA_CLONES static int row_bad_max(const float* z, int32_t n, float* top) {
+  float mx[LANES];
+  int32_t bad[LANES];
+  int32_t i = 0;
+  for (int k = 0; k < LANES; k++) { mx[k] = -INFINITY; bad[k] = 0; }
+  for (; i + LANES <= n; i += LANES)
+    for (int k = 0; k < LANES; k++) {
+      float v = z[i + k];
+      bad[k] |= (v != v) | (v == INFINITY);
+      mx[k] = v > mx[k] ? v : mx[k];
+    }
+  for (int k = 0; i + k < n; k++) {
+    float v = z[i + k];
+    bad[k] |= (v != v) | (v == INFINITY);
+    mx[k] = v > mx[k] ? v : mx[k];
+  }
+  int32_t any = 0;
+  float m = -INFINITY;
+  for (int k = 0; k < LANES; k++) { any |= bad[k]; m = mx[k] > m ? mx[k] : m; }
+  *top = m;
+  return any;
+}
+
+LA_CLONES static int row_bad(const float* z, int32_t n) {
+  int32_t bad[LANES] = {0};
+  int32_t i = 0;
+  for (; i + LANES <= n; i += LANES)
+    for (int k = 0; k < LANES; k++) bad[k] |= (z[i + k] != z[i + k]) | (z[i + k] == INFINITY);
+  for (int k = 0; i + k < n; k++) bad[k] |= (z[i + k] != z[i + k]) | (z[i + k] == INFINITY);
+  int32_t any = 0;
+  for (int k = 0; k < LANES; k++) any |= bad[k];
+  return any;
+}
+
+/* mass_total of sampling.py over the weights of a whole row, in token-id order. */
+LA_CLONES static double row_mass(const float* z, int32_t n, double top, double c, double dlo) {
+  double total = 0.0;
+  for (int32_t base = 0; base < n; base += MASS_CHUNK) {
+    int32_t end = n - base > MASS_CHUNK ? base + MASS_CHUNK : n;
+    double acc[LANES] = {0};
+    int32_t i = base;
+    for (; i + LANES <= end; i += LANES)
+      for (int k = 0; k < LANES; k++) acc[k] += exp2_weight((double)z[i + k] - top, c, dlo);
+    for (int k = 0; i + k < end; k++) acc[k] += exp2_weight((double)z[i + k] - top, c, dlo);
+    for (int width = LANES / 2; width > 0; width /= 2)
+      for (int k = 0; k < width; k++) acc[k] = acc[k] + acc[k + width];
+    total += acc[0];
+  }
+  return total;
+}
+
+static int32_t row_nonzero(const float* z, int32_t n, double top, double c, double dlo) {
+  int32_t cnt = 0;
+  for (int32_t i = 0; i < n; i++) cnt += exp2_weight((double)z[i] - top, c, dlo) > 0.0;
+  return cnt;
+}
+
+/* Tokens with z - top >= dth, in id order: a value-prefix of the sorted row. */
+LA_CLONES static int32_t row_collect(const float* z, int32_t n, double top, double dth, la_cand* out) {
+  int32_t m = 0, i = 0;
+  for (; i + LANES <= n; i += LANES) {
+    int32_t any = 0;
+    for (int k = 0; k < LANES; k++) any |= ((double)z[i + k] - top >= dth);
+    if (!any) continue;
+    for (int k = 0; k < LANES; k++)
+      if ((double)z[i + k] - top >= dth) { out[m].id = i + k; out[m].value = z[i + k]; m++; }
+  }
+  for (; i < n; i++)
+    if ((double)z[i] - top >= dth) { out[m].id = i; out[m].value = z[i]; m++; }
+  return m;
+}
+
+static void row_fill(const float* z, int32_t n, la_cand* out) {
+  for (int32_t i = 0; i < n; i++) { out[i].id = i; out[i].value = z[i]; }
+}
+
+/* ---- ordering: value descending, ties by id ascending ---- */
+
+static inline int before(la_cand a, la_cand b) {
+  return a.value > b.value || (a.value == b.value && a.id < b.id);
+}
+
+static inline void swap_cand(la_cand* a, la_cand* b) {
+  la_cand t = *a;
+  *a = *b;
+  *b = t;
+}
+
+/* Partial quicksort: afterwards c[0..k) holds the k first candidates, in order. */
+static void partial_sort(la_cand* c, int32_t n, int32_t k) {
+  while (n > SMALL_SORT && k > 0) {
+    int32_t mid = n / 2;
+    if (before(c[mid], c[0])) swap_cand(&c[mid], &c[0]);
+    if (before(c[n - 1], c[0])) swap_cand(&c[n - 1], &c[0]);
+    if (before(c[n - 1], c[mid])) swap_cand(&c[n - 1], &c[mid]);
+    swap_cand(&c[0], &c[mid]); /* median of three as the pivot, Hoare scheme */
+    la_cand piv = c[0];
+    int32_t i = -1, j = n;
+    for (;;) {
+      do i++; while (before(c[i], piv));
+      do j--; while (before(piv, c[j]));
+      if (i >= j) break;
+      swap_cand(&c[i], &c[j]);
+    }
+    int32_t left = j + 1;
+    if (k <= left) {
+      n = left;
+    } else {
+      partial_sort(c, left, left);
+      c += left;
+      n -= left;
+      k -= left;
+    }
+  }
+  for (int32_t i = 1; i < n; i++) {
+    la_cand x = c[i];
+    int32_t j = i;
+    while (j > 0 && before(x, c[j - 1])) { c[j] = c[j - 1]; j--; }
+    c[j] = x;
+  }
+}
+
+/* ---- chain stages ---- */
+
+/* plausibility_mask: the nucleus of softmax(z_P/T_m) into ws->cand; *sorted says if it is ordered. */
+static int32_t stage_nucleus(const float* zp, int32_t n, float topf, const la_params* p, la_workspace* ws,
+                             int* sorted) {
+  la_cand* c = ws->cand;
+  double* w = ws->w;
+  *sorted = 1;
+  if (topf == -INFINITY) { /* every weight is 0: the first token by id */
+    c[0].id = 0;
+    c[0].value = zp[0];
+    return 1;
+  }
+  double top = topf, s = weight_scale(p->mask_temperature), dlo = Y_MIN / s;
+  if (p->mask_top_p >= 1.0) {
+    int32_t nz = row_nonzero(zp, n, top, s, dlo);
+    row_fill(zp, n, c);
+    if (nz < 1) nz = 1;
+    if (nz < n) partial_sort(c, n, nz);
+    else *sorted = 0;
+    return nz;
+  }
+  double total = row_mass(zp, n, top, s, dlo);
+  double thr = p->mask_top_p * total;
+  /* Tokens below this bound hold under (1 - p)/4 of the mass; the exact test below decides. */
+  double dth = (log2((1.0 - p->mask_top_p) * total * 0.5 / n) - 1.0) / s;
+  for (int attempt = 0; attempt < 2; attempt++) {
+    int32_t m = attempt == 0 ? row_collect(zp, n, top, dth, c) : (row_fill(zp, n, c), n);
+    int32_t done = 0, keep = -1;
+    double above = 0.0;
+    while (done < m && keep < 0) {
+      int32_t want = done == 0 ? HEAD_START : done * 4;
+      if (want > m) want = m;
+      partial_sort(c + done, m - done, want - done);
+      for (int32_t j = done; j < want; j++) {
+        if (!(above < thr)) { keep = j; break; }
+        w[j] = exp2_weight((double)c[j].value - top, s, dlo);
+        above += w[j];
+      }
+      done = want;
+    }
+    if (keep < 0) {
+      if (!(above >= thr) && m < n) continue; /* the head missed the mass: take the whole row */
+      keep = m;
+    }
+    int32_t nz = 0;
+    for (int32_t j = 0; j < keep; j++) nz += w[j] > 0.0;
+    if (nz < keep) {
+      nz = row_nonzero(zp, n, top, s, dlo);
+      if (nz < keep) keep = nz;
+    }
+    return keep > 0 ? keep : 1;
+  }
+  return 1; /* not reached: the second attempt always returns */
+}
+
+static void stage_combine(la_cand* c, int32_t n, const float* z0, double ratio) {
+  float r = (float)ratio;
+  for (int32_t i = 0; i < n; i++) {
+    float a = c[i].value;
+    if (z0 != NULL && ratio != 0.0) {
+      float d = a - z0[c[i].id];
+      float t = r * d;
+      a = a + t;
+    }
+    c[i].value = a != a ? -INFINITY : a;
+  }
+}
+
+static int stage_penalties(la_cand* c, int32_t n, const int32_t* hist, int32_t nh, const la_params* p,
+                           la_workspace* ws) {
+  if (nh <= 0 || p->repeat_last_n == 0 ||
+      (p->repeat_penalty == 1.0 && p->frequency_penalty == 0.0 && p->presence_penalty == 0.0))
+    return LA_OK;
+  int32_t start = nh > p->repeat_last_n ? nh - p->repeat_last_n : 0;
+  for (int32_t i = start; i < nh; i++)
+    if (hist[i] < 0) return LA_ERR_INVALID;
+  for (int32_t i = start; i < nh; i++)
+    if (hist[i] < ws->n_vocab) ws->counts[hist[i]]++;
+  float rp = (float)p->repeat_penalty, fp = (float)p->frequency_penalty, pp = (float)p->presence_penalty;
+  for (int32_t j = 0; j < n; j++) {
+    int32_t cnt = ws->counts[c[j].id];
+    if (cnt <= 0) continue;
+    float v = c[j].value;
+    v = v > 0 ? v / rp : v * rp;
+    float pen = (float)((double)cnt * (double)fp + (double)pp);
+    c[j].value = v - pen;
+  }
+  for (int32_t i = start; i < nh; i++)
+    if (hist[i] < ws->n_vocab) ws->counts[hist[i]] = 0;
+  return LA_OK;
+}
+
+/* nucleus_count over sorted candidates with the sequential total. */
+static int32_t stage_top_p(const la_cand* c, int32_t n, double top_p, double* w) {
+  cand_weights(c, n, 1.0, w);
+  double thr = top_p * seq_sum(w, n), above = 0.0;
+  int32_t keep = 0, nz = 0;
+  for (int32_t j = 0; j < n; j++) {
+    keep += above < thr;
+    nz += w[j] > 0.0;
+    above += w[j];
+  }
+  if (keep > nz) keep = nz;
+  return keep > 0 ? keep : 1;
+}
+
+static int32_t stage_min_p(const la_cand* c, int32_t n, double min_p, double* w) {
+  cand_weights(c, n, 1.0, w);
+  int32_t cnt = 0;
+  for (int32_t j = 0; j < n; j++) cnt += w[j] >= min_p;
+  return cnt > 0 ? cnt : 1;
+}
+
+static uint64_t splitmix64_next(uint64_t* state) {
+  uint64_t z = (*state += 0x9E3779B97F4A7C15ULL);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+  return z ^ (z >> 31);
+}
+
+/* Inverse-CDF draw; the index drawn, or -1 (no RNG use) when every weight is 0. */
+static int32_t stage_draw(const la_cand* c, int32_t n, double temperature, uint64_t* rng, double* w) {
+  cand_weights(c, n, temperature, w);
+  double total = seq_sum(w, n);
+  if (!(total > 0.0)) return -1;
+  double u = (double)(splitmix64_next(rng) >> 11) * 0x1.0p-53;
+  double target = u * total, cum = 0.0;
+  for (int32_t j = 0; j < n; j++) {
+    cum += w[j];
+    if (cum > target) return j;
+  }
+  int32_t last = n - 1;
+  while (last > 0 && !(w[last] > 0.0)) last--;
+  return last;
+}
+
+static void stage_logprobs(const la_cand* c, int32_t n, int32_t token, double temperature, int32_t n_top,
+                           double* w, la_result* out) {
+  cand_weights(c, n, temperature > 0 ? temperature : 1.0, w);
+  double total = seq_sum(w, n);
+  double lt = total > 0.0 ? log(total) : 0.0;
+  int32_t cnt = 0;
+  double tw[LA_MAX_TOP_LOGPROBS];
+  for (int32_t i = 0; i < n; i++) {
+    if (c[i].id == token) out->logprob = total > 0.0 ? log(w[i]) - lt : -INFINITY;
+    if (n_top <= 0) continue;
+    if (cnt == n_top && !(w[i] > tw[cnt - 1] || (w[i] == tw[cnt - 1] && c[i].id < out->top_ids[cnt - 1])))
+      continue;
+    int32_t j = cnt < n_top ? cnt++ : cnt - 1;
+    while (j > 0 && (w[i] > tw[j - 1] || (w[i] == tw[j - 1] && c[i].id < out->top_ids[j - 1]))) {
+      tw[j] = tw[j - 1];
+      out->top_ids[j] = out->top_ids[j - 1];
+      j--;
+    }
+    tw[j] = w[i];
+    out->top_ids[j] = c[i].id;
+  }
+  out->n_top = cnt;
+  for (int32_t j = 0; j < cnt; j++) out->top_logprobs[j] = total > 0.0 ? log(tw[j]) - lt : -INFINITY;
+}
+
+/* ---- public API ---- */
+
+la_workspace* la_workspace_new(int32_t n_vocab) {
+  if (n_vocab < 1) return NULL;
+  la_workspace* ws = calloc(1, sizeof *ws);
+  if (ws == NULL) return NULL;
+  ws->n_vocab = n_vocab;
+  ws->cand = malloc((size_t)n_vocab * sizeof *ws->cand);
+  ws->nuc = malloc((size_t)n_vocab * sizeof *ws->nuc);
+  ws->w = malloc((size_t)n_vocab * sizeof *ws->w);
+  ws->counts = calloc((size_t)n_vocab, sizeof *ws->counts);
+  if (!ws->cand || !ws->nuc || !ws->w || !ws->counts) {
+    la_workspace_free(ws);
+    return NULL;
+  }
+  return ws;
+}
+
+void la_workspace_free(la_workspace* ws) {
+  if (ws == NULL) return;
+  free(ws->cand);
+  free(ws->nuc);
+  free(ws->w);
+  free(ws->counts);
+  free(ws);
+}
+
+int32_t la_abi_version(void) { return LA_ABI_VERSION; }
+int32_t la_sizeof_params(void) { return (int32_t)sizeof(la_params); }
+int32_t la_sizeof_result(void) { return (int32_t)sizeof(la_result); }
+
+int32_t la_choose(const float* zp, const float* z0, int32_t n_vocab, const la_params* p,
+                  const int32_t* history, int32_t n_history, uint64_t* rng_state, la_workspace* ws,
+                  la_result* out) {
+  if (zp == NULL || p == NULL || ws == NULL || out == NULL || n_vocab < 1 || n_vocab > ws->n_vocab)
+    return LA_ERR_INVALID;
+  int greedy = p->temperature == 0.0;
+  if (!(p->temperature >= 0.0) || !(p->mask_temperature > 0.0) || p->top_logprobs < 0 ||
+      p->top_logprobs > LA_MAX_TOP_LOGPROBS || p->repeat_last_n < 0 || n_history < 0 ||
+      (n_history > 0 && history == NULL) || (!greedy && rng_state == NULL))
+    return LA_ERR_INVALID;
+  float topf;
+  if (row_bad_max(zp, n_vocab, &topf)) return LA_ERR_NONFINITE_P;
+  if (z0 != NULL && row_bad(z0, n_vocab)) return LA_ERR_NONFINITE_0;
+
+  memset(out, 0, sizeof *out);
+  int sorted;
+  la_cand* c = ws->cand;
+  int32_t nn = stage_nucleus(zp, n_vocab, topf, p, ws, &sorted);
+  out->nucleus_size = nn;
+  if (!greedy) memcpy(ws->nuc, c, (size_t)nn * sizeof *c);
+  stage_combine(c, nn, z0, p->ratio);
+
+  const la_cand* kept = c;
+  int32_t nk = nn, pick = 0;
+  if (greedy) {
+    for (int32_t i = 1; i < nn; i++)
+      if (before(c[i], c[pick])) pick = i;
+  } else {
+    if (stage_penalties(c, nn, history, n_history, p, ws) != LA_OK) return LA_ERR_INVALID;
+    if (p->top_k > 0 && p->top_k < nk) {
+      partial_sort(c, nk, p->top_k);
+      nk = p->top_k;
+    } else {
+      partial_sort(c, nk, nk);
+    }
+    if (p->top_p < 1.0) nk = stage_top_p(c, nk, p->top_p, ws->w);
+    if (p->min_p > 0.0) nk = stage_min_p(c, nk, p->min_p, ws->w);
+    pick = stage_draw(c, nk, p->temperature, rng_state, ws->w);
+    if (pick < 0) { /* aligned weights underflowed: fall back to the principled nucleus */
+      if (!sorted) partial_sort(ws->nuc, nn, nn);
+      kept = ws->nuc;
+      nk = nn;
+      pick = stage_draw(kept, nk, p->mask_temperature, rng_state, ws->w);
+      if (pick < 0) pick = 0;
+    }
+  }
+  out->token = kept[pick].id;
+  stage_logprobs(kept, nk, out->token, p->temperature, p->top_logprobs, ws->w, out);
+  return LA_OK;
+}

