@@ -146,8 +146,9 @@ def apply_penalties(z: np.ndarray, ids: np.ndarray, history: Sequence[int], p: G
     z = z.copy()
     seen = counts > 0
     rp = np.float32(p.repeat_penalty)
-    z[seen] = np.where(z[seen] > 0, z[seen] / rp, z[seen] * rp)
-    z -= (counts * np.float32(p.frequency_penalty) + seen * np.float32(p.presence_penalty)).astype(np.float32)
+    with np.errstate(over="ignore"):
+        z[seen] = np.where(z[seen] > 0, z[seen] / rp, z[seen] * rp)
+        z -= (counts * np.float32(p.frequency_penalty) + seen * np.float32(p.presence_penalty)).astype(np.float32)
     return z
 
 

@@ -152,16 +152,11 @@ class Server:
     def _build(self) -> FastAPI:
         app = FastAPI(title="la_edge", docs_url=None, redoc_url=None)
 
-        @app.middleware("http")
-        async def auth(request: Request, call_next):
-            if self.api_key and request.url.path.startswith("/v1/"):
-                if request.headers.get("authorization", "") != f"Bearer {self.api_key}":
-                    return _error(401, "invalid or missing API key", type_="authentication_error",
-                                  code="invalid_api_key")
-            try:
-                return await call_next(request)
-            except Exception:  # never a stack trace to the client
-                return _error(500, "internal error", type_="server_error")
+        app.add_middleware(_ApiKey, server=self)
+
+        @app.exception_handler(Exception)
+        async def internal(request: Request, exc: Exception):  # never a stack trace to the client
+            return _error(500, "internal error", type_="server_error")
 
         @app.exception_handler(StarletteHTTPException)
         async def http_error(request: Request, exc: StarletteHTTPException):
@@ -280,6 +275,24 @@ class Server:
                 it.close()
             except ValueError:  # still running in its worker thread; it ends on the cancel
                 pass
+
+
+class _ApiKey:
+    """Pure ASGI middleware: 401 on /v1/ routes without the right Bearer key (streams untouched)."""
+
+    def __init__(self, app, server: "Server"):
+        self.app, self.server = app, server
+
+    async def __call__(self, scope, receive, send):
+        key = self.server.api_key
+        if key and scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            headers = dict(scope.get("headers") or [])
+            if headers.get(b"authorization", b"").decode("latin-1") != f"Bearer {key}":
+                response = _error(401, "invalid or missing API key", type_="authentication_error",
+                                  code="invalid_api_key")
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def _event(obj: Dict[str, Any]) -> str:

@@ -86,39 +86,70 @@ static double seq_sum(const double* w, int32_t n) {
 
 /* ---- full-vocabulary passes ---- */
 
-LA_CLONES static int row_bad_max(const float* z, int32_t n, float* top) {
-  float mx[LANES];
-  int32_t bad[LANES];
+#if defined(__GNUC__)
+typedef float la_v8f __attribute__((vector_size(32)));
+typedef int32_t la_v8i __attribute__((vector_size(32)));
+
+/* NaN/+inf flag and maximum of a row (top is NULL: flag only), 8 floats at a time. */
+LA_CLONES static int row_scan(const float* z, int32_t n, float* top) {
+  const la_v8f inf = {INFINITY, INFINITY, INFINITY, INFINITY, INFINITY, INFINITY, INFINITY, INFINITY};
+  la_v8f mx = -inf;
+  la_v8i bad = {0};
   int32_t i = 0;
-  for (int k = 0; k < LANES; k++) { mx[k] = -INFINITY; bad[k] = 0; }
-  for (; i + LANES <= n; i += LANES)
-    for (int k = 0; k < LANES; k++) {
-      float v = z[i + k];
-      bad[k] |= (v != v) | (v == INFINITY);
-      mx[k] = v > mx[k] ? v : mx[k];
-    }
-  for (int k = 0; i + k < n; k++) {
-    float v = z[i + k];
-    bad[k] |= (v != v) | (v == INFINITY);
-    mx[k] = v > mx[k] ? v : mx[k];
+  for (; i + 8 <= n; i += 8) {
+    la_v8f v;
+    memcpy(&v, z + i, sizeof v);
+    bad |= (v != v) | (v == inf);
+    la_v8i gt = v > mx;
+    mx = (la_v8f)(((la_v8i)v & gt) | ((la_v8i)mx & ~gt));
   }
   int32_t any = 0;
   float m = -INFINITY;
-  for (int k = 0; k < LANES; k++) { any |= bad[k]; m = mx[k] > m ? mx[k] : m; }
-  *top = m;
-  return any;
+  for (int k = 0; k < 8; k++) { any |= bad[k]; m = mx[k] > m ? mx[k] : m; }
+  for (; i < n; i++) {
+    any |= (z[i] != z[i]) | (z[i] == INFINITY);
+    m = z[i] > m ? z[i] : m;
+  }
+  if (top != NULL) *top = m;
+  return any != 0;
 }
 
-LA_CLONES static int row_bad(const float* z, int32_t n) {
-  int32_t bad[LANES] = {0};
-  int32_t i = 0;
-  for (; i + LANES <= n; i += LANES)
-    for (int k = 0; k < LANES; k++) bad[k] |= (z[i + k] != z[i + k]) | (z[i + k] == INFINITY);
-  for (int k = 0; i + k < n; k++) bad[k] |= (z[i + k] != z[i + k]) | (z[i + k] == INFINITY);
-  int32_t any = 0;
-  for (int k = 0; k < LANES; k++) any |= bad[k];
-  return any;
+/* Tokens with z >= th, in id order: a value-prefix of the sorted row. */
+LA_CLONES static int32_t row_collect(const float* z, int32_t n, float th, la_cand* out) {
+  const la_v8f t = {th, th, th, th, th, th, th, th};
+  int32_t m = 0, i = 0;
+  for (; i + 16 <= n; i += 16) {
+    la_v8f a, b;
+    memcpy(&a, z + i, sizeof a);
+    memcpy(&b, z + i + 8, sizeof b);
+    la_v8i hit = (a >= t) | (b >= t);
+    if (!(hit[0] | hit[1] | hit[2] | hit[3] | hit[4] | hit[5] | hit[6] | hit[7])) continue;
+    for (int k = 0; k < 16; k++)
+      if (z[i + k] >= th) { out[m].id = i + k; out[m].value = z[i + k]; m++; }
+  }
+  for (; i < n; i++)
+    if (z[i] >= th) { out[m].id = i; out[m].value = z[i]; m++; }
+  return m;
 }
+#else
+static int row_scan(const float* z, int32_t n, float* top) {
+  int32_t any = 0;
+  float m = -INFINITY;
+  for (int32_t i = 0; i < n; i++) {
+    any |= (z[i] != z[i]) | (z[i] == INFINITY);
+    m = z[i] > m ? z[i] : m;
+  }
+  if (top != NULL) *top = m;
+  return any != 0;
+}
+
+static int32_t row_collect(const float* z, int32_t n, float th, la_cand* out) {
+  int32_t m = 0;
+  for (int32_t i = 0; i < n; i++)
+    if (z[i] >= th) { out[m].id = i; out[m].value = z[i]; m++; }
+  return m;
+}
+#endif
 
 /* mass_total of sampling.py over the weights of a whole row, in token-id order. */
 LA_CLONES static double row_mass(const float* z, int32_t n, double top, double c, double dlo) {
@@ -141,21 +172,6 @@ static int32_t row_nonzero(const float* z, int32_t n, double top, double c, doub
   int32_t cnt = 0;
   for (int32_t i = 0; i < n; i++) cnt += exp2_weight((double)z[i] - top, c, dlo) > 0.0;
   return cnt;
-}
-
-/* Tokens with z - top >= dth, in id order: a value-prefix of the sorted row. */
-LA_CLONES static int32_t row_collect(const float* z, int32_t n, double top, double dth, la_cand* out) {
-  int32_t m = 0, i = 0;
-  for (; i + LANES <= n; i += LANES) {
-    int32_t any = 0;
-    for (int k = 0; k < LANES; k++) any |= ((double)z[i + k] - top >= dth);
-    if (!any) continue;
-    for (int k = 0; k < LANES; k++)
-      if ((double)z[i + k] - top >= dth) { out[m].id = i + k; out[m].value = z[i + k]; m++; }
-  }
-  for (; i < n; i++)
-    if ((double)z[i] - top >= dth) { out[m].id = i; out[m].value = z[i]; m++; }
-  return m;
 }
 
 static void row_fill(const float* z, int32_t n, la_cand* out) {
@@ -232,10 +248,21 @@ static int32_t stage_nucleus(const float* zp, int32_t n, float topf, const la_pa
   }
   double total = row_mass(zp, n, top, s, dlo);
   double thr = p->mask_top_p * total;
-  /* Tokens below this bound hold under (1 - p)/4 of the mass; the exact test below decides. */
-  double dth = (log2((1.0 - p->mask_top_p) * total * 0.5 / n) - 1.0) / s;
-  for (int attempt = 0; attempt < 2; attempt++) {
-    int32_t m = attempt == 0 ? row_collect(zp, n, top, dth, c) : (row_fill(zp, n, c), n);
+  /* Guess a value-prefix holding the mass (tokens with probability >= eps), widen on a miss;
+     the last guess bounds the tail below (1 - p)/4 of the mass; then take the whole row. */
+  double eps = 1e-4, eps_safe = (1.0 - p->mask_top_p) * 0.25 / n;
+  int whole = 0;
+  for (;;) {
+    if (!(eps > eps_safe)) eps = eps_safe;
+    int32_t m = n;
+    if (!whole) {
+      float th = (float)(top + (log2(eps * total) - 1.0) / s);
+      m = row_collect(zp, n, nextafterf(th, -INFINITY), c);
+    }
+    if (whole || m == n) {
+      row_fill(zp, n, c);
+      m = n;
+    }
     int32_t done = 0, keep = -1;
     double above = 0.0;
     while (done < m && keep < 0) {
@@ -250,7 +277,11 @@ static int32_t stage_nucleus(const float* zp, int32_t n, float topf, const la_pa
       done = want;
     }
     if (keep < 0) {
-      if (!(above >= thr) && m < n) continue; /* the head missed the mass: take the whole row */
+      if (!(above >= thr) && m < n) { /* the head missed the mass: widen, at last to the row */
+        whole = eps == eps_safe;
+        eps *= 1e-3;
+        continue;
+      }
       keep = m;
     }
     int32_t nz = 0;
@@ -261,7 +292,6 @@ static int32_t stage_nucleus(const float* zp, int32_t n, float topf, const la_pa
     }
     return keep > 0 ? keep : 1;
   }
-  return 1; /* not reached: the second attempt always returns */
 }
 
 static void stage_combine(la_cand* c, int32_t n, const float* z0, double ratio) {
@@ -397,6 +427,25 @@ void la_workspace_free(la_workspace* ws) {
   free(ws);
 }
 
+void la_relative_weights(const float* values, int32_t n, double temperature, double* w) {
+  float top = -INFINITY;
+  for (int32_t j = 0; j < n; j++) top = values[j] > top ? values[j] : top;
+  double s = weight_scale(temperature), dlo = Y_MIN / s;
+  for (int32_t i = 0; i < n; i++) {
+    if (top == INFINITY || top == -INFINITY)
+      w[i] = (top == INFINITY && values[i] == INFINITY) ? 1.0 : 0.0;
+    else
+      w[i] = exp2_weight((double)values[i] - (double)top, s, dlo);
+  }
+}
+
+double la_row_mass(const float* z, int32_t n, double temperature) {
+  float top;
+  if (n < 1 || row_scan(z, n, &top) || top == -INFINITY) return 0.0;
+  double s = weight_scale(temperature);
+  return row_mass(z, n, top, s, Y_MIN / s);
+}
+
 int32_t la_abi_version(void) { return LA_ABI_VERSION; }
 int32_t la_sizeof_params(void) { return (int32_t)sizeof(la_params); }
 int32_t la_sizeof_result(void) { return (int32_t)sizeof(la_result); }
@@ -412,8 +461,8 @@ int32_t la_choose(const float* zp, const float* z0, int32_t n_vocab, const la_pa
       (n_history > 0 && history == NULL) || (!greedy && rng_state == NULL))
     return LA_ERR_INVALID;
   float topf;
-  if (row_bad_max(zp, n_vocab, &topf)) return LA_ERR_NONFINITE_P;
-  if (z0 != NULL && row_bad(z0, n_vocab)) return LA_ERR_NONFINITE_0;
+  if (row_scan(zp, n_vocab, &topf)) return LA_ERR_NONFINITE_P;
+  if (z0 != NULL && row_scan(z0, n_vocab, NULL)) return LA_ERR_NONFINITE_0;
 
   memset(out, 0, sizeof *out);
   int sorted;

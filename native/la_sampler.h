@@ -56,6 +56,11 @@ LA_API int32_t la_choose(const float* zp, const float* z0, int32_t n_vocab, cons
                          const int32_t* history, int32_t n_history, uint64_t* rng_state,
                          la_workspace* ws, la_result* out);
 
+/* Building blocks exposed for bit-exactness tests: relative_weights and the nucleus total
+   (mass_total of relative_weights) of sampling.py. Rows must be free of NaN and +inf. */
+LA_API void la_relative_weights(const float* values, int32_t n, double temperature, double* w);
+LA_API double la_row_mass(const float* z, int32_t n, double temperature);
+
 /* ABI checks for loaders. */
 LA_API int32_t la_abi_version(void);
 LA_API int32_t la_sizeof_params(void);

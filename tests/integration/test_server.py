@@ -1,0 +1,225 @@
+"""A real server on 127.0.0.1 driven by the official openai client."""
+
+import concurrent.futures as cf
+import json
+import random
+import resource
+import socket
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+import uvicorn
+
+from la_edge import Aligner
+from la_edge.server import Server
+
+PRINCIPLES = ["Answer in French.", "Be extremely brief.", "Answer like a pirate.", "Use a bullet list.",
+              "Explain it to a child.", "Be very formal.", "Mention the ocean.", "Answer in one sentence."]
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(model_path):
+    la = Aligner.load(model_path, n_ctx=8192, max_requests=8)
+    la.engine.max_queue = 4
+    la.engine.start()
+    srv = Server(la, model_name="smollm2")
+    port = _free_port()
+    uv = uvicorn.Server(uvicorn.Config(srv.app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=uv.run, daemon=True)
+    thread.start()
+    for _ in range(100):
+        if uv.started:
+            break
+        time.sleep(0.05)
+    srv.base = f"http://127.0.0.1:{port}"
+    yield srv
+    uv.should_exit = True
+    thread.join(timeout=10)
+    la.close()
+
+
+@pytest.fixture()
+def client(server):
+    return openai.OpenAI(base_url=server.base + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def wait_idle(server, timeout=20):
+    end = time.time() + timeout
+    while time.time() < end:
+        e = server.la.engine
+        if e.n_active == 0 and e.n_queued == 0 and e.used_sequences() == []:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def chat(client, content, principle=None, **kw):
+    extra = {"principle": principle} if principle else {}
+    extra.update(kw.pop("extra", {}))
+    return client.chat.completions.create(
+        model="smollm2", messages=[{"role": "user", "content": content}], temperature=0, max_tokens=kw.pop("max_tokens", 24),
+        extra_body=extra or None, **kw)
+
+
+def test_models_and_health(server, client):
+    assert [m.id for m in client.models.list().data] == ["smollm2"]
+    assert httpx.get(server.base + "/health").json()["status"] == "ok"
+
+
+def test_chat_non_streaming_and_streaming_agree(server, client):
+    r = chat(client, "Why is the sky blue?", "Answer in French.")
+    assert r.choices[0].message.content and r.usage.completion_tokens > 0
+    stream = chat(client, "Why is the sky blue?", "Answer in French.", stream=True,
+                  stream_options={"include_usage": True})
+    parts, usage = [], None
+    for ev in stream:
+        if ev.choices:
+            parts.append(ev.choices[0].delta.content or "")
+        if ev.usage:
+            usage = ev.usage
+    assert "".join(parts) == r.choices[0].message.content
+    assert usage.completion_tokens == r.usage.completion_tokens
+    assert wait_idle(server)
+
+
+def test_principle_changes_output(client):
+    a = chat(client, "What is rain?", max_tokens=32).choices[0].message.content
+    b = chat(client, "What is rain?", "Answer in French.", max_tokens=32).choices[0].message.content
+    assert a != b
+
+
+def test_alignment_ratio_and_logprobs(client):
+    r = chat(client, "Name a fruit.", "Be brief.", extra={"alignment_ratio": 4.0}, logprobs=True, top_logprobs=3)
+    content = r.choices[0].logprobs.content
+    assert content and len(content[0].top_logprobs) == 3 and content[0].logprob <= 0
+
+
+def test_completions_endpoint(client):
+    r = client.completions.create(model="smollm2", prompt="The capital of France is", max_tokens=8, temperature=0,
+                                  extra_body={"principle": "Be brief."})
+    assert r.choices[0].text and r.usage.completion_tokens > 0
+
+
+def test_eight_concurrent_equal_one_by_one(server, client):
+    q = "Tell me about the moon."
+    alone = [chat(client, q, p, max_tokens=32).choices[0].message.content for p in PRINCIPLES]
+    with cf.ThreadPoolExecutor(8) as ex:
+        together = list(ex.map(lambda p: chat(client, q, p, max_tokens=32).choices[0].message.content, PRINCIPLES))
+    assert together == alone
+    assert wait_idle(server)
+
+
+def test_client_disconnect_mid_stream_frees_sequences(server):
+    body = {"model": "smollm2", "messages": [{"role": "user", "content": "Write a long story."}],
+            "max_tokens": 200, "stream": True, "principle": "Be dramatic."}
+    with httpx.stream("POST", server.base + "/v1/chat/completions", json=body, timeout=60) as r:
+        lines = 0
+        for line in r.iter_lines():
+            lines += line.startswith("data:")
+            if lines >= 3:
+                break
+    assert wait_idle(server)
+
+
+@pytest.mark.parametrize("payload, status", [
+    (b"{not json", 400),
+    (b"[1, 2]", 400),
+    (json.dumps({"messages": "hello"}).encode(), 422),
+    (json.dumps({"messages": []}).encode(), 422),
+    (json.dumps({"messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}).encode(), 422),
+    (json.dumps({"messages": [{"role": "user", "content": "hi"}], "temperature": -1}).encode(), 400),
+    (json.dumps({"messages": [{"role": "user", "content": "hi"}], "alignment_ratio": 1e9}).encode(), 400),
+    (json.dumps({"messages": [{"role": "user", "content": "hi"}], "principle": ""}).encode(), 400),
+    (json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 100000}).encode(), 400),
+])
+def test_bad_requests_get_openai_errors(server, client, payload, status):
+    r = httpx.post(server.base + "/v1/chat/completions", content=payload, headers={"content-type": "application/json"})
+    assert r.status_code == status
+    assert "message" in r.json()["error"]
+    assert chat(client, "hi", max_tokens=2).choices[0].message.content is not None
+
+
+def test_prompt_beyond_context_and_unknown_route(server, client):
+    with pytest.raises(openai.BadRequestError) as e:
+        chat(client, "word " * 9000, "Be brief.")
+    assert e.value.code == "context_length_exceeded"
+    assert httpx.get(server.base + "/v1/nope").status_code == 404
+    big = b'{"messages": [{"role": "user", "content": "' + b"a" * (2 << 20) + b'"}]}'
+    assert httpx.post(server.base + "/v1/chat/completions", content=big).status_code == 413
+
+
+def test_api_key(server):
+    server.api_key = "sekret"
+    try:
+        bad = openai.OpenAI(base_url=server.base + "/v1", api_key="wrong", max_retries=0)
+        with pytest.raises(openai.AuthenticationError):
+            bad.models.list()
+        good = openai.OpenAI(base_url=server.base + "/v1", api_key="sekret", max_retries=0)
+        assert good.models.list().data
+    finally:
+        server.api_key = None
+
+
+def test_over_capacity_burst_gets_429_and_server_recovers(server, client):
+    def one(i):
+        try:
+            chat(client, f"Count to {i}.", PRINCIPLES[i % 8], max_tokens=48)
+            return 200
+        except openai.RateLimitError as exc:
+            assert exc.response.headers.get("retry-after")
+            return 429
+
+    with cf.ThreadPoolExecutor(24) as ex:
+        codes = list(ex.map(one, range(24)))
+    assert codes.count(429) > 0 and codes.count(200) >= 8
+    assert wait_idle(server)
+    assert chat(client, "hi", max_tokens=2).choices[0].message.content is not None
+
+
+@pytest.mark.slow
+def test_soak_mixed_requests_with_cancellations(server, client):
+    rnd = random.Random(1234)
+
+    def one(i):
+        body = {"model": "smollm2", "messages": [{"role": "user", "content": f"Question {i}: tell me a fact."}],
+                "max_tokens": rnd.randint(1, 24), "temperature": rnd.choice([0, 0.7, 1.2]),
+                "seed": rnd.randint(0, 1000), "top_p": rnd.choice([1.0, 0.9]),
+                "stream": rnd.random() < 0.5}
+        if rnd.random() < 0.7:
+            body["principle"] = rnd.choice(PRINCIPLES)
+            body["alignment_ratio"] = rnd.choice([0, 1, 2, 4])
+        cancel = body["stream"] and rnd.random() < 0.3
+        for _ in range(50):  # bounded retries on 429
+            if body["stream"]:
+                with httpx.stream("POST", server.base + "/v1/chat/completions", json=body, timeout=60) as r:
+                    if r.status_code == 429:
+                        time.sleep(0.2)
+                        continue
+                    for n, _line in enumerate(r.iter_lines()):
+                        if cancel and n >= 2:
+                            break
+                    return r.status_code
+            r = httpx.post(server.base + "/v1/chat/completions", json=body, timeout=60)
+            if r.status_code != 429:
+                return r.status_code
+            time.sleep(0.2)
+        return 429
+
+    rss = []
+    with cf.ThreadPoolExecutor(10) as ex:
+        for batch in range(3):
+            codes = list(ex.map(one, range(batch * 100, batch * 100 + 100)))
+            assert set(codes) <= {200}, codes
+            assert wait_idle(server)
+            rss.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    assert rss[2] - rss[1] < 64 * 1024, rss  # flat memory: < 64 MiB growth over the last 100
+    assert server.la.engine.used_sequences() == []

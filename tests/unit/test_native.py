@@ -1,0 +1,286 @@
+"""The native C sampler must choose exactly the ids the NumPy reference chooses."""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from la_edge import native
+from la_edge.errors import InvalidParameterError, NonFiniteLogitsError
+from la_edge.params import GenerationParams
+from la_edge.rng import SplitMix64
+from la_edge.sampling import choose_token, exp2_weights, mass_total, relative_weights
+
+if not native.available():
+    pytest.skip(f"native sampler library not found: {native.load_error()}", allow_module_level=True)
+
+F32 = np.float32
+GREEDY = GenerationParams(temperature=0.0)
+
+
+def both(zp, z0, params, seed=7, history=()):
+    """(reference Choice, native Choice, reference rng, native rng) for one decision."""
+    zp = np.ascontiguousarray(zp, dtype=F32)
+    z0 = None if z0 is None else np.ascontiguousarray(z0, dtype=F32)
+    r_ref, r_nat = SplitMix64(seed), SplitMix64(seed)
+    ref = choose_token(zp, z0, params, r_ref, list(history))
+    nat = native.NativeSampler(zp.size).choose(zp, z0, params, r_nat, list(history))
+    return ref, nat, r_ref, r_nat
+
+
+def assert_same(ref, nat, r_ref, r_nat):
+    assert nat.token == ref.token
+    assert nat.nucleus_size == ref.nucleus_size
+    assert r_nat.state == r_ref.state
+    assert [t for t, _ in nat.top] == [t for t, _ in ref.top]
+    for a, b in [(ref.logprob, nat.logprob)] + [(x[1], y[1]) for x, y in zip(ref.top, nat.top)]:
+        if math.isinf(a) or math.isinf(b):
+            assert a == b
+        else:
+            assert math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-12)
+
+
+# ---- hand-written vectors ----
+
+def test_greedy_argmax_plain():
+    ref, nat, *_ = both([1.0, 3.0, 2.0], None, GREEDY.with_(plausibility_top_p=1.0))
+    assert ref.token == nat.token == 1
+
+
+def test_alignment_flips_the_choice_inside_the_nucleus():
+    p = GREEDY.with_(ratio=2.0, plausibility_top_p=0.9)
+    ref, nat, *_ = both([2.0, 1.9, -5.0], [2.5, 0.0, -5.0], p)
+    assert ref.token == nat.token == 1
+    assert ref.nucleus_size == nat.nucleus_size == 2
+
+
+def test_nucleus_excludes_implausible_tokens():
+    p = GREEDY.with_(ratio=2.0, plausibility_top_p=0.5)
+    ref, nat, *_ = both([10.0, 0.0, 0.0], [10.0, -100.0, 0.0], p)
+    assert ref.token == nat.token == 0
+    assert ref.nucleus_size == nat.nucleus_size == 1
+
+
+def test_ties_break_by_id_and_nucleus_mass_is_strict():
+    for p_m, size in [(0.5, 2), (0.75, 3), (0.76, 4), (1.0, 4)]:
+        ref, nat, *_ = both([1.0, 1.0, 1.0, 1.0], None, GREEDY.with_(plausibility_top_p=p_m))
+        assert ref.token == nat.token == 0
+        assert ref.nucleus_size == nat.nucleus_size == size
+
+
+def test_banned_tokens_are_never_chosen():
+    p = GenerationParams(temperature=1.0, plausibility_top_p=1.0)
+    for seed in range(20):
+        ref, nat, r1, r2 = both([-np.inf, 0.0, -np.inf], [0.0, 0.0, 0.0], p, seed)
+        assert ref.token == nat.token == 1 and r1.state == r2.state
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.7])
+def test_all_masked_row_picks_token_zero_without_rng(temperature):
+    p = GenerationParams(temperature=temperature, top_logprobs=2)
+    ref, nat, r1, r2 = both([-np.inf] * 5, [-np.inf] * 5, p, seed=3)
+    assert ref.token == nat.token == 0
+    assert ref.nucleus_size == nat.nucleus_size == 1
+    assert r1.state == r2.state == 3
+    assert ref.logprob == nat.logprob == -math.inf
+
+
+def test_sampling_advances_rng_once_per_draw():
+    p = GenerationParams(temperature=0.8, plausibility_top_p=0.9)
+    ref, nat, r1, r2 = both([0.5, 0.2, 0.1, -1.0], [0.0, 0.4, 0.1, -1.0], p, seed=42)
+    expected = SplitMix64(42)
+    expected.next_u64()
+    assert r1.state == r2.state == expected.state
+    assert_same(ref, nat, r1, r2)
+
+
+def test_fallback_to_principled_nucleus_when_aligned_weights_vanish():
+    p = GenerationParams(temperature=0.7, ratio=2.0, plausibility_top_p=1.0)
+    zp = np.array([1.0, 0.5, 0.0], F32)
+    z0 = np.array([-np.inf, -np.inf, -np.inf], F32)  # z_P - z_0 = +inf -> every aligned value +inf
+    ref, nat, r1, r2 = both(zp, z0, p, seed=9)
+    assert_same(ref, nat, r1, r2)
+    zp2 = np.array([-np.inf, 1.0, 0.0], F32)
+    z02 = np.array([0.0, 3e38, 3e38], F32)  # aligned values overflow to -inf
+    ref, nat, r1, r2 = both(zp2, z02, p.with_(ratio=3.0), seed=9)
+    assert ref.token in (1, 2)
+    assert_same(ref, nat, r1, r2)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_rows_raise(bad):
+    row = np.zeros(8, F32)
+    row[5] = bad
+    s = native.NativeSampler(8)
+    for zp, z0 in [(row, np.zeros(8, F32)), (np.zeros(8, F32), row)]:
+        with pytest.raises(NonFiniteLogitsError):
+            s.choose(zp, z0, GREEDY, None, ())
+        with pytest.raises(NonFiniteLogitsError):
+            choose_token(zp, z0, GREEDY)
+
+
+def test_negative_history_is_invalid():
+    p = GenerationParams(temperature=0.7, repeat_penalty=1.2)
+    with pytest.raises(InvalidParameterError):
+        native.NativeSampler(4).choose(np.zeros(4, F32), None, p, SplitMix64(1), [1, -2])
+
+
+def test_wrong_shape_is_invalid():
+    with pytest.raises(InvalidParameterError):
+        native.NativeSampler(4).choose(np.zeros(5, F32), None, GREEDY)
+
+
+def test_pointers_are_accepted_zero_copy():
+    rs = np.random.default_rng(0)
+    zp = rs.standard_normal(1000).astype(F32)
+    z0 = rs.standard_normal(1000).astype(F32)
+    p = GenerationParams(temperature=0.9, top_logprobs=4)
+    ptr = lambda a: a.ctypes.data_as(ctypes.POINTER(ctypes.c_float))  # noqa: E731
+    want = choose_token(zp, z0, p, SplitMix64(5))
+    for chooser in (native.NativeSampler(1000), native.NumpySampler(1000)):
+        got = chooser.choose(ptr(zp), ptr(z0), p, SplitMix64(5), [])
+        assert got.token == want.token and [t for t, _ in got.top] == [t for t, _ in want.top]
+
+
+def test_make_chooser_paths(monkeypatch):
+    assert native.make_chooser(10).path == "native"
+    assert native.make_chooser(10, prefer_native=False).path == "numpy"
+    monkeypatch.setattr(native, "_LIB", None)
+    monkeypatch.setattr(native, "_LOAD_ERROR", "simulated")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        chooser = native.make_chooser(10)
+    assert chooser.path == "numpy"
+    assert len(caught) == 1 and "simulated" in str(caught[0].message)
+    assert not native.available()
+
+
+def test_loader_reports_its_library():
+    assert native.load_error() is None and native.LIB_PATH
+
+
+def test_exp2_weights_is_accurate():
+    d = -np.linspace(0.0, 700.0, 200001)
+    rel = np.abs(exp2_weights(d, 1.0) / np.exp(d) - 1.0)
+    assert rel[:2000].max() < 2e-15 and rel.max() < 4e-13  # the larger part is rounding of d*log2e
+    assert exp2_weights(np.array([0.0, -np.inf, -800.0]), 0.5).tolist() == [1.0, 0.0, 0.0]
+
+
+def test_mass_total_is_a_faithful_sum():
+    w = np.random.default_rng(1).random(100003)
+    assert math.isclose(mass_total(w), math.fsum(w), rel_tol=1e-14)
+    assert mass_total(np.zeros(3)) == 0.0
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.sampled_from([1, 2, 15, 16, 17, 1000, 8191, 8192, 8193, 40000]), kind=st.sampled_from(
+    ["normal", "ties", "masked", "huge", "tiny", "flat", "single", "peaked"]),
+    temperature=st.sampled_from([0.01, 0.3, 1.0, 7.0, 100.0, 1e-300]), seed=st.integers(0, 2**32 - 1))
+def test_weights_and_nucleus_total_are_bit_exact(n, kind, temperature, seed):
+    row = make_row(np.random.default_rng(seed), n, kind)
+    w = relative_weights(row, temperature)
+    assert np.array_equal(native.native_relative_weights(row, temperature).view(np.uint64), w.view(np.uint64))
+    assert native.native_row_mass(row, temperature) == mass_total(w)
+
+
+# ---- properties: identical ids over random rows and parameters ----
+
+ROW_KINDS = ("normal", "ties", "masked", "huge", "tiny", "flat", "single", "peaked")
+
+
+def make_row(rs: np.random.Generator, n: int, kind: str) -> np.ndarray:
+    if kind == "normal":
+        z = rs.standard_t(5, n) * 3.0
+    elif kind == "ties":
+        z = np.round(rs.standard_normal(n) * 2.0)
+    elif kind == "masked":
+        z = rs.standard_normal(n) * 3.0
+        z[rs.random(n) < 0.7] = -np.inf
+    elif kind == "huge":
+        z = rs.choice([-3e38, -1e30, 0.0, 1e30, 3e38], n) * rs.random(n)
+    elif kind == "tiny":
+        z = rs.standard_normal(n) * 1e-30
+    elif kind == "flat":
+        z = np.zeros(n)
+    elif kind == "single":
+        z = np.full(n, -np.inf)
+        z[rs.integers(n)] = rs.standard_normal()
+    else:
+        z = rs.standard_normal(n)
+        z[rs.integers(n)] = 40.0
+    return z.astype(F32)
+
+
+params_st = st.builds(
+    GenerationParams,
+    ratio=st.sampled_from([-1.0, 0.0, 0.5, 2.0, 10.0, 1e-50]),
+    temperature=st.sampled_from([0.0, 0.3, 0.7, 1.0, 2.5]),
+    plausibility_top_p=st.sampled_from([0.05, 0.5, 0.8, 0.95, 1.0 - 1e-12, 1.0]),
+    plausibility_temperature=st.sampled_from([None, 0.5, 1.5]),
+    top_k=st.sampled_from([0, 1, 5, 50]),
+    top_p=st.sampled_from([1.0, 0.9, 0.5]),
+    min_p=st.sampled_from([0.0, 0.05, 0.5]),
+    repeat_penalty=st.sampled_from([1.0, 1.3, 0.8]),
+    frequency_penalty=st.sampled_from([0.0, 0.5, -0.7]),
+    presence_penalty=st.sampled_from([0.0, 0.4]),
+    repeat_last_n=st.sampled_from([0, 8, 64]),
+    top_logprobs=st.sampled_from([0, 3, 20]),
+)
+
+
+def run_case(n, kind, z0_kind, params, seed, steps=3):
+    rs = np.random.default_rng(seed % 2**32)
+    zp = make_row(rs, n, kind)
+    z0 = {"none": None, "perturbed": (zp + rs.standard_normal(n).astype(F32)).astype(F32),
+          "other": make_row(rs, n, kind)}[z0_kind]
+    history = [int(t) for t in rs.integers(0, n + 3, 40)]
+    sampler = native.NativeSampler(n)
+    r_ref, r_nat = SplitMix64(seed), SplitMix64(seed)
+    for _ in range(steps):
+        ref = choose_token(zp, z0, params, r_ref, history)
+        nat = sampler.choose(zp, z0, params, r_nat, history)
+        assert_same(ref, nat, r_ref, r_nat)
+        history.append(ref.token)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n=st.integers(1, 3000), kind=st.sampled_from(ROW_KINDS), z0_kind=st.sampled_from(["none", "perturbed", "other"]),
+       params=params_st, seed=st.integers(0, 2**64 - 1))
+def test_native_matches_reference_small(n, kind, z0_kind, params, seed):
+    run_case(n, kind, z0_kind, params, seed)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n=st.integers(3000, 40000), kind=st.sampled_from(ROW_KINDS), z0_kind=st.sampled_from(["none", "perturbed"]),
+       params=params_st, seed=st.integers(0, 2**64 - 1))
+def test_native_matches_reference_medium(n, kind, z0_kind, params, seed):
+    run_case(n, kind, z0_kind, params, seed, steps=1)
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n=st.sampled_from([49152, 151936, 262144]), kind=st.sampled_from(["normal", "ties", "masked", "peaked"]),
+       params=params_st, seed=st.integers(0, 2**64 - 1))
+def test_native_matches_reference_large(n, kind, params, seed):
+    run_case(n, kind, "perturbed", params, seed, steps=1)
+
+
+def test_native_matches_reference_long_seeded_run():
+    rs = np.random.default_rng(11)
+    n = 5000
+    p = GenerationParams(temperature=0.8, top_k=40, top_p=0.95, min_p=0.02, repeat_penalty=1.1,
+                         frequency_penalty=0.2, presence_penalty=0.1, top_logprobs=5)
+    sampler = native.NativeSampler(n)
+    r_ref, r_nat, history = SplitMix64(123), SplitMix64(123), []
+    for _ in range(100):
+        zp = make_row(rs, n, "normal")
+        z0 = (zp + rs.standard_normal(n).astype(F32)).astype(F32)
+        ref = choose_token(zp, z0, p, r_ref, history)
+        nat = sampler.choose(zp, z0, p, r_nat, history)
+        assert_same(ref, nat, r_ref, r_nat)
+        history.append(ref.token)
