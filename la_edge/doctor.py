@@ -17,7 +17,7 @@ def report(model: Optional[str] = None) -> dict:
         "python": platform.python_version(),
         "machine": platform.machine(),
         "sampler": "native" if native.available() else "numpy",
-        "native_library": native.library_path(),
+        "native_library": native.LIB_PATH,
         "native_error": native.load_error(),
     }
     sysinfo = system_info()

@@ -260,9 +260,21 @@ class LlamaCppBackend:
 
 def system_info() -> dict:
     """The llama.cpp build: GPU offload support and the CPU features it was compiled for."""
-    info = llama_cpp.llama_print_system_info().decode("utf-8", "replace")
+    _init_backend(False)
+    info = llama_cpp.llama_print_system_info().decode("utf-8", "replace").strip()
+    features, backends = [], []
+    for part in info.split("|"):
+        if "=" in part:  # "AVX2 = 1" style entries, prefixed by the backend ("CPU : SSE3 = 1")
+            head, _, value = part.rpartition("=")
+            name = head.split(":")[-1].strip()
+            if ":" in head:
+                backends.append(head.split(":")[0].strip())
+            if value.strip() == "1":
+                features.append(name)
     return {
         "llama_cpp_python": llama_cpp.__version__,
         "gpu_offload": bool(llama_cpp.llama_supports_gpu_offload()),
-        "system_info": info.strip(),
+        "backends": backends or ["CPU"],
+        "cpu_features": features,
+        "system_info": info,
     }

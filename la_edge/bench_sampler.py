@@ -1,6 +1,6 @@
 """Per-token cost of one Linear Alignment decision: native C sampler vs the NumPy reference.
 
-Usage: python -m benchmarks.bench_sampler [--quick]   (prints JSON, then a table)
+Usage: la-edge bench --sampler [--quick] [--json]   (or python -m la_edge.bench_sampler)
 """
 
 from __future__ import annotations
@@ -8,18 +8,14 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
-from pathlib import Path
 from typing import Dict, Iterable
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from la_edge import native  # noqa: E402
-from la_edge.params import GenerationParams  # noqa: E402
-from la_edge.rng import SplitMix64  # noqa: E402
+from . import native
+from .params import GenerationParams
+from .rng import SplitMix64
 
 MODES = {
     "greedy": GenerationParams(temperature=0.0, ratio=2.0),
@@ -70,6 +66,15 @@ def run(vocab_sizes: Iterable[int] = (49152, 151936, 262144), iters: int = 200, 
     return out
 
 
+def table(result: Dict[str, object]) -> str:
+    """A Markdown table of a run() result."""
+    lines = ["| vocab | path | greedy ms/token | sample ms/token |", "|---:|---|---:|---:|"]
+    for v, paths in result["sampler_ms"].items():
+        for name, modes in paths.items():
+            lines.append(f"| {v} | {name} | {modes['greedy']:.4f} | {modes['sample']:.4f} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer iterations")
@@ -77,10 +82,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     result = run(iters=args.iters, quick=args.quick)
     print(json.dumps(result, indent=2))
-    print(f"\n{'vocab':>8} {'path':>7} {'greedy ms':>10} {'sample ms':>10}")
-    for v, paths in result["sampler_ms"].items():
-        for name, modes in paths.items():
-            print(f"{v:>8} {name:>7} {modes['greedy']:>10.4f} {modes['sample']:>10.4f}")
+    print(table(result))
     return 0
 
 
