@@ -49,7 +49,9 @@ def params_from_args(args: argparse.Namespace) -> GenerationParams:
 
 def add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", "-m", default=None, help="GGUF file (default: embedded SmolLM2-135M-Instruct Q4_1)")
-    p.add_argument("--n-ctx", type=int, default=4096, help="context size in tokens, shared by both sequences")
+    p.add_argument("--n-ctx", type=int, default=4096, help="context size in tokens of each sequence")
+    p.add_argument("--kv-unified", action="store_true",
+                   help="one KV buffer for all sequences (less memory; logits then depend on batch neighbours)")
     p.add_argument("--n-gpu-layers", type=int, default=0, help="layers to offload to a GPU build (CUDA/Metal)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--flash-attn", action="store_true", help="enable flash attention")
@@ -61,7 +63,8 @@ def _load(args, max_requests: int = 1):
     from .generate import Aligner
 
     return Aligner.load(args.model, n_ctx=args.n_ctx, n_gpu_layers=args.n_gpu_layers, n_threads=args.threads,
-                        flash_attn=args.flash_attn, prefer_native=not args.numpy_sampler, verbose=args.verbose,
+                        flash_attn=args.flash_attn, kv_unified=args.kv_unified,
+                        prefer_native=not args.numpy_sampler, verbose=args.verbose,
                         max_requests=max_requests)
 
 
@@ -147,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-queue", type=int, default=32, help="waiting requests beyond which 429 is returned")
     s.add_argument("--model-name", default=None, help="id reported by /v1/models")
     add_model_flags(s)
-    s.set_defaults(func=cmd_serve, n_ctx=8192)
+    s.set_defaults(func=cmd_serve, n_ctx=2048)
 
     b = sub.add_parser("bench", help="plain vs naive two-context vs la_edge aligned decoding, one run")
     b.add_argument("--model", "-m", default=None)
@@ -160,6 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--threads", type=int, default=None)
     b.add_argument("--plot", default=None, help="write a PNG chart here (needs matplotlib)")
     b.set_defaults(func=cmd_bench)
+
+    from .evaluation.cli import add_eval_parser
+
+    add_eval_parser(sub)
 
     d = sub.add_parser("doctor", help="report the build, backends, CPU features and sampler path")
     d.add_argument("--model", "-m", default=None)

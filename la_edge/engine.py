@@ -179,10 +179,11 @@ class Engine:
         cells = len(tokens_p) + params.max_tokens
         if aligned:
             cells += len(tokens_0) - shared + params.max_tokens
-        if cells > n_ctx:
+        total = getattr(self.backend, "n_ctx_total", n_ctx)
+        if getattr(self.backend, "kv_unified", False) and cells > total:
             raise ContextOverflowError(
                 f"both sequences need {cells} KV cells ({len(tokens_p)}+{len(tokens_0)}-{shared} shared prompt "
-                f"tokens + 2x{params.max_tokens} generated) but n_ctx={n_ctx}; lower max_tokens or raise n_ctx")
+                f"tokens + 2x{params.max_tokens} generated) but the unified cache has {total}; lower max_tokens")
         seed = params.seed if params.seed is not None else SplitMix64().next_u64()
         req = _Request(
             rid=next(self._ids), pair=pair, params=params, tokens_p=tokens_p, tokens_0=tokens_0,
@@ -220,7 +221,8 @@ class Engine:
     def _admit(self) -> None:
         while self._queue and len(self._active) < self.max_requests:
             req = self._queue[0]
-            if self._reserved + req.cells > self.backend.n_ctx and self._active:
+            unified = getattr(self.backend, "kv_unified", False)
+            if unified and self._reserved + req.cells > self.backend.n_ctx_total and self._active:
                 return  # wait for KV cells to free up
             self._queue.popleft()
             self._reserved += req.cells
@@ -305,7 +307,8 @@ class Engine:
             for req, action in plans:
                 if action == "copy":
                     b = req.seqs[1]
-                    self.backend.seq_copy(req.seqs[0].seq_id, b.seq_id, 0, req.shared)
+                    # A holds exactly the shared prefix now; a whole-sequence copy works in split caches too.
+                    self.backend.seq_copy(req.seqs[0].seq_id, b.seq_id, -1, -1)
                     b.n_past = req.shared
                     req.phase = "rest"
                 elif action == "sample":

@@ -145,14 +145,19 @@ class Aligner:
     @classmethod
     def load(cls, model_path: Optional[str] = None, n_ctx: int = 4096, n_batch: int = 512,
              max_requests: int = 1, n_threads: Optional[int] = None, n_gpu_layers: int = 0,
-             flash_attn: bool = False, prefer_native: bool = True, verbose: bool = False) -> "Aligner":
-        """Load a GGUF model (default: the embedded SmolLM2-135M-Instruct Q4_1)."""
+             flash_attn: bool = False, kv_unified: bool = False, prefer_native: bool = True,
+             verbose: bool = False) -> "Aligner":
+        """Load a GGUF model (default: the embedded SmolLM2-135M-Instruct Q4_1).
+
+        n_ctx is the context of each sequence; a request with a principle uses two sequences.
+        """
         from .llama_backend import LlamaCppBackend
         from .models import resolve_model
 
         backend = LlamaCppBackend(
             resolve_model(model_path), n_ctx=n_ctx, n_batch=n_batch, n_seq_max=2 * max_requests,
-            n_threads=n_threads, n_gpu_layers=n_gpu_layers, flash_attn=flash_attn, verbose=verbose)
+            n_threads=n_threads, n_gpu_layers=n_gpu_layers, flash_attn=flash_attn, kv_unified=kv_unified,
+            verbose=verbose)
         return cls(Engine(backend, max_requests=max_requests, prefer_native=prefer_native))
 
     @property

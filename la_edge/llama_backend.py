@@ -168,6 +168,7 @@ class LlamaCppBackend:
         n_threads: Optional[int] = None,
         n_gpu_layers: int = 0,
         flash_attn: bool = False,
+        kv_unified: bool = False,
         verbose: bool = False,
     ):
         if n_ctx < 16:
@@ -176,14 +177,16 @@ class LlamaCppBackend:
             raise InvalidParameterError(f"n_seq_max must be in [1, 256], got {n_seq_max}")
         self.model = LlamaModel(model_path, n_gpu_layers=n_gpu_layers, verbose=verbose)
         cparams = llama_cpp.llama_context_default_params()
-        cparams.n_ctx = n_ctx
+        # n_ctx is per sequence. A split cache gives every sequence its own KV stream, so its
+        # logits are bit-identical to a private context; a unified one shares cells (see README).
+        cparams.n_ctx = n_ctx if kv_unified else n_ctx * n_seq_max
         cparams.n_batch = n_batch
         cparams.n_ubatch = n_batch
         cparams.n_seq_max = n_seq_max
         threads = n_threads or max(1, os.cpu_count() or 1)
         cparams.n_threads = threads
         cparams.n_threads_batch = threads
-        cparams.kv_unified = True  # shared prefixes are cheap only in a unified cache
+        cparams.kv_unified = kv_unified
         cparams.flash_attn_type = (
             llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
         )
@@ -191,9 +194,12 @@ class LlamaCppBackend:
         self._ctx = llama_cpp.llama_init_from_model(self.model.handle, cparams)
         if not self._ctx:
             self.model.close()
-            raise ModelLoadError(f"llama.cpp could not create a context (n_ctx={n_ctx}); try a smaller n_ctx")
+            raise ModelLoadError(
+                f"llama.cpp could not create a context (n_ctx={n_ctx} x {n_seq_max} sequences); try a smaller n_ctx")
         self._mem = llama_cpp.llama_get_memory(self._ctx)
-        self.n_ctx = llama_cpp.llama_n_ctx(self._ctx)
+        self.n_ctx = llama_cpp.llama_n_ctx_seq(self._ctx)
+        self.n_ctx_total = llama_cpp.llama_n_ctx(self._ctx)
+        self.kv_unified = kv_unified
         self.n_batch = llama_cpp.llama_n_batch(self._ctx)
         self.n_seq_max = llama_cpp.llama_n_seq_max(self._ctx)
         self.n_vocab = self.model.n_vocab

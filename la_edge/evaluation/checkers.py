@@ -165,10 +165,15 @@ CHECKERS = {
 }
 
 
-def check(text: str, spec: Dict[str, object]) -> bool:
-    """Run the checker named by spec['type'] with the other keys as arguments."""
+def check(text: str, spec: Dict[str, object], finished: bool = True) -> bool:
+    """Run the checker named by spec['type'] with the other keys as arguments.
+
+    With spec['complete'] true, an answer cut off by max_tokens (finished=False) fails.
+    """
     args = dict(spec)
     kind = args.pop("type")
+    if args.pop("complete", False) and not finished:
+        return False
     if kind not in CHECKERS:
         raise ValueError(f"unknown checker {kind!r}; known: {', '.join(sorted(CHECKERS))}")
     return bool(CHECKERS[kind](text, **args))

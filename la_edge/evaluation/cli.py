@@ -7,8 +7,6 @@ import json
 import sys
 from typing import List, Tuple
 
-from ..errors import InvalidParameterError
-
 
 def _floats(text: str) -> Tuple[float, ...]:
     try:
@@ -30,7 +28,8 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--model", "-m", default=None, help="GGUF file (default: embedded SmolLM2-135M-Instruct Q4_1)")
     p.add_argument("--ratios", type=_floats, default=(1.0, 2.0, 4.0), help="comma-separated ratios (default: 1,2,4)")
     p.add_argument("--max-tokens", type=int, default=64, help="tokens per answer (default: 64)")
-    p.add_argument("--limit", type=int, default=None, help="prompts per principle (--mc: items) (default: all)")
+    p.add_argument("--limit", type=int, default=None,
+                   help="prompts per principle, 8 at most (default: 4); with --mc: items (default: all 16)")
     p.add_argument("--principles", type=_names, default=None, help="comma-separated principle ids (default: all)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default: 0)")
@@ -50,12 +49,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from ..generate import Aligner
     from ..models import resolve_model
     from .report import markdown, write_outputs
-    from .runner import EvalConfig, run_mc, run_principles
+    from .runner import EvalConfig, load_tasks, run_mc, run_principles
 
-    if args.limit is not None and args.limit < 1:
-        raise InvalidParameterError(f"--limit must be >= 1, got {args.limit}")
-    config = EvalConfig(ratios=args.ratios, max_tokens=args.max_tokens, limit=args.limit, seed=args.seed,
+    limit = args.limit if args.limit is not None or args.mc else 4
+    config = EvalConfig(ratios=args.ratios, max_tokens=args.max_tokens, limit=limit, seed=args.seed,
                         temperature=args.temperature, principles=args.principles)
+    config.validate()
+    if not args.mc:
+        load_tasks(1, config.principles)
     model = resolve_model(args.model)
     progress = None if args.quiet else sys.stderr
     with Aligner.load(model, n_ctx=args.n_ctx, n_threads=args.threads, n_gpu_layers=args.n_gpu_layers) as la:

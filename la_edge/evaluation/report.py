@@ -20,13 +20,15 @@ def markdown(doc: Dict[str, object]) -> str:
     """A Markdown report of a results document (principles or mc mode)."""
     settings = doc["settings"]
     cfg = doc["config"]
-    head = (f"Model: `{os.path.basename(doc.get('model') or '') or 'default'}`; max_tokens={cfg['max_tokens']}, "
+    tokens = "first token only" if doc["mode"] == "mc" else f"max_tokens={cfg['max_tokens']}"
+    head = (f"Model: `{os.path.basename(doc.get('model') or '') or 'default'}`; {tokens}, "
             f"temperature={cfg['temperature']:g}, seed={cfg['seed']}.")
     if doc["mode"] == "mc":
-        rows = [[s, _pct(r["accuracy"]), f"{r['correct']}/{r['n']}", _pct(r["answered"]), f"{r['letter_mass']:.2f}"]
-                for s, r in doc["results"].items()]
+        rows = [[s, _pct(r["accuracy"]), f"{r['correct']}/{r['n']}", _pct(r["answered"]), f"{r['letter_mass']:.2f}",
+                 f"{r['answer_prob']:.2f}"] for s, r in doc["results"].items()]
         return "\n".join(["## Personal-preference multiple choice", "", head, ""] + _table(
-            ["setting", "accuracy", "correct", "letter in top-20", "mean letter mass"], rows)) + "\n"
+            ["setting", "accuracy", "correct", "letter in top-20", "mean letter mass", "mean P(preferred) among letters"],
+            rows)) + "\n"
     res, overall = doc["results"], doc["overall"]
     adh = [[pid] + [_pct(res[pid][s]["adherence"]) for s in settings] for pid in res]
     adh.append(["**all**"] + [f"**{_pct(overall[s]['adherence'])}**" for s in settings])
@@ -53,7 +55,7 @@ def plot(doc: Dict[str, object], path: str) -> Optional[str]:
     if doc["mode"] == "mc":
         fig, ax = plt.subplots(figsize=(5, 3.5))
         ax.plot(x, [doc["results"][s]["accuracy"] for s in settings], "o-", label="accuracy")
-        ax.plot(x, [doc["results"][s]["letter_mass"] for s in settings], "s--", label="letter mass")
+        ax.plot(x, [doc["results"][s]["answer_prob"] for s in settings], "s--", label="P(preferred) among letters")
         axes = [ax]
         ax.set_title("Personal-preference multiple choice")
     else:

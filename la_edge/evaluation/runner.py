@@ -33,6 +33,13 @@ class EvalConfig:
         """Setting names in order: 'plain', 'r=0', then 'r=<ratio>'."""
         return ["plain", "r=0"] + [setting_name(r) for r in self.ratios if r != 0.0]
 
+    def validate(self) -> None:
+        """Raise InvalidParameterError now, before any model is loaded, for a bad ratio or limit."""
+        if self.limit is not None and self.limit < 1:
+            raise InvalidParameterError(f"limit must be >= 1, got {self.limit}")
+        for s in self.settings():
+            _params(self, s)
+
 
 @dataclass
 class Task:
@@ -131,6 +138,7 @@ def _summary(rows: List[Dict[str, object]]) -> Dict[str, float]:
 def run_principles(la, config: EvalConfig, progress: Optional[TextIO] = sys.stderr,
                    model: str = "") -> Dict[str, object]:
     """Adherence and fluency per principle and setting; returns the results document."""
+    config.validate()
     tasks = load_tasks(config.limit, config.principles)
     if checkers.uses([t.checker for t in tasks], "language"):
         checkers.require_langdetect()
@@ -140,8 +148,9 @@ def run_principles(la, config: EvalConfig, progress: Optional[TextIO] = sys.stde
     for t in tasks:
         for s in settings:
             res = la.generate(params=_params(config, s), pair=_pair(la, t.prompt, t.principle, s))
+            passed = checkers.check(res.text, t.checker, finished=res.finish_reason == "stop")
             samples.append({"principle": t.principle_id, "source": t.source, "setting": s, "text": res.text,
-                            "finish_reason": res.finish_reason, "passed": checkers.check(res.text, t.checker),
+                            "finish_reason": res.finish_reason, "passed": passed,
                             "fluency": checkers.fluency(res.text)})
             bar.step(f"{t.principle_id} {s}")
     ids = list(dict.fromkeys(t.principle_id for t in tasks))
@@ -173,6 +182,7 @@ def letter_scores(top: Sequence[Dict[str, object]], letters: str = LETTERS) -> D
 
 def run_mc(la, config: EvalConfig, progress: Optional[TextIO] = sys.stderr, model: str = "") -> Dict[str, object]:
     """Accuracy of the aligned first-token distribution over the option letters, per setting."""
+    config.validate()
     items = load_preferences(config.limit)
     settings = config.settings()
     bar = Progress(len(items) * len(settings), progress)
@@ -185,6 +195,7 @@ def run_mc(la, config: EvalConfig, progress: Optional[TextIO] = sys.stderr, mode
             choice = max(sorted(scores), key=scores.get) if scores else None
             samples.append({"item": item["id"], "setting": s, "choice": choice, "answer": item["answer"],
                             "correct": choice == item["answer"], "letter_mass": sum(scores.values()),
+                            "answer_prob": scores.get(item["answer"], 0.0) / (sum(scores.values()) or 1.0),
                             "scores": scores})
             bar.step(f"{item['id']} {s}")
     results = {}
@@ -193,7 +204,8 @@ def run_mc(la, config: EvalConfig, progress: Optional[TextIO] = sys.stderr, mode
         results[s] = {"accuracy": _mean([float(r["correct"]) for r in rows]),
                       "correct": sum(r["correct"] for r in rows), "n": len(rows),
                       "answered": _mean([float(r["choice"] is not None) for r in rows]),
-                      "letter_mass": _mean([r["letter_mass"] for r in rows])}
+                      "letter_mass": _mean([r["letter_mass"] for r in rows]),
+                      "answer_prob": _mean([r["answer_prob"] for r in rows])}
     return {"mode": "mc", "model": model, "config": asdict(config), "settings": settings,
             "results": results, "samples": samples}
 
