@@ -135,7 +135,7 @@ class Engine:
     """Schedules requests over one backend context; every step is one decode call."""
 
     def __init__(self, backend, max_requests: int = 1, max_queue: int = 16, prefer_native: bool = True,
-                 prefill_chunk: int = 256):
+                 prefill_chunk: int = 256, mix_prefill: bool = False):
         from .native import make_chooser
 
         if max_requests < 1 or 2 * max_requests > backend.n_seq_max:
@@ -144,6 +144,7 @@ class Engine:
         self.max_requests = max_requests
         self.max_queue = max_queue
         self.prefill_chunk = prefill_chunk  # prompt tokens per step while others decode
+        self.mix_prefill = mix_prefill  # one llama_decode per step, at the cost of exactness
         self.chooser = make_chooser(backend.n_vocab, prefer_native=prefer_native)
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
@@ -276,44 +277,55 @@ class Engine:
         return None
 
     def step(self) -> bool:
-        """Decode one batch for all active requests; False when there is nothing to do."""
+        """One scheduling step; False when there is nothing to do.
+
+        Running requests decode together in one batch. A newcomer's prompt (at most
+        prefill_chunk tokens per step while others run) goes in that same batch when
+        mix_prefill is on; by default it gets its own call, which keeps every request's
+        logits bit-identical to running alone (see README, "Batching and numerics").
+        """
         with self._cond:
             self._admit()
-            if not self._active:
-                return False
-            entries: List[BatchEntry] = []
-            plans = []
-            # Decoding requests first (two tokens each), then prefill chunks in the space left.
             decoding = [r for r in self._active if r.phase == "rest" and all(len(s.pending) <= 1 for s in r.seqs)]
             prefilling = [r for r in self._active if r not in decoding]
-            for req in decoding:
-                plans.append((req, self._plan(req, entries, self.backend.n_batch - len(entries))))
-            # A long prompt is fed in chunks so the running requests keep their pace.
-            limit = self.backend.n_batch if not decoding else len(entries) + self.prefill_chunk
-            for req in prefilling:
-                budget = min(self.backend.n_batch, limit) - len(entries)
-                if budget <= 0:
-                    break
-                plans.append((req, self._plan(req, entries, budget)))
-            if not entries:
-                return False
-            try:
-                self.backend.decode(entries)
-            except DecodeError as exc:
-                for req, _ in plans:
-                    self._finish(req, "error", exc)
-                return True
-            self.steps += 1
-            for req, action in plans:
-                if action == "copy":
-                    b = req.seqs[1]
-                    # A holds exactly the shared prefix now; a whole-sequence copy works in split caches too.
-                    self.backend.seq_copy(req.seqs[0].seq_id, b.seq_id, -1, -1)
-                    b.n_past = req.shared
-                    req.phase = "rest"
-                elif action == "sample":
-                    self._sample(req)
+            chunk = self.prefill_chunk if decoding else self.backend.n_batch
+            if self.mix_prefill:
+                return self._run(decoding + prefilling, chunk)
+            ran = self._run(decoding, 0)
+            return self._run(prefilling[:1], chunk) or ran
+
+    def _run(self, requests: List[_Request], prefill_budget: int) -> bool:
+        """Decode one batch over `requests` (decoders first) and apply the post-decode actions."""
+        entries: List[BatchEntry] = []
+        plans = []
+        limit = None
+        for req in requests:
+            is_prefill = not (req.phase == "rest" and all(len(s.pending) <= 1 for s in req.seqs))
+            if is_prefill and limit is None:
+                limit = min(self.backend.n_batch, len(entries) + prefill_budget)
+            budget = (limit if is_prefill else self.backend.n_batch) - len(entries)
+            if budget <= 0:
+                break
+            plans.append((req, self._plan(req, entries, budget)))
+        if not entries:
+            return False
+        try:
+            self.backend.decode(entries)
+        except DecodeError as exc:
+            for req, _ in plans:
+                self._finish(req, "error", exc)
             return True
+        self.steps += 1
+        for req, action in plans:
+            if action == "copy":
+                b = req.seqs[1]
+                # A holds exactly the shared prefix now; a whole-sequence copy works in split caches too.
+                self.backend.seq_copy(req.seqs[0].seq_id, b.seq_id, -1, -1)
+                b.n_past = req.shared
+                req.phase = "rest"
+            elif action == "sample":
+                self._sample(req)
+        return True
 
     def _sample(self, req: _Request) -> None:
         a = req.seqs[0]

@@ -61,7 +61,7 @@ class LlamaModel:
         return self._model
 
     def close(self) -> None:
-        if self._model:
+        if getattr(self, "_model", None):
             llama_cpp.llama_model_free(self._model)
             self._model = None
 

@@ -27,7 +27,7 @@ EOG_TEXTS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>", "<e
 
 def _byte_decoder() -> Dict[str, int]:
     """GPT-2's printable-character -> byte table (the inverse of bytes_to_unicode)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     cs = bs[:]
     n = 0
     for b in range(256):
@@ -174,7 +174,9 @@ class OnnxBackend:
         self._heads, self._head_dim = int(shape[1]), int(shape[3])
         self._kv_dtype = np.float16 if inputs[self._past[0]].type == "tensor(float16)" else np.float32
         vocab = self._sess.get_outputs()[0].shape[-1]
-        self.n_vocab = int(vocab) if isinstance(vocab, int) else int(_read_json(os.path.join(folder, "config.json"))["vocab_size"])
+        if not isinstance(vocab, int):
+            vocab = _read_json(os.path.join(folder, "config.json"))["vocab_size"]
+        self.n_vocab = int(vocab)
         self._device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
         self.n_ctx, self.n_batch, self.n_seq_max = n_ctx, n_batch, n_seq_max
         self.path = model_file
@@ -274,7 +276,8 @@ class OnnxBackend:
         live = max((int((p >= 0).sum()) for _, p in self._seqs.values()), default=0)
         if live + steps > self.n_ctx:
             raise decode_error(1)
-        stale = order != self._rows or any(self._seqs[s][0] != r for r, s in enumerate(self._rows))
+        stale = order != self._rows or any(s not in self._seqs or self._seqs[s][0] != r
+                                           for r, s in enumerate(order))
         if stale or self._width + steps > self.n_ctx or self._width > 2 * live + 64:  # also drops padding
             self._regather(order)
         self._run(order, per, steps, len(entries))
