@@ -48,7 +48,10 @@ def params_from_args(args: argparse.Namespace) -> GenerationParams:
 
 
 def add_model_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", "-m", default=None, help="GGUF file (default: embedded SmolLM2-135M-Instruct Q4_1)")
+    p.add_argument("--model", "-m", default=None,
+                   help="GGUF file or exported ONNX folder (default: embedded SmolLM2-135M-Instruct Q4_1)")
+    p.add_argument("--backend", choices=("auto", "llama.cpp", "onnx"), default="auto",
+                   help="auto: ONNX for a folder made by `la-edge export onnx`, llama.cpp for a .gguf")
     p.add_argument("--n-ctx", type=int, default=4096, help="context size in tokens of each sequence")
     p.add_argument("--kv-unified", action="store_true",
                    help="one KV buffer for all sequences (less memory; logits then depend on batch neighbours)")
@@ -59,9 +62,22 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--verbose", action="store_true", help="show llama.cpp logs")
 
 
+def _is_onnx(args) -> bool:
+    import os
+
+    if getattr(args, "backend", "auto") != "auto":
+        return args.backend == "onnx"
+    return bool(args.model) and (str(args.model).endswith(".onnx") or os.path.isdir(args.model))
+
+
 def _load(args, max_requests: int = 1):
     from .generate import Aligner
 
+    if _is_onnx(args):
+        from .onnx_backend import make_aligner
+
+        return make_aligner(args.model, n_ctx=args.n_ctx, max_requests=max_requests, n_threads=args.threads,
+                            prefer_native=not args.numpy_sampler)
     return Aligner.load(args.model, n_ctx=args.n_ctx, n_gpu_layers=args.n_gpu_layers, n_threads=args.threads,
                         flash_attn=args.flash_attn, kv_unified=args.kv_unified,
                         prefer_native=not args.numpy_sampler, verbose=args.verbose,
@@ -127,6 +143,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_export(sub) -> None:
+    # export/ ships as la_edge_export; torch and friends load only when an export runs.
+    try:
+        from la_edge_export.cli import add_export_parser
+    except ImportError:
+        try:
+            from export.cli import add_export_parser  # running from a source checkout
+        except ImportError:
+            return
+    add_export_parser(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="la-edge", description="Linear Alignment decoding on llama.cpp")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -167,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .evaluation.cli import add_eval_parser
 
     add_eval_parser(sub)
+    _add_export(sub)
 
     d = sub.add_parser("doctor", help="report the build, backends, CPU features and sampler path")
     d.add_argument("--model", "-m", default=None)

@@ -12,7 +12,8 @@ import sys
 import numpy as np
 import pytest
 
-for _mod in ("torch", "transformers", "accelerate", "optimum.exporters.onnx", "onnxruntime", "tokenizers", "conversion"):
+for _mod in ("torch", "transformers", "accelerate", "optimum.exporters.onnx", "onnxruntime", "tokenizers",
+             "conversion"):
     pytest.importorskip(_mod, reason="needs the [export] extra: pip install -e '.[export]'")
 
 from export import (  # noqa: E402
