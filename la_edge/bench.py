@@ -27,13 +27,14 @@ BENCH_PRINCIPLE = "Explain it to a curious ten-year-old, with one everyday examp
 class _SoloContext:
     """A private single-sequence llama.cpp context (the plain and naive baselines)."""
 
-    def __init__(self, model, n_ctx: int, n_threads: int):
+    def __init__(self, model, n_ctx: int, n_threads: int, flash_attn: bool = False):
         import llama_cpp
 
         p = llama_cpp.llama_context_default_params()
         p.n_ctx, p.n_batch, p.n_ubatch, p.n_seq_max = n_ctx, 512, 512, 1
         p.n_threads = p.n_threads_batch = n_threads
-        p.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        p.flash_attn_type = (llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn
+                             else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)
         p.no_perf = True
         self._l = llama_cpp
         self.ctx = llama_cpp.llama_init_from_model(model, p)
@@ -56,8 +57,13 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def _solo(la) -> _SoloContext:
+    b = la.backend
+    return _SoloContext(b.model.handle, b.n_ctx, b.n_threads, b.flash_attn)
+
+
 def _plain(la, tokens: List[int], n: int) -> Dict[str, float]:
-    ctx = _SoloContext(la.backend.model.handle, la.backend.n_ctx, la.backend.n_threads)
+    ctx = _solo(la)
     nv = la.backend.n_vocab
     t0 = time.perf_counter()
     row = ctx.eval(tokens)
@@ -73,9 +79,7 @@ def _plain(la, tokens: List[int], n: int) -> Dict[str, float]:
 
 def _naive(la, tp: List[int], t0_: List[int], n: int, params: GenerationParams) -> Dict[str, float]:
     # Two contexts, two llama_decode calls per step, the same sampler as la_edge.
-    model = la.backend.model.handle
-    a = _SoloContext(model, la.backend.n_ctx, la.backend.n_threads)
-    b = _SoloContext(model, la.backend.n_ctx, la.backend.n_threads)
+    a, b = _solo(la), _solo(la)
     choose, rng = la.engine.chooser.choose, SplitMix64(0)
     t0 = time.perf_counter()
     tok = choose(a.eval(tp), b.eval(t0_), params, rng, []).token
@@ -101,14 +105,18 @@ def _aligned(la, pair, n: int, params: GenerationParams) -> Dict[str, float]:
 
 
 def run(model: Optional[str] = None, quick: bool = False, repetitions: Optional[int] = None,
-        tokens: Optional[int] = None, ratio: float = 2.0, n_threads: Optional[int] = None) -> Dict[str, object]:
-    """Measure the three methods interleaved; medians over repetitions and prompts."""
+        tokens: Optional[int] = None, ratio: float = 2.0, n_threads: Optional[int] = None,
+        kv_unified: bool = False, flash_attn: bool = False) -> Dict[str, object]:
+    """Measure the three methods interleaved; medians over repetitions and prompts.
+
+    Baselines use the same flash-attention setting as the aligned engine.
+    """
     from .generate import Aligner
 
     reps = repetitions or (1 if quick else 3)
     n = tokens or (48 if quick else 128)
     prompts = BENCH_PROMPTS[:2] if quick else BENCH_PROMPTS
-    la = Aligner.load(model, n_ctx=2048, n_threads=n_threads)
+    la = Aligner.load(model, n_ctx=2048, n_threads=n_threads, kv_unified=kv_unified, flash_attn=flash_attn)
     params = GenerationParams(temperature=0.0, ratio=ratio, max_tokens=n, ignore_eos=True)
     samples: Dict[str, Dict[str, List[float]]] = {k: {"tokens_per_s": [], "ttft_s": []}
                                                    for k in ("plain", "naive", "aligned")}
@@ -135,6 +143,7 @@ def run(model: Optional[str] = None, quick: bool = False, repetitions: Optional[
         "model": model or "embedded SmolLM2-135M-Instruct Q4_1",
         "sampler": sampler,
         "tokens": n, "repetitions": reps, "prompts": len(prompts), "ratio": ratio,
+        "kv_unified": kv_unified, "flash_attn": flash_attn,
         "methods": {name: dict(m, peak_rss_mb=rss.get(name)) for name, m in med.items()},
         "ratios": {
             "aligned_vs_plain": med["aligned"]["tokens_per_s"] / med["plain"]["tokens_per_s"],
@@ -154,7 +163,8 @@ def table(result: Dict[str, object]) -> str:
     r = result["ratios"]
     lines.append("")
     lines.append(f"aligned / plain = {r['aligned_vs_plain']:.2f}x, aligned / naive = {r['aligned_vs_naive']:.2f}x "
-                 f"({result['sampler']} sampler, {result['tokens']} tokens, {result['repetitions']} reps)")
+                 f"({result['sampler']} sampler, {result['tokens']} tokens, {result['repetitions']} reps, "
+                 f"kv_unified={result['kv_unified']}, flash_attn={result['flash_attn']})")
     return "\n".join(lines)
 
 

@@ -136,7 +136,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import plot, run, table
 
     result = run(args.model, quick=args.quick, repetitions=args.repetitions, tokens=args.tokens,
-                 ratio=args.ratio, n_threads=args.threads)
+                 ratio=args.ratio, n_threads=args.threads, kv_unified=args.kv_unified, flash_attn=args.flash_attn)
     if args.plot:
         plot(result, args.plot)
     print(json.dumps(result, indent=2) if args.json else table(result))
@@ -189,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--tokens", type=int, default=None)
     b.add_argument("--ratio", type=float, default=2.0)
     b.add_argument("--threads", type=int, default=None)
+    b.add_argument("--kv-unified", action="store_true", help="one KV buffer for both sequences (faster here, not exact)")
+    b.add_argument("--flash-attn", action="store_true", help="flash attention in every method")
     b.add_argument("--plot", default=None, help="write a PNG chart here (needs matplotlib)")
     b.set_defaults(func=cmd_bench)
 
