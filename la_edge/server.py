@@ -54,6 +54,7 @@ class _Common(BaseModel):
     top_k: Optional[int] = None
     min_p: Optional[float] = None
     repeat_penalty: Optional[float] = None
+    ignore_eos: Optional[bool] = None
 
 
 class ChatRequest(_Common):
@@ -85,7 +86,7 @@ def _params(req: _Common, top_logprobs: int, default_max_tokens: int) -> Generat
         "top_k": req.top_k, "min_p": req.min_p, "repeat_penalty": req.repeat_penalty,
         "frequency_penalty": req.frequency_penalty, "presence_penalty": req.presence_penalty,
         "seed": req.seed, "plausibility_top_p": req.plausibility_top_p,
-        "plausibility_temperature": req.plausibility_temperature,
+        "plausibility_temperature": req.plausibility_temperature, "ignore_eos": req.ignore_eos,
     }
     kwargs = {k: v for k, v in given.items() if v is not None}
     stop = req.stop

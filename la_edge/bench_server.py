@@ -1,0 +1,108 @@
+"""Serving benchmark: aggregate tokens/s at 1, 2, 4, 8 concurrent aligned streams over real HTTP.
+
+Starts `la-edge serve`'s app on 127.0.0.1 in-process and drives it with the official openai client.
+Usage: python -m la_edge.bench_server [--tokens 64] [--levels 1,2,4,8] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import json
+import socket
+import statistics
+import threading
+import time
+from typing import Dict, List, Optional
+
+PRINCIPLES = ["Answer in French.", "Be extremely brief.", "Answer like a pirate.", "Use a bullet list.",
+              "Explain it to a child.", "Be very formal.", "Mention the ocean.", "Answer in one sentence."]
+
+
+def _stream_one(client, i: int, tokens: int) -> Dict[str, object]:
+    t0 = time.perf_counter()
+    stamps: List[float] = []
+    stream = client.chat.completions.create(
+        model="la-edge", messages=[{"role": "user", "content": f"Tell me something interesting about topic {i}."}],
+        max_tokens=tokens, temperature=0, stream=True,
+        extra_body={"principle": PRINCIPLES[i % len(PRINCIPLES)], "alignment_ratio": 2.0, "ignore_eos": True})
+    for ev in stream:
+        if ev.choices and ev.choices[0].delta.content:
+            stamps.append(time.perf_counter())
+    return {"start": t0, "stamps": stamps}
+
+
+def _percentile(values: List[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))] if values else 0.0
+
+
+def run(model: Optional[str] = None, levels=(1, 2, 4, 8), tokens: int = 64) -> Dict[str, object]:
+    """Aggregate tokens/s, time to first token and per-token latency at each concurrency level."""
+    import openai
+    import uvicorn
+
+    from .generate import Aligner
+    from .server import Server
+
+    la = Aligner.load(model, n_ctx=1024, max_requests=max(levels))
+    la.engine.max_queue = 64
+    la.engine.start()
+    srv = Server(la, model_name="la-edge")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    uv = uvicorn.Server(uvicorn.Config(srv.app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=uv.run, daemon=True)
+    thread.start()
+    while not uv.started:
+        time.sleep(0.05)
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0, timeout=600)
+    results = {}
+    try:
+        _stream_one(client, 0, 8)  # warm-up
+        for n in levels:
+            t0 = time.perf_counter()
+            with cf.ThreadPoolExecutor(n) as ex:
+                runs = list(ex.map(lambda i: _stream_one(client, i, tokens), range(n)))
+            wall = time.perf_counter() - t0
+            total = sum(len(r["stamps"]) for r in runs)
+            ttft = [r["stamps"][0] - r["start"] for r in runs if r["stamps"]]
+            gaps = [b - a for r in runs for a, b in zip(r["stamps"], r["stamps"][1:])]
+            results[str(n)] = {
+                "aggregate_tokens_per_s": total / wall, "ttft_ms_median": 1000 * statistics.median(ttft),
+                "token_latency_ms_p50": 1000 * _percentile(gaps, 0.5),
+                "token_latency_ms_p95": 1000 * _percentile(gaps, 0.95), "tokens": total,
+            }
+    finally:
+        uv.should_exit = True
+        thread.join(timeout=10)
+        la.close()
+    base = results[str(levels[0])]["aggregate_tokens_per_s"]
+    return {"levels": results, "scaling_vs_1": {k: v["aggregate_tokens_per_s"] / base for k, v in results.items()},
+            "tokens_per_request": tokens}
+
+
+def table(result: Dict[str, object]) -> str:
+    lines = ["| concurrent | aggregate tok/s | x of 1 | TTFT median (ms) | token latency p50 / p95 (ms) |",
+             "|---:|---:|---:|---:|---:|"]
+    for k, v in result["levels"].items():
+        lines.append(f"| {k} | {v['aggregate_tokens_per_s']:.1f} | {result['scaling_vs_1'][k]:.2f} | "
+                     f"{v['ttft_ms_median']:.0f} | {v['token_latency_ms_p50']:.0f} / {v['token_latency_ms_p95']:.0f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--levels", default="1,2,4,8")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    result = run(args.model, tuple(int(x) for x in args.levels.split(",")), args.tokens)
+    print(json.dumps(result, indent=2) if args.json else table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
