@@ -106,7 +106,7 @@ def _aligned(la, pair, n: int, params: GenerationParams) -> Dict[str, float]:
 
 def run(model: Optional[str] = None, quick: bool = False, repetitions: Optional[int] = None,
         tokens: Optional[int] = None, ratio: float = 2.0, n_threads: Optional[int] = None,
-        kv_unified: bool = False, flash_attn: bool = False) -> Dict[str, object]:
+        kv_unified: bool = False, flash_attn: bool = False, prefer_native: bool = True) -> Dict[str, object]:
     """Measure the three methods interleaved; medians over repetitions and prompts.
 
     Baselines use the same flash-attention setting as the aligned engine.
@@ -116,7 +116,8 @@ def run(model: Optional[str] = None, quick: bool = False, repetitions: Optional[
     reps = repetitions or (1 if quick else 3)
     n = tokens or (48 if quick else 128)
     prompts = BENCH_PROMPTS[:2] if quick else BENCH_PROMPTS
-    la = Aligner.load(model, n_ctx=2048, n_threads=n_threads, kv_unified=kv_unified, flash_attn=flash_attn)
+    la = Aligner.load(model, n_ctx=2048, n_threads=n_threads, kv_unified=kv_unified, flash_attn=flash_attn,
+                      prefer_native=prefer_native)
     params = GenerationParams(temperature=0.0, ratio=ratio, max_tokens=n, ignore_eos=True)
     samples: Dict[str, Dict[str, List[float]]] = {k: {"tokens_per_s": [], "ttft_s": []}
                                                    for k in ("plain", "naive", "aligned")}

@@ -136,7 +136,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import plot, run, table
 
     result = run(args.model, quick=args.quick, repetitions=args.repetitions, tokens=args.tokens,
-                 ratio=args.ratio, n_threads=args.threads, kv_unified=args.kv_unified, flash_attn=args.flash_attn)
+                 ratio=args.ratio, n_threads=args.threads, kv_unified=args.kv_unified, flash_attn=args.flash_attn,
+                 prefer_native=not args.numpy_sampler)
     if args.plot:
         plot(result, args.plot)
     print(json.dumps(result, indent=2) if args.json else table(result))
@@ -191,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--threads", type=int, default=None)
     b.add_argument("--kv-unified", action="store_true", help="one KV buffer for both sequences (faster here, not exact)")
     b.add_argument("--flash-attn", action="store_true", help="flash attention in every method")
+    b.add_argument("--numpy-sampler", action="store_true", help="the NumPy reference sampler instead of C")
     b.add_argument("--plot", default=None, help="write a PNG chart here (needs matplotlib)")
     b.set_defaults(func=cmd_bench)
 

@@ -77,3 +77,16 @@ def test_unknown_chat_template(la):
         la.backend.chat_template = real
         la._template = original
     healthy(la)
+
+
+def test_native_decode_codes_become_typed_exceptions(la):
+    from la_edge import InvalidBatchError
+    from la_edge.backend import BatchEntry
+
+    b = la.backend
+    b.decode([BatchEntry(1, 0, (0,))])
+    with pytest.raises(InvalidBatchError) as e:  # position gap: llama.cpp rejects the batch (-1)
+        b.decode([BatchEntry(1, 5, (0,), True)])
+    assert e.value.code == -1
+    b.seq_remove(0)
+    healthy(la)
