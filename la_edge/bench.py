@@ -185,6 +185,7 @@ def plot(result: Dict[str, object], path: str) -> None:
     for i, v in enumerate(values):
         ax.text(i, v, f"{v:.0f}", ha="center", va="bottom")
     ax.set_ylabel("generated tokens/s")
+    ax.margins(y=0.15)
     ax.set_title(f"decode speed, {result['tokens']} tokens, r={result['ratio']}")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -395,4 +395,5 @@ class Engine:
                 if not self._active and not self._queue:
                     self._cond.wait(0.5)
                     continue
-            self.step()
+            if not self.step():
+                time.sleep(0.001)  # nothing could run this step; do not spin
