@@ -9,9 +9,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import json
-import socket
 import statistics
-import threading
 import time
 from typing import Dict, List, Optional
 
@@ -40,24 +38,15 @@ def _percentile(values: List[float], q: float) -> float:
 def run(model: Optional[str] = None, levels=(1, 2, 4, 8), tokens: int = 64) -> Dict[str, object]:
     """Aggregate tokens/s, time to first token and per-token latency at each concurrency level."""
     import openai
-    import uvicorn
 
     from .generate import Aligner
-    from .server import Server
+    from .server import BackgroundServer, Server
 
     la = Aligner.load(model, n_ctx=1024, max_requests=max(levels))
     la.engine.max_queue = 64
     la.engine.start()
-    srv = Server(la, model_name="la-edge")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    uv = uvicorn.Server(uvicorn.Config(srv.app, host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    while not uv.started:
-        time.sleep(0.05)
-    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0, timeout=600)
+    http = BackgroundServer(Server(la, model_name="la-edge"))
+    client = openai.OpenAI(base_url=http.base_url + "/v1", api_key="x", max_retries=0, timeout=600)
     results = {}
     try:
         _stream_one(client, 0, 8)  # warm-up
@@ -75,8 +64,7 @@ def run(model: Optional[str] = None, levels=(1, 2, 4, 8), tokens: int = 64) -> D
                 "token_latency_ms_p95": 1000 * _percentile(gaps, 0.95), "tokens": total,
             }
     finally:
-        uv.should_exit = True
-        thread.join(timeout=10)
+        http.stop()
         la.close()
     base = results[str(levels[0])]["aggregate_tokens_per_s"]
     return {"levels": results, "scaling_vs_1": {k: v["aggregate_tokens_per_s"] / base for k, v in results.items()},

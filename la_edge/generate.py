@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import codecs
-import time
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 

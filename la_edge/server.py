@@ -304,6 +304,34 @@ def _finish(reason: Optional[str]) -> Optional[str]:
     return {"stop": "stop", "length": "length", "cancelled": "stop", "error": "stop"}.get(reason, reason)
 
 
+class BackgroundServer:
+    """Runs a Server's app with uvicorn in a daemon thread (tests, benchmarks, embedding apps)."""
+
+    def __init__(self, server: "Server", host: str = "127.0.0.1", port: int = 0):
+        import socket
+        import threading
+
+        import uvicorn
+
+        if port == 0:
+            with socket.socket() as s:
+                s.bind((host, 0))
+                port = s.getsockname()[1]
+        self.base_url = f"http://{host}:{port}"
+        self._uv = uvicorn.Server(uvicorn.Config(server.app, host=host, port=port, log_level="error"))
+        self._thread = threading.Thread(target=self._uv.run, name="la-edge-http", daemon=True)
+        self._thread.start()
+        deadline = time.time() + 30
+        while not self._uv.started:
+            if time.time() > deadline or not self._thread.is_alive():
+                raise RuntimeError(f"server did not start on {self.base_url}")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self._uv.should_exit = True
+        self._thread.join(timeout=10)
+
+
 def serve(aligner: Aligner, host: str = "127.0.0.1", port: int = 8080, model_name: str = "la-edge",
           api_key: Optional[str] = None, log_level: str = "warning") -> None:
     """Run the server until interrupted."""

@@ -1,6 +1,5 @@
 """An independent slow path for tests: one llama.cpp context per prompt, NumPy math written here."""
 
-import ctypes
 
 import llama_cpp
 import numpy as np

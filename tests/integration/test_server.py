@@ -4,46 +4,29 @@ import concurrent.futures as cf
 import json
 import random
 import resource
-import socket
-import threading
 import time
 
 import httpx
 import openai
 import pytest
-import uvicorn
 
 from la_edge import Aligner
-from la_edge.server import Server
+from la_edge.server import BackgroundServer, Server
 
 PRINCIPLES = ["Answer in French.", "Be extremely brief.", "Answer like a pirate.", "Use a bullet list.",
               "Explain it to a child.", "Be very formal.", "Mention the ocean.", "Answer in one sentence."]
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(model_path):
-    la = Aligner.load(model_path, n_ctx=8192, max_requests=8)
+    la = Aligner.load(model_path, n_ctx=1024, max_requests=8)
     la.engine.max_queue = 4
     la.engine.start()
     srv = Server(la, model_name="smollm2")
-    port = _free_port()
-    uv = uvicorn.Server(uvicorn.Config(srv.app, host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    for _ in range(100):
-        if uv.started:
-            break
-        time.sleep(0.05)
-    srv.base = f"http://127.0.0.1:{port}"
+    http = BackgroundServer(srv)
+    srv.base = http.base_url
     yield srv
-    uv.should_exit = True
-    thread.join(timeout=10)
+    http.stop()
     la.close()
 
 
@@ -150,7 +133,7 @@ def test_bad_requests_get_openai_errors(server, client, payload, status):
 
 def test_prompt_beyond_context_and_unknown_route(server, client):
     with pytest.raises(openai.BadRequestError) as e:
-        chat(client, "word " * 9000, "Be brief.")
+        chat(client, "word " * 1200, "Be brief.")
     assert e.value.code == "context_length_exceeded"
     assert httpx.get(server.base + "/v1/nope").status_code == 404
     big = b'{"messages": [{"role": "user", "content": "' + b"a" * (2 << 20) + b'"}]}'
