@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from .engine import Engine, RequestHandle, StepEvent
+from .errors import InvalidParameterError
 from .params import GenerationParams
 from .prompts import ChatTemplate, PromptPair, raw_pair
 
@@ -171,8 +172,6 @@ class Aligner:
         """The two rendered prompts for a user message (or a message list) and a principle."""
         if messages is None:
             if not isinstance(prompt, str) or not prompt.strip():
-                from .errors import InvalidParameterError
-
                 raise InvalidParameterError("prompt must be a non-empty string")
             messages = ([{"role": "system", "content": system}] if system else []) + [
                 {"role": "user", "content": prompt}]
