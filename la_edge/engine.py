@@ -153,6 +153,8 @@ class Engine:
         self._queue: Deque[_Request] = collections.deque()
         self._active: List[_Request] = []
         self._reserved = 0
+        self._decoding = False  # a decode runs with the lock released
+        self._deferred: List[int] = []
         self._background: Optional[threading.Thread] = None
         self._stopping = False
         self.steps = 0
@@ -190,9 +192,11 @@ class Engine:
             rid=next(self._ids), pair=pair, params=params, tokens_p=tokens_p, tokens_0=tokens_0,
             shared=shared, cells=cells, rng=SplitMix64(seed), seed=seed, t_submit=time.perf_counter())
         with self._cond:
+            self._admit()
             if len(self._queue) >= self.max_queue:
                 raise BusyError(f"engine busy: {len(self._active)} running, {len(self._queue)} queued")
             self._queue.append(req)
+            self._admit()  # takes a free slot now, even while a decode runs
             self._cond.notify_all()
         return RequestHandle(self, req)
 
@@ -214,10 +218,16 @@ class Engine:
             self._active.remove(req)
             self._reserved -= req.cells
         for s in req.seqs:
-            self.backend.seq_remove(s.seq_id)
-            self._free_seqs.append(s.seq_id)
+            if self._decoding:  # the context is busy in another thread: free after that decode
+                self._deferred.append(s.seq_id)
+            else:
+                self._release_seq(s.seq_id)
         req.seqs = []
         self._cond.notify_all()
+
+    def _release_seq(self, seq_id: int) -> None:
+        self.backend.seq_remove(seq_id)
+        self._free_seqs.append(seq_id)
 
     def _admit(self) -> None:
         while self._queue and len(self._active) < self.max_requests:
@@ -309,15 +319,24 @@ class Engine:
             plans.append((req, self._plan(req, entries, budget)))
         if not entries:
             return False
+        # Decode without the lock so consumers can take events (and cancel) meanwhile.
+        error: Optional[DecodeError] = None
+        self._decoding = True
+        self._lock.release()
         try:
             self.backend.decode(entries)
         except DecodeError as exc:
-            for req, _ in plans:
-                self._finish(req, "error", exc)
-            return True
+            error = exc
+        finally:
+            self._lock.acquire()
+            self._decoding = False
         self.steps += 1
         for req, action in plans:
-            if action == "copy":
+            if req.phase == "done":
+                continue  # cancelled during the decode
+            if error is not None:
+                self._finish(req, "error", error)
+            elif action == "copy":
                 b = req.seqs[1]
                 # A holds exactly the shared prefix now; a whole-sequence copy works in split caches too.
                 self.backend.seq_copy(req.seqs[0].seq_id, b.seq_id, -1, -1)
@@ -325,6 +344,8 @@ class Engine:
                 req.phase = "rest"
             elif action == "sample":
                 self._sample(req)
+        while self._deferred:
+            self._release_seq(self._deferred.pop())
         return True
 
     def _sample(self, req: _Request) -> None:
