@@ -190,3 +190,27 @@ def plot(result: Dict[str, object], path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def decode_scaling(model: Optional[str] = None, sizes=(1, 2, 4, 8, 16), steps: int = 40,
+                   n_threads: Optional[int] = None) -> Dict[str, float]:
+    """Milliseconds of one llama_decode with k single-token sequences: what batching can save here."""
+    from .backend import BatchEntry
+    from .llama_backend import LlamaCppBackend
+    from .models import resolve_model
+
+    b = LlamaCppBackend(resolve_model(model), n_ctx=512, n_seq_max=max(sizes), n_threads=n_threads)
+    prompt = b.tokenize("The moon is a bright object in the night sky and people like to look at it", False)
+    n, out = len(prompt), {}
+    try:
+        for k in sizes:
+            b.clear()
+            for s in range(k):
+                b.decode([BatchEntry(t, i, (s,)) for i, t in enumerate(prompt)])
+            t0 = time.perf_counter()
+            for step in range(steps):
+                b.decode([BatchEntry(prompt[-1], n + step, (s,), True) for s in range(k)])
+            out[str(k)] = 1000 * (time.perf_counter() - t0) / steps
+    finally:
+        b.close()
+    return out

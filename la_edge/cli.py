@@ -133,8 +133,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
         result = run_sampler(quick=args.quick)
         print(json.dumps(result, indent=2) if args.json else sampler_table(result))
         return 0
-    from .bench import plot, run, table
+    from .bench import decode_scaling, plot, run, table
 
+    if args.scaling:
+        ms = decode_scaling(args.model, n_threads=args.threads)
+        print(json.dumps({"llama_decode_ms": ms}, indent=2) if args.json else
+              "\n".join(f"{k:>2} tokens/step: {v:7.2f} ms  ({int(k) * 1000 / v:6.1f} tok/s)" for k, v in ms.items()))
+        return 0
     result = run(args.model, quick=args.quick, repetitions=args.repetitions, tokens=args.tokens,
                  ratio=args.ratio, n_threads=args.threads, kv_unified=args.kv_unified, flash_attn=args.flash_attn,
                  prefer_native=not args.numpy_sampler)
@@ -193,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--kv-unified", action="store_true", help="one KV buffer for both sequences (faster here, not exact)")
     b.add_argument("--flash-attn", action="store_true", help="flash attention in every method")
     b.add_argument("--numpy-sampler", action="store_true", help="the NumPy reference sampler instead of C")
+    b.add_argument("--scaling", action="store_true", help="raw llama_decode time for 1..16 tokens per step")
     b.add_argument("--plot", default=None, help="write a PNG chart here (needs matplotlib)")
     b.set_defaults(func=cmd_bench)
 
