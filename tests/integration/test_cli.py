@@ -63,3 +63,10 @@ def test_bench_sampler_json():
     ms = json.loads(r.stdout)["sampler_ms"]
     assert set(ms) == {"49152", "151936", "262144"}
     assert set(ms["49152"]) >= {"native", "numpy"} and set(ms["49152"]["native"]) == {"greedy", "sample"}
+
+
+def test_bench_scaling_json():
+    r = la_edge("bench", "--scaling", "--json")
+    assert r.returncode == 0, r.stderr
+    ms = json.loads(r.stdout)["llama_decode_ms"]
+    assert set(ms) == {"1", "2", "4", "8", "16"} and all(v > 0 for v in ms.values())
