@@ -67,6 +67,11 @@ class _Request:
         return self.tokens_0 is not None
 
 
+def _is_decoding(req: _Request) -> bool:
+    """Past its prompt: each sequence waits for at most its one next token."""
+    return req.phase == "rest" and all(len(s.pending) <= 1 for s in req.seqs)
+
+
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     """Length of the common prefix, leaving at least one token of each for the logits."""
     n = min(len(a), len(b)) - 1
@@ -296,7 +301,7 @@ class Engine:
         """
         with self._cond:
             self._admit()
-            decoding = [r for r in self._active if r.phase == "rest" and all(len(s.pending) <= 1 for s in r.seqs)]
+            decoding = [r for r in self._active if _is_decoding(r)]
             prefilling = [r for r in self._active if r not in decoding]
             chunk = self.prefill_chunk if decoding else self.backend.n_batch
             if self.mix_prefill:
@@ -310,7 +315,7 @@ class Engine:
         plans = []
         limit = None
         for req in requests:
-            is_prefill = not (req.phase == "rest" and all(len(s.pending) <= 1 for s in req.seqs))
+            is_prefill = not _is_decoding(req)
             if is_prefill and limit is None:
                 limit = min(self.backend.n_batch, len(entries) + prefill_budget)
             budget = (limit if is_prefill else self.backend.n_batch) - len(entries)
