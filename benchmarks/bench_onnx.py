@@ -19,15 +19,15 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from la_edge.bench import BENCH_PRINCIPLE, BENCH_PROMPTS  # noqa: E402
-from la_edge.params import GenerationParams  # noqa: E402
+from la_edge.faces.bench import BENCH_PRINCIPLE, BENCH_PROMPTS  # noqa: E402
+from la_edge.decoding.params import GenerationParams  # noqa: E402
 
 
 def prepare(workdir: str):
     """Checkpoint derived from the embedded GGUF, then ONNX fp32 and GGUF f16 exports (reused if present)."""
     from export.gguf import checkpoint_from_gguf, export_gguf
     from export.onnx import export_onnx
-    from la_edge.models import default_model_path
+    from la_edge.backends.models import default_model_path
 
     ck, onnx, f16 = (os.path.join(workdir, n) for n in ("ckpt", "onnx", "m-f16.gguf"))
     if not os.path.isfile(os.path.join(ck, "config.json")):
@@ -50,10 +50,10 @@ def decode_speed(la, pair, params) -> float:
 
 
 def run(onnx: str, gguf: str, tokens: int, reps: int, threads: int) -> dict:
-    from la_edge.generate import Aligner
-    from la_edge.onnx_backend import make_aligner
+    from la_edge.runtime.aligner import Aligner
+    from la_edge import Aligner as _Aligner
 
-    backends = {"onnx": make_aligner(onnx, n_ctx=2048, n_threads=threads),
+    backends = {"onnx": _Aligner.load(onnx, backend="onnx", n_ctx=2048, n_threads=threads),
                 "llama.cpp": Aligner.load(gguf, n_ctx=2048, n_threads=threads)}
     params = GenerationParams(temperature=0.0, ratio=2.0, max_tokens=tokens, ignore_eos=True)
     samples = {f"{b}/{m}": [] for b in backends for m in ("plain", "aligned")}

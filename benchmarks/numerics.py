@@ -11,10 +11,15 @@
 import json
 import random
 
+import os
+import sys
+
 import numpy as np
 
-from la_edge import Aligner, GenerationParams
-from la_edge.bench import _SoloContext
+from la_edge import Aligner, GenerationParams  # noqa: E402
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "integration"))
+from reference import SeparateContext  # noqa: E402  (the tests' own slow path)
 
 PROMPTS = ["Why is the sky blue?", "Tell me about the moon.", "What is a prime number?"]
 PRINCIPLES = ["Answer in French.", "Be extremely brief.", "Answer like a pirate.", "Use a bullet list.",
@@ -33,8 +38,8 @@ def plain_branch_error(kv_unified: bool) -> float:
                 rows.append(np.ctypeslib.as_array(z0, shape=(la.backend.n_vocab,)).copy()), inner.choose(zp, z0, *a))[1]})()
             la.generate(params=GenerationParams(temperature=0.0, max_tokens=1), pair=pair)
             la.engine.chooser = inner
-            solo = _SoloContext(la.backend.model.handle, 1024, la.backend.n_threads)
-            ref = np.ctypeslib.as_array(solo.eval(la.engine.tokenize_prompt(pair.plain)), shape=(la.backend.n_vocab,))
+            solo = SeparateContext(la.backend.model.handle, 1024, la.backend.n_threads)
+            ref = solo.eval(la.engine.tokenize_prompt(pair.plain))
             worst = max(worst, float(np.abs(rows[0] - ref).max()))
             solo.close()
     finally:

@@ -5,8 +5,8 @@ from .errors import (
     FatalDecodeError, InvalidBatchError, InvalidParameterError, LaEdgeError, ModelLoadError,
     ModelNotFoundError, NoKvSlotError, NonFiniteLogitsError,
 )
-from .params import GenerationParams
-from .prompts import PromptPair
+from .decoding.params import GenerationParams
+from .runtime.prompts import PromptPair
 
 __version__ = "0.1.0"
 
@@ -21,7 +21,7 @@ __all__ = [
 def __getattr__(name):
     # Aligner pulls in llama.cpp; import it lazily so the pure-math modules stay light.
     if name == "Aligner":
-        from .generate import Aligner
+        from .runtime.aligner import Aligner
 
         return Aligner
     raise AttributeError(name)

@@ -1,6 +1,6 @@
 import pytest
 
-from la_edge.models import default_model_path
+from la_edge.backends.models import default_model_path
 
 
 @pytest.fixture(scope="session")

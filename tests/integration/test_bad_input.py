@@ -4,7 +4,7 @@ import pytest
 
 from la_edge import (Aligner, ChatTemplateError, ContextOverflowError, GenerationParams,
                      InvalidParameterError, ModelLoadError, ModelNotFoundError)
-from la_edge.prompts import ChatTemplate
+from la_edge.runtime.prompts import ChatTemplate
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,7 @@ def test_unknown_chat_template(la):
 
 def test_native_decode_codes_become_typed_exceptions(la):
     from la_edge import InvalidBatchError
-    from la_edge.backend import BatchEntry
+    from la_edge.backends.base import BatchEntry
 
     b = la.backend
     b.decode([BatchEntry(1, 0, (0,))])

@@ -4,7 +4,7 @@ import argparse
 import importlib.util
 import json
 
-from la_edge.evaluation.cli import add_eval_parser
+from la_edge.faces.evaluation.cli import add_eval_parser
 
 HAS_PLOT = importlib.util.find_spec("matplotlib") is not None
 

@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from la_edge import Aligner
-from la_edge.server import BackgroundServer, Server
+from la_edge.faces.server import BackgroundServer, Server
 
 PRINCIPLES = ["Answer in French.", "Be extremely brief.", "Answer like a pirate.", "Use a bullet list.",
               "Explain it to a child.", "Be very formal.", "Mention the ocean.", "Answer in one sentence."]

@@ -2,8 +2,8 @@
 
 import pytest
 
-from la_edge.evaluation import checkers as c
-from la_edge.evaluation.runner import letter_scores, load_preferences, load_tasks, mc_prompt
+from la_edge.faces.evaluation import checkers as c
+from la_edge.faces.evaluation.runner import letter_scores, load_preferences, load_tasks, mc_prompt
 
 CHILD = "The sun is a big ball of fire. It is hot. It gives us light. We see it in the day."
 ADULT = ("Photosynthesis is a biochemical process whereby chlorophyll-containing organisms convert "

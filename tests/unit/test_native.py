@@ -11,11 +11,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from la_edge import native
+from la_edge.decoding import native
 from la_edge.errors import InvalidParameterError, NonFiniteLogitsError
-from la_edge.params import GenerationParams
-from la_edge.rng import SplitMix64
-from la_edge.sampling import choose_token, exp2_weights, mass_total, relative_weights
+from la_edge.decoding.params import GenerationParams
+from la_edge.decoding.rng import SplitMix64
+from la_edge.decoding.sampling import choose_token, exp2_weights, mass_total, relative_weights
 
 if not native.available():
     pytest.skip(f"native sampler library not found: {native.load_error()}", allow_module_level=True)

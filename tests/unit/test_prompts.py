@@ -3,7 +3,7 @@
 import pytest
 
 from la_edge import ChatTemplateError, InvalidParameterError
-from la_edge.prompts import ChatTemplate, raw_pair
+from la_edge.runtime.prompts import ChatTemplate, raw_pair
 
 CHATML_DEFAULT_SYSTEM = (
     "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from la_edge import GenerationParams, NonFiniteLogitsError
-from la_edge.rng import SplitMix64
-from la_edge.sampling import choose_token, combine, plausibility_mask
+from la_edge.decoding.rng import SplitMix64
+from la_edge.decoding.sampling import choose_token, combine, plausibility_mask
 
 f32 = lambda *v: np.array(v, dtype=np.float32)  # noqa: E731
 

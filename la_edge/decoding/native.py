@@ -15,7 +15,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from .errors import InvalidParameterError, NonFiniteLogitsError
+from ..errors import InvalidParameterError, NonFiniteLogitsError
 from .params import GenerationParams
 from .rng import SplitMix64
 from .sampling import Choice, choose_token
@@ -82,7 +82,7 @@ def _candidates() -> List[Path]:
             pass
     except ImportError:
         pass
-    build = here.parent / "build"
+    build = here.parent.parent / "build"
     if build.is_dir():
         for name in _LIB_NAMES:
             paths += sorted(build.glob(name)) + sorted(build.glob(f"*/{name}")) + sorted(build.glob(f"*/*/{name}"))

@@ -14,8 +14,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .backend import BatchEntry
-from .errors import InvalidParameterError, ModelLoadError, ModelNotFoundError, decode_error
+from .base import BackendOptions, BatchEntry, VocabMixin
+from ..errors import InvalidParameterError, ModelLoadError, ModelNotFoundError, decode_error
 
 MODEL_FILE = "model.onnx"
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "coreml": "CoreMLExecutionProvider"}
@@ -89,8 +89,29 @@ class HFTokenizer:
                 ids.add(tid)
         return frozenset(ids)
 
-    def encode(self, text: str, add_special: bool) -> List[int]:
-        return self.tok.encode(text, add_special_tokens=add_special).ids
+    def tokenize(self, text: str, add_special: bool = True, parse_special: bool = True) -> List[int]:
+        """Token ids; parse_special=False encodes control-token strings as plain text."""
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidParameterError(f"text is not valid Unicode (lone surrogate at {exc.start})") from None
+        self.tok.encode_special_tokens = not parse_special
+        try:
+            return self.tok.encode(text, add_special_tokens=add_special).ids
+        finally:
+            self.tok.encode_special_tokens = False
+
+    def is_eog(self, token: int) -> bool:
+        return token in self.eog
+
+    def add_bos(self) -> bool:
+        return self.adds_bos
+
+    def chat_template(self) -> Optional[str]:
+        return self.template
+
+    def bos_eos_text(self) -> Tuple[str, str]:
+        return self.bos, self.eos
 
     def token_bytes(self, token: int) -> bytes:
         """The token's raw bytes (control tokens render empty, as llama.cpp does)."""
@@ -131,7 +152,7 @@ def resolve_providers(providers: Optional[Sequence[str]]) -> List[str]:
     return wanted + ([] if "CPUExecutionProvider" in wanted else ["CPUExecutionProvider"])
 
 
-class OnnxBackend:
+class OnnxBackend(VocabMixin):
     """All sequences of all requests as rows of one batched onnxruntime run per decode."""
 
     name = "onnx"
@@ -142,15 +163,13 @@ class OnnxBackend:
             import onnxruntime as ort
         except ImportError as exc:
             raise ModelLoadError("the ONNX backend needs onnxruntime: pip install 'la-edge[onnx]'") from exc
-        if n_ctx < 16:
-            raise InvalidParameterError(f"n_ctx must be >= 16, got {n_ctx}")
-        if not 1 <= n_seq_max <= 256:
-            raise InvalidParameterError(f"n_seq_max must be in [1, 256], got {n_seq_max}")
+        self.options = BackendOptions(n_ctx=n_ctx, n_batch=n_batch, n_seq_max=n_seq_max, n_threads=n_threads,
+                                      providers=tuple(providers) if providers else None)
         folder = path if os.path.isdir(path) else os.path.dirname(path)
         model_file = path if os.path.isfile(path) else os.path.join(folder, MODEL_FILE)
         if not os.path.exists(model_file):
             raise ModelNotFoundError(f"ONNX model not found: {model_file}")
-        self.tokenizer = HFTokenizer(folder)
+        self.tokenizer = self.vocab = HFTokenizer(folder)
         self.providers = resolve_providers(providers)
         opts = ort.SessionOptions()
         self.n_threads = n_threads or max(1, os.cpu_count() or 1)
@@ -179,27 +198,9 @@ class OnnxBackend:
         self.n_vocab = int(vocab)
         self._device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
         self.n_ctx, self.n_batch, self.n_seq_max = n_ctx, n_batch, n_seq_max
+        self.n_ctx_total, self.kv_unified = n_ctx * n_seq_max, False
         self.path = model_file
         self.clear()
-
-    # Tokenizer and template.
-    def tokenize(self, text: str, add_special: bool = True) -> List[int]:
-        return self.tokenizer.encode(text, add_special)
-
-    def token_bytes(self, token: int) -> bytes:
-        return self.tokenizer.token_bytes(token)
-
-    def is_eog(self, token: int) -> bool:
-        return token in self.tokenizer.eog
-
-    def chat_template(self) -> Optional[str]:
-        return self.tokenizer.template
-
-    def bos_eos_text(self) -> Tuple[str, str]:
-        return self.tokenizer.bos, self.tokenizer.eos
-
-    def add_bos(self) -> bool:
-        return self.tokenizer.adds_bos
 
     # KV state: physical rows of self._kv, and per sequence (row, positions of its columns, -1 = empty).
     def clear(self) -> None:
@@ -338,17 +339,14 @@ def _layer_key(name: str):
 
 def load_onnx_backend(path: str, n_ctx: int = 4096, n_seq_max: int = 2, providers: Optional[Sequence[str]] = None,
                       n_batch: int = 512, n_threads: Optional[int] = None) -> OnnxBackend:
-    """Load an exported ONNX folder (or its model.onnx) as a backend for la_edge.engine.Engine."""
+    """Load an exported ONNX folder (or its model.onnx) as a backend for the engine."""
     return OnnxBackend(path, n_ctx=n_ctx, n_batch=n_batch, n_seq_max=n_seq_max, n_threads=n_threads,
                        providers=providers)
 
 
-def make_aligner(path: str, n_ctx: int = 4096, max_requests: int = 1, providers: Optional[Sequence[str]] = None,
-                 n_batch: int = 512, n_threads: Optional[int] = None, prefer_native: bool = True):
-    """An Aligner (la_edge.generate) over the ONNX backend: two sequences per request, one run per step."""
-    from .engine import Engine
-    from .generate import Aligner
+def _from_options(cls, path: str, options: BackendOptions) -> OnnxBackend:
+    return cls(path, n_ctx=options.n_ctx, n_batch=options.n_batch, n_seq_max=options.n_seq_max,
+               n_threads=options.n_threads, providers=options.providers)
 
-    backend = load_onnx_backend(path, n_ctx=n_ctx, n_seq_max=2 * max_requests, providers=providers,
-                                n_batch=n_batch, n_threads=n_threads)
-    return Aligner(Engine(backend, max_requests=max_requests, prefer_native=prefer_native))
+
+OnnxBackend.from_options = classmethod(_from_options)

@@ -13,9 +13,9 @@ from typing import Dict, Iterable
 
 import numpy as np
 
-from . import native
-from .params import GenerationParams
-from .rng import SplitMix64
+from ..decoding import native
+from ..decoding.params import GenerationParams
+from ..decoding.rng import SplitMix64
 
 MODES = {
     "greedy": GenerationParams(temperature=0.0, ratio=2.0),

@@ -14,11 +14,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Deque, Dict, List, Optional, Sequence, Tuple
 
-from .backend import BatchEntry
-from .errors import BusyError, ContextOverflowError, DecodeError, LaEdgeError
-from .params import GenerationParams
-from .prompts import PromptPair
-from .rng import SplitMix64
+from ..backends.base import BatchEntry
+from ..errors import BusyError, ContextOverflowError, DecodeError, LaEdgeError
+from ..decoding.params import GenerationParams
+from .prompts import PromptPair, tokenize_pair, tokenize_text
+from ..decoding.rng import SplitMix64
 
 
 @dataclass(frozen=True)
@@ -141,7 +141,7 @@ class Engine:
 
     def __init__(self, backend, max_requests: int = 1, max_queue: int = 16, prefer_native: bool = True,
                  prefill_chunk: int = 256, mix_prefill: bool = False):
-        from .native import make_chooser
+        from ..decoding.native import make_chooser
 
         if max_requests < 1 or 2 * max_requests > backend.n_seq_max:
             raise LaEdgeError(f"max_requests={max_requests} needs n_seq_max >= {2 * max_requests}")
@@ -167,16 +167,13 @@ class Engine:
     # ---- submission -------------------------------------------------------------------
     def tokenize_prompt(self, text: str) -> List[int]:
         """Tokens of a rendered prompt, with BOS added only where the model wants it and the text lacks it."""
-        b = self.backend
-        bos, _ = b.bos_eos_text()
-        add = b.add_bos() and not (bos and text.startswith(bos))
-        return b.tokenize(text, add_special=add)
+        return tokenize_text(self.backend, text)
 
     def submit(self, pair: PromptPair, params: GenerationParams) -> RequestHandle:
         """Validate sizes and enqueue; raises ContextOverflowError or BusyError before any decoding."""
-        tokens_p = self.tokenize_prompt(pair.principled)
-        aligned = pair.plain is not None and params.ratio != 0.0
-        tokens_0 = self.tokenize_prompt(pair.plain) if aligned else None
+        tokens_p, tokens_0 = tokenize_pair(self.backend, pair)
+        aligned = tokens_0 is not None and params.ratio != 0.0
+        tokens_0 = tokens_0 if aligned else None
         shared = common_prefix(tokens_p, tokens_0) if aligned else 0
         longest = max(len(tokens_p), len(tokens_0 or ()))
         n_ctx = self.backend.n_ctx
@@ -187,8 +184,8 @@ class Engine:
         cells = len(tokens_p) + params.max_tokens
         if aligned:
             cells += len(tokens_0) - shared + params.max_tokens
-        total = getattr(self.backend, "n_ctx_total", n_ctx)
-        if getattr(self.backend, "kv_unified", False) and cells > total:
+        total = self.backend.n_ctx_total
+        if self.backend.kv_unified and cells > total:
             raise ContextOverflowError(
                 f"both sequences need {cells} KV cells ({len(tokens_p)}+{len(tokens_0)}-{shared} shared prompt "
                 f"tokens + 2x{params.max_tokens} generated) but the unified cache has {total}; lower max_tokens")
@@ -237,7 +234,7 @@ class Engine:
     def _admit(self) -> None:
         while self._queue and len(self._active) < self.max_requests:
             req = self._queue[0]
-            unified = getattr(self.backend, "kv_unified", False)
+            unified = self.backend.kv_unified
             if unified and self._reserved + req.cells > self.backend.n_ctx_total and self._active:
                 return  # wait for KV cells to free up
             self._queue.popleft()

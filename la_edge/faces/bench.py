@@ -13,8 +13,8 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from .params import GenerationParams
-from .rng import SplitMix64
+from ..decoding.params import GenerationParams
+from ..decoding.rng import SplitMix64
 
 BENCH_PROMPTS = [
     "Explain how a bicycle stays upright.",
@@ -24,71 +24,66 @@ BENCH_PROMPTS = [
 BENCH_PRINCIPLE = "Explain it to a curious ten-year-old, with one everyday example."
 
 
-class _SoloContext:
-    """A private single-sequence llama.cpp context (the plain and naive baselines)."""
+class _Solo:
+    """A private single-sequence backend (the plain and naive baselines), through the Backend protocol."""
 
-    def __init__(self, model, n_ctx: int, n_threads: int, flash_attn: bool = False):
-        import llama_cpp
+    def __init__(self, backend):
+        from ..backends import load_backend
 
-        p = llama_cpp.llama_context_default_params()
-        p.n_ctx, p.n_batch, p.n_ubatch, p.n_seq_max = n_ctx, 512, 512, 1
-        p.n_threads = p.n_threads_batch = n_threads
-        p.flash_attn_type = (llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn
-                             else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)
-        p.no_perf = True
-        self._l = llama_cpp
-        self.ctx = llama_cpp.llama_init_from_model(model, p)
+        self.b = load_backend(backend.path, backend.name, backend.options.with_(n_seq_max=1))
+        self.n_vocab = self.b.n_vocab
+        self.pos = 0
+
+    def reset(self) -> None:
+        self.b.seq_remove(0)
+        self.pos = 0
 
     def eval(self, tokens: List[int]):
-        l = self._l
-        for i in range(0, len(tokens), 512):
-            chunk = tokens[i:i + 512]
-            arr = (l.llama_token * len(chunk))(*chunk)
-            rc = l.llama_decode(self.ctx, l.llama_batch_get_one(arr, len(chunk)))
-            if rc != 0:
-                raise RuntimeError(f"llama_decode returned {rc}")
-        return l.llama_get_logits_ith(self.ctx, -1)
+        """Decode tokens in n_batch chunks; the last token's logits row."""
+        from ..backends.base import BatchEntry
 
-    def close(self):
-        self._l.llama_free(self.ctx)
+        for i in range(0, len(tokens), self.b.n_batch):
+            chunk = tokens[i:i + self.b.n_batch]
+            self.b.decode([BatchEntry(t, self.pos + k, (0,), k == len(chunk) - 1) for k, t in enumerate(chunk)])
+            self.pos += len(chunk)
+        return self.b.logits_row(len(chunk) - 1)
+
+    def argmax(self, row) -> int:
+        return int(np.argmax(np.ctypeslib.as_array(row, shape=(self.n_vocab,)) if not isinstance(row, np.ndarray)
+                             else row))
+
+    def close(self) -> None:
+        self.b.close()
 
 
 def _rss_mb() -> float:
+    """Peak resident memory of this whole process so far (ru_maxrss never goes down)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _solo(la) -> _SoloContext:
-    b = la.backend
-    return _SoloContext(b.model.handle, b.n_ctx, b.n_threads, b.flash_attn)
-
-
-def _plain(la, tokens: List[int], n: int) -> Dict[str, float]:
-    ctx = _solo(la)
-    nv = la.backend.n_vocab
+def _plain(solo: _Solo, tokens: List[int], n: int) -> Dict[str, float]:
+    solo.reset()
     t0 = time.perf_counter()
-    row = ctx.eval(tokens)
-    tok = int(np.argmax(np.ctypeslib.as_array(row, shape=(nv,))))
+    tok = solo.argmax(solo.eval(tokens))
     t1 = time.perf_counter()
     for _ in range(n - 1):
-        row = ctx.eval([tok])
-        tok = int(np.argmax(np.ctypeslib.as_array(row, shape=(nv,))))
+        tok = solo.argmax(solo.eval([tok]))
     t2 = time.perf_counter()
-    ctx.close()
     return {"ttft_s": t1 - t0, "tokens_per_s": (n - 1) / (t2 - t1)}
 
 
-def _naive(la, tp: List[int], t0_: List[int], n: int, params: GenerationParams) -> Dict[str, float]:
-    # Two contexts, two llama_decode calls per step, the same sampler as la_edge.
-    a, b = _solo(la), _solo(la)
+def _naive(la, a: _Solo, b: _Solo, tp: List[int], t0_: List[int], n: int,
+           params: GenerationParams) -> Dict[str, float]:
+    # Two private backends, two decode calls per step, the same sampler as la_edge.
     choose, rng = la.engine.chooser.choose, SplitMix64(0)
+    a.reset()
+    b.reset()
     t0 = time.perf_counter()
     tok = choose(a.eval(tp), b.eval(t0_), params, rng, []).token
     t1 = time.perf_counter()
     for _ in range(n - 1):
         tok = choose(a.eval([tok]), b.eval([tok]), params, rng, []).token
     t2 = time.perf_counter()
-    a.close()
-    b.close()
     return {"ttft_s": t1 - t0, "tokens_per_s": (n - 1) / (t2 - t1)}
 
 
@@ -105,47 +100,56 @@ def _aligned(la, pair, n: int, params: GenerationParams) -> Dict[str, float]:
 
 
 def run(model: Optional[str] = None, quick: bool = False, repetitions: Optional[int] = None,
-        tokens: Optional[int] = None, ratio: float = 2.0, n_threads: Optional[int] = None,
-        kv_unified: bool = False, flash_attn: bool = False, prefer_native: bool = True) -> Dict[str, object]:
+        tokens: Optional[int] = None, ratio: float = 2.0, load: Optional[Dict[str, object]] = None) -> Dict[str, object]:
     """Measure the three methods interleaved; medians over repetitions and prompts.
 
-    Baselines use the same flash-attention setting as the aligned engine.
+    `load` holds Aligner.load keyword arguments (faces.flags.load_options); the baselines open the
+    same model with the same options, one sequence each. Every method gets the same warm-up.
     """
-    from .generate import Aligner
+    from ..runtime.aligner import Aligner
 
     reps = repetitions or (1 if quick else 3)
     n = tokens or (48 if quick else 128)
     prompts = BENCH_PROMPTS[:2] if quick else BENCH_PROMPTS
-    la = Aligner.load(model, n_ctx=2048, n_threads=n_threads, kv_unified=kv_unified, flash_attn=flash_attn,
-                      prefer_native=prefer_native)
+    load = dict(load or {})
+    load.setdefault("n_ctx", 2048)
+    la = Aligner.load(model, **load)
     params = GenerationParams(temperature=0.0, ratio=ratio, max_tokens=n, ignore_eos=True)
     samples: Dict[str, Dict[str, List[float]]] = {k: {"tokens_per_s": [], "ttft_s": []}
                                                    for k in ("plain", "naive", "aligned")}
-    rss: Dict[str, float] = {}
+    solos: List[_Solo] = []
     try:
+        solos = [_Solo(la.backend) for _ in range(2)]
         pairs = [la.prompts(p, BENCH_PRINCIPLE) for p in prompts]
-        _aligned(la, pairs[0], 8, params.with_(max_tokens=8))  # warm-up
+        toks = [(la.engine.tokenize_prompt(pr.principled), la.engine.tokenize_prompt(pr.plain)) for pr in pairs]
+        methods = {
+            "plain": lambda i, k: _plain(solos[0], toks[i][0], k),
+            "naive": lambda i, k: _naive(la, solos[0], solos[1], toks[i][0], toks[i][1], k, params),
+            "aligned": lambda i, k: _aligned(la, pairs[i], k, params.with_(max_tokens=k)),
+        }
+        for fn in methods.values():  # the same warm-up for every method
+            fn(0, 8)
         for _ in range(reps):
-            for pair in pairs:
-                tp = la.engine.tokenize_prompt(pair.principled)
-                t0 = la.engine.tokenize_prompt(pair.plain)
-                for name, fn in (("plain", lambda: _plain(la, tp, n)),
-                                 ("naive", lambda: _naive(la, tp, t0, n, params)),
-                                 ("aligned", lambda: _aligned(la, pair, n, params))):
-                    r = fn()
+            for i in range(len(pairs)):
+                for name, fn in methods.items():
+                    r = fn(i, n)
                     for k in r:
                         samples[name][k].append(r[k])
-                    rss[name] = _rss_mb()
     finally:
         sampler = la.engine.chooser.path
+        backend, options = la.backend.name, la.backend.options
+        for s in solos:
+            s.close()
         la.close()
     med = {name: {k: statistics.median(v) for k, v in s.items()} for name, s in samples.items()}
     return {
         "model": model or "embedded SmolLM2-135M-Instruct Q4_1",
+        "backend": backend,
         "sampler": sampler,
         "tokens": n, "repetitions": reps, "prompts": len(prompts), "ratio": ratio,
-        "kv_unified": kv_unified, "flash_attn": flash_attn,
-        "methods": {name: dict(m, peak_rss_mb=rss.get(name)) for name, m in med.items()},
+        "kv_unified": options.kv_unified, "flash_attn": options.flash_attn, "n_gpu_layers": options.n_gpu_layers,
+        "methods": med,
+        "process_peak_rss_mb": _rss_mb(),
         "ratios": {
             "aligned_vs_plain": med["aligned"]["tokens_per_s"] / med["plain"]["tokens_per_s"],
             "aligned_vs_naive": med["aligned"]["tokens_per_s"] / med["naive"]["tokens_per_s"],
@@ -165,7 +169,8 @@ def table(result: Dict[str, object]) -> str:
     lines.append("")
     lines.append(f"aligned / plain = {r['aligned_vs_plain']:.2f}x, aligned / naive = {r['aligned_vs_naive']:.2f}x "
                  f"({result['sampler']} sampler, {result['tokens']} tokens, {result['repetitions']} reps, "
-                 f"kv_unified={result['kv_unified']}, flash_attn={result['flash_attn']})")
+                 f"{result['backend']}, kv_unified={result['kv_unified']}, flash_attn={result['flash_attn']}, "
+                 f"n_gpu_layers={result['n_gpu_layers']}; process peak RSS {result['process_peak_rss_mb']:.0f} MB)")
     return "\n".join(lines)
 
 
@@ -193,18 +198,21 @@ def plot(result: Dict[str, object], path: str) -> None:
 
 
 def decode_scaling(model: Optional[str] = None, sizes=(1, 2, 4, 8, 16), steps: int = 40,
-                   n_threads: Optional[int] = None) -> Dict[str, float]:
-    """Milliseconds of one llama_decode with k single-token sequences: what batching can save here."""
-    from .backend import BatchEntry
-    from .llama_backend import LlamaCppBackend
-    from .models import resolve_model
+                   load: Optional[Dict[str, object]] = None) -> Dict[str, float]:
+    """Milliseconds of one decode with k single-token sequences: what batching can save here."""
+    from ..backends import BackendOptions, BatchEntry, load_backend
 
-    b = LlamaCppBackend(resolve_model(model), n_ctx=512, n_seq_max=max(sizes), n_threads=n_threads)
+    load = load or {}
+    opts = BackendOptions(n_ctx=512, n_seq_max=max(sizes), n_threads=load.get("n_threads"),
+                          n_gpu_layers=load.get("n_gpu_layers", 0), flash_attn=load.get("flash_attn", False),
+                          kv_unified=load.get("kv_unified", False))
+    b = load_backend(model, load.get("backend", "auto"), opts)
     prompt = b.tokenize("The moon is a bright object in the night sky and people like to look at it", False)
     n, out = len(prompt), {}
     try:
         for k in sizes:
-            b.clear()
+            for s in range(max(sizes)):
+                b.seq_remove(s)
             for s in range(k):
                 b.decode([BatchEntry(t, i, (s,)) for i, t in enumerate(prompt)])
             t0 = time.perf_counter()

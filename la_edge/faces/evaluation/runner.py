@@ -9,8 +9,8 @@ import sys
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Sequence, TextIO, Tuple
 
-from ..errors import InvalidParameterError
-from ..params import GenerationParams
+from ...errors import InvalidParameterError
+from ...decoding.params import GenerationParams
 from . import checkers
 
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field, fields, replace
 from typing import Optional, Tuple
 
-from .errors import InvalidParameterError
+from ..errors import InvalidParameterError
 
 RATIO_MIN = -1.0  # r = -1 gives plain decoding of the principle-free prompt
 RATIO_MAX = 100.0  # beyond this the combination only amplifies noise

@@ -6,9 +6,9 @@ Rendered with the model's own chat template through llama-cpp-python's Jinja2 fo
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
-from .errors import ChatTemplateError, InvalidParameterError
+from ..errors import ChatTemplateError, InvalidParameterError
 
 _SYS = "\x00LA_EDGE_SYSTEM\x00"
 _USER = "\x00LA_EDGE_USER\x00"
@@ -106,6 +106,20 @@ class ChatTemplate:
             changed = dict(messages[i], content=principle + "\n\n" + messages[i]["content"])
             principled = self.render(messages[:i] + [changed] + messages[i + 1:])
         return PromptPair(principled=principled, plain=plain)
+
+
+def tokenize_text(backend, text: str) -> List[int]:
+    """Tokens of one rendered prompt, with BOS added only where the model wants it and the text lacks it."""
+    bos, _ = backend.bos_eos_text()
+    add = backend.add_bos() and not (bos and text.startswith(bos))
+    return backend.tokenize(text, add_special=add)
+
+
+def tokenize_pair(backend, pair: PromptPair) -> Tuple[List[int], Optional[List[int]]]:
+    """Token ids of both branches (plain is None without a principle)."""
+    tokens_p = tokenize_text(backend, pair.principled)
+    tokens_0 = tokenize_text(backend, pair.plain) if pair.plain is not None else None
+    return tokens_p, tokens_0
 
 
 def raw_pair(principled_prompt: str, plain_prompt: Optional[str]) -> PromptPair:

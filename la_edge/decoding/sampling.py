@@ -17,7 +17,7 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import NonFiniteLogitsError
+from ..errors import NonFiniteLogitsError
 from .params import GenerationParams
 from .rng import SplitMix64
 

@@ -6,11 +6,14 @@ import platform
 from typing import Optional
 
 
-def report(model: Optional[str] = None) -> dict:
-    """The active sampler path, the llama.cpp build's backends and CPU features, and the model found."""
-    from . import native
-    from .llama_backend import system_info
-    from .models import default_model_path
+def report(model=None) -> dict:
+    """The active sampler path, the llama.cpp build's backends and CPU features, and the model found.
+
+    `model` is a path or the parsed model flags of `la-edge doctor` (their --model and --backend).
+    """
+    from ..decoding import native
+    from ..backends.llamacpp import system_info
+    from ..backends.models import default_model_path
 
     info = {
         "la_edge": __import__("la_edge").__version__,
@@ -27,6 +30,13 @@ def report(model: Optional[str] = None) -> dict:
     info["backends"] = sysinfo.get("backends", [])
     info["cpu_features"] = sysinfo.get("cpu_features", [])
     info["default_model"] = default_model_path()
-    if model:
-        info["model"] = model
+    path = getattr(model, "model", model)
+    if path:
+        from ..backends import detect_kind
+        from ..backends.models import resolve_model
+
+        info["model"] = resolve_model(path)
+        info["model_backend"] = detect_kind(info["model"], getattr(model, "backend", "auto"))
+    if getattr(model, "n_gpu_layers", 0):
+        info["n_gpu_layers"] = model.n_gpu_layers
     return info

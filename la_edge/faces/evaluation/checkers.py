@@ -10,7 +10,7 @@ import json
 import re
 from typing import Dict, Iterable, List, Sequence
 
-from ..errors import LaEdgeError
+from ...errors import LaEdgeError
 
 _WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")
 _SENTENCE_END = re.compile(r"[.!?…]+[\"'”’)\]]*(?=\s|$)")

@@ -39,7 +39,7 @@ def run(model: Optional[str] = None, levels=(1, 2, 4, 8), tokens: int = 64) -> D
     """Aggregate tokens/s, time to first token and per-token latency at each concurrency level."""
     import openai
 
-    from .generate import Aligner
+    from ..runtime.aligner import Aligner
     from .server import BackgroundServer, Server
 
     la = Aligner.load(model, n_ctx=1024, max_requests=max(levels))

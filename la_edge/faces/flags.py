@@ -1,0 +1,105 @@
+"""One definition of the model and generation options, shared by every face.
+
+`PARAMS` maps each GenerationParams field to its CLI flag and its HTTP request field (None where a
+face does not offer it); `add_model_flags` / `load_aligner` are the only way subcommands load a model.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, Dict, Mapping, NamedTuple, Optional
+
+from ..decoding.params import GenerationParams
+
+
+class Param(NamedTuple):
+    field: str  # GenerationParams field
+    flag: Optional[str]  # CLI flag
+    http: Optional[str]  # request body field of the server
+    type: type
+    help: str
+
+
+PARAMS = (
+    Param("ratio", "--ratio", "alignment_ratio", float,
+          "alignment ratio r in z = z_P + r(z_P - z_0); 0 = principle in prompt only"),
+    Param("temperature", "--temperature", "temperature", float, "sampling temperature; 0 = greedy"),
+    Param("top_k", "--top-k", "top_k", int, "keep the k most likely aligned tokens (0 = off)"),
+    Param("top_p", "--top-p", "top_p", float, "nucleus sampling over aligned logits (1 = off)"),
+    Param("min_p", "--min-p", "min_p", float, "drop tokens below min_p x the top probability (0 = off)"),
+    Param("repeat_penalty", "--repeat-penalty", "repeat_penalty", float, "llama.cpp repeat penalty (1 = off)"),
+    Param("frequency_penalty", "--frequency-penalty", "frequency_penalty", float, "OpenAI frequency penalty (0 = off)"),
+    Param("presence_penalty", "--presence-penalty", "presence_penalty", float, "OpenAI presence penalty (0 = off)"),
+    Param("seed", "--seed", "seed", int, "random seed (default: random, reported in --json)"),
+    Param("max_tokens", "--max-tokens", "max_tokens", int, "maximum tokens to generate"),
+    Param("plausibility_top_p", "--plausibility-top-p", "plausibility_top_p", float,
+          "nucleus of the principled distribution"),
+    Param("plausibility_temperature", "--plausibility-temperature", "plausibility_temperature", float,
+          "temperature of that nucleus (default: T, or 1 if T = 0)"),
+    Param("top_logprobs", "--top-logprobs", None, int, "alternatives per token in --json logprobs (0..20)"),
+    Param("ignore_eos", "--ignore-eos", "ignore_eos", bool, "do not stop at end-of-generation tokens"),
+)
+# Kept for callers of the first release: CLI flag -> (field, type, help).
+PARAM_FLAGS = {p.flag: (p.field, p.type, p.help) for p in PARAMS if p.flag and p.type is not bool}
+HTTP_FIELDS = {p.http: p.field for p in PARAMS if p.http}
+
+
+def add_param_flags(p: argparse.ArgumentParser) -> None:
+    """The generation flags (every GenerationParams field that the CLI offers, plus --stop)."""
+    defaults = GenerationParams()
+    for prm in PARAMS:
+        if prm.type is bool:
+            p.add_argument(prm.flag, dest=prm.field, action="store_true", default=None, help=prm.help)
+        else:
+            p.add_argument(prm.flag, dest=prm.field, type=prm.type, default=None,
+                           help=f"{prm.help} (default: {getattr(defaults, prm.field)})")
+    p.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
+
+
+def params_from_args(args: argparse.Namespace) -> GenerationParams:
+    """Build the validated parameters object from parsed flags (unset flags keep defaults)."""
+    given: Dict[str, Any] = {prm.field: getattr(args, prm.field) for prm in PARAMS
+                             if getattr(args, prm.field, None) is not None}
+    if getattr(args, "stop", None):
+        given["stop"] = tuple(args.stop)
+    return GenerationParams(**given)
+
+
+def params_from_fields(body: Mapping[str, Any], **fixed) -> GenerationParams:
+    """Build GenerationParams from HTTP request fields (the server's names, see PARAMS); None = unset."""
+    given = {field: body[http] for http, field in HTTP_FIELDS.items() if body.get(http) is not None}
+    given.update({k: v for k, v in fixed.items() if v is not None})
+    return GenerationParams(**given)
+
+
+def add_model_flags(p: argparse.ArgumentParser, n_ctx: int = 4096) -> None:
+    """The model flags: the same on every subcommand that loads a model."""
+    p.add_argument("--model", "-m", default=None,
+                   help="GGUF file or exported ONNX folder (default: $LA_EDGE_MODEL, else the embedded "
+                        "SmolLM2-135M-Instruct Q4_1)")
+    p.add_argument("--backend", choices=("auto", "llama.cpp", "onnx"), default="auto",
+                   help="auto: ONNX for a folder made by `la-edge export onnx`, llama.cpp for a .gguf")
+    p.add_argument("--n-ctx", type=int, default=n_ctx,
+                   help="context size in tokens of each sequence (default: %(default)s)")
+    p.add_argument("--kv-unified", action="store_true",
+                   help="one KV buffer for all sequences (less memory; logits then depend on batch neighbours)")
+    p.add_argument("--n-gpu-layers", type=int, default=0,
+                   help="layers to offload to a GPU build (CUDA/Metal; 99 = all)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    p.add_argument("--flash-attn", action="store_true", help="enable flash attention")
+    p.add_argument("--numpy-sampler", action="store_true", help="use the NumPy reference sampler")
+    p.add_argument("--verbose", action="store_true", help="show llama.cpp logs")
+
+
+def load_options(args: argparse.Namespace, max_requests: int = 1) -> Dict[str, Any]:
+    """Aligner.load keyword arguments from the model flags."""
+    return dict(n_ctx=args.n_ctx, n_gpu_layers=args.n_gpu_layers, n_threads=args.threads,
+                flash_attn=args.flash_attn, kv_unified=args.kv_unified, prefer_native=not args.numpy_sampler,
+                verbose=args.verbose, backend=args.backend, max_requests=max_requests)
+
+
+def load_aligner(args: argparse.Namespace, max_requests: int = 1):
+    """The Aligner for a subcommand's model flags."""
+    from ..runtime.aligner import Aligner
+
+    return Aligner.load(args.model, **load_options(args, max_requests))
