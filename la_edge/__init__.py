@@ -1,9 +1,9 @@
 """la_edge: on-device Linear Alignment decoding (z = z_P + r*(z_P - z_0)) on llama.cpp."""
 
 from .errors import (
-    BusyError, ChatTemplateError, ContextOverflowError, DecodeAbortedError, DecodeError,
+    BusyError, ChatTemplateError, ContextOverflowError, DecodeAbortedError, DecodeError, EngineUnavailableError,
     FatalDecodeError, InvalidBatchError, InvalidParameterError, LaEdgeError, ModelLoadError,
-    ModelNotFoundError, NoKvSlotError, NonFiniteLogitsError,
+    ModelNotFoundError, NoKvSlotError, NonFiniteLogitsError, StepFailedError,
 )
 from .decoding.params import GenerationParams
 from .runtime.prompts import PromptPair
@@ -14,7 +14,7 @@ __all__ = [
     "Aligner", "GenerationParams", "PromptPair", "LaEdgeError", "InvalidParameterError",
     "ModelNotFoundError", "ModelLoadError", "ChatTemplateError", "ContextOverflowError",
     "NonFiniteLogitsError", "BusyError", "DecodeError", "NoKvSlotError", "DecodeAbortedError",
-    "InvalidBatchError", "FatalDecodeError",
+    "InvalidBatchError", "FatalDecodeError", "EngineUnavailableError", "StepFailedError",
 ]
 
 

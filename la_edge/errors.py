@@ -35,6 +35,22 @@ class BusyError(LaEdgeError):
     """The engine is at capacity; retry later."""
 
 
+class EngineUnavailableError(LaEdgeError):
+    """The engine stopped (shut down, or its thread died); `cause` keeps why. Servers answer 503."""
+
+    def __init__(self, message: str, cause: "BaseException | None" = None):
+        self.cause = cause
+        super().__init__(message)
+
+
+class StepFailedError(LaEdgeError):
+    """An unexpected error while decoding or sampling a batch; only that batch's requests get it."""
+
+    def __init__(self, message: str, cause: "BaseException | None" = None):
+        self.cause = cause
+        super().__init__(message)
+
+
 class CancelledError(LaEdgeError):
     """The request was cancelled before it finished."""
 
