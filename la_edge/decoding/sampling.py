@@ -1,8 +1,8 @@
 """Pure math of Linear Alignment decoding: the NumPy reference (the specification).
 
 Order of a step: z = z_P + r*(z_P - z_0) in float32; the plausibility nucleus of
-softmax(z_P / T_m); then greedy argmax, or penalties -> top-k -> top-p -> min-p ->
-temperature -> seeded draw, all restricted to the nucleus. Candidates are ordered by
+softmax(z_P / T_m) (always from the unpenalised z_P); penalties on z; then greedy argmax, or
+top-k -> top-p -> min-p -> temperature -> seeded draw, all restricted to the nucleus. Candidates are ordered by
 value descending, ties by token id ascending. Sums run sequentially in that order, except
 the nucleus total over the whole vocabulary, which is `mass_total` (fixed chunk/lane order in
 token-id order, so the native sampler needs no full sort). Weights use `exp2_weights`, a
@@ -185,14 +185,14 @@ def choose_token(
     nucleus = plausibility_mask(z_p, params.plausibility_top_p, params.mask_temperature)
     z = combine(z_p[nucleus], None if z_0 is None else np.asarray(z_0)[nucleus], params.ratio)
     z = np.where(np.isnan(z), np.float32(-np.inf), z)  # NaN (inf - inf) is banned; +/-inf stay
+    z = apply_penalties(z, nucleus, history, params)
     if params.greedy:
-        order = order_desc(z, nucleus)
-        token = int(nucleus[order[0]])
+        token = int(nucleus[order_desc(z, nucleus)[0]])
         ids, kept = nucleus, z
     else:
         if rng is None:
             raise ValueError("sampling needs an rng")
-        ids, kept = _filtered(z, nucleus, params, history)
+        ids, kept = _filtered(z, nucleus, params)
         token = _draw(kept, ids, params.temperature, rng)
         if token < 0:
             # Aligned weights underflowed: fall back to the principled nucleus.
@@ -205,9 +205,8 @@ def choose_token(
     return Choice(token=token, logprob=logprob, top=top, nucleus_size=int(nucleus.size))
 
 
-def _filtered(z: np.ndarray, ids: np.ndarray, p: GenerationParams, history: Sequence[int]):
-    """penalties -> top-k -> top-p -> min-p; returns (ids, values) ordered by value desc."""
-    z = apply_penalties(z, ids, history, p)
+def _filtered(z: np.ndarray, ids: np.ndarray, p: GenerationParams):
+    """top-k -> top-p -> min-p over penalised z; returns (ids, values) ordered by value desc."""
     order = order_desc(z, ids)
     ids, z = ids[order], z[order]
     if p.top_k > 0:

@@ -70,3 +70,29 @@ def test_bench_scaling_json():
     assert r.returncode == 0, r.stderr
     ms = json.loads(r.stdout)["llama_decode_ms"]
     assert set(ms) == {"1", "2", "4", "8", "16"} and all(v > 0 for v in ms.values())
+
+
+def _options(sub):
+    return {a.dest: a for a in sub._actions if a.option_strings}
+
+
+def test_every_model_command_shares_the_model_flags():
+    from la_edge.faces.cli import build_parser
+
+    parser = build_parser()
+    subs = next(a for a in parser._actions if a.dest == "command").choices
+    model_flags = {"model", "backend", "n_ctx", "kv_unified", "n_gpu_layers", "threads", "flash_attn",
+                   "numpy_sampler", "verbose"}
+    for name in ("generate", "serve", "bench", "eval", "doctor"):
+        opts = _options(subs[name])
+        assert model_flags <= set(opts), (name, model_flags - set(opts))
+        assert opts["backend"].choices == ("auto", "llama.cpp", "onnx")
+    # serve's help states the n_ctx it really uses
+    serve_ctx = _options(subs["serve"])["n_ctx"]
+    assert serve_ctx.default == 2048 and "%(default)s" in serve_ctx.help
+
+
+def test_bench_and_eval_reject_a_bad_backend_with_exit_2():
+    for cmd in (("bench", "--quick"), ("eval", "--limit", "1")):
+        r = la_edge(*cmd, "--backend", "onnx", "--model", "/nonexistent/folder")
+        assert r.returncode == 2 and "not found" in r.stderr and "Traceback" not in r.stderr, r.stderr

@@ -25,7 +25,6 @@ from la_edge import GenerationParams  # noqa: E402
 from la_edge.backends.base import BatchEntry  # noqa: E402
 from la_edge.runtime.aligner import Aligner  # noqa: E402
 from la_edge.backends.llamacpp import LlamaCppBackend  # noqa: E402
-from la_edge import Aligner as _Aligner  # noqa: E402
 from la_edge.backends.onnxrt import load_onnx_backend  # noqa: E402
 from tests.integration.reference import nucleus  # noqa: E402
 
@@ -143,7 +142,7 @@ def test_onnx_batched_aligned_greedy_equals_separate_transformers_runs(art, hf):
     """One batched run per step (two padded rows) gives the tokens of two separate full recomputations."""
     model, _ = hf
     params = GenerationParams(temperature=0.0, ratio=1.0, max_tokens=10)
-    with _Aligner.load(art["onnx"], backend="onnx", n_ctx=1024) as la:
+    with Aligner.load(art["onnx"], backend="onnx", n_ctx=1024) as la:
         pair = la.prompts(PROMPTS[0], PRINCIPLE)
         res = la.generate(params=params, pair=pair)
         tp, t0 = la.engine.tokenize_prompt(pair.principled), la.engine.tokenize_prompt(pair.plain)
@@ -159,7 +158,7 @@ def test_onnx_batched_aligned_greedy_equals_separate_transformers_runs(art, hf):
 def test_onnx_concurrent_requests_equal_single_requests(art):
     """A request joining mid-decode (rows regathered, padded prefill) changes neither request's tokens."""
     params = GenerationParams(temperature=0.0, ratio=1.0, max_tokens=12, ignore_eos=True)
-    with _Aligner.load(art["onnx"], backend="onnx", n_ctx=2048, max_requests=2) as la:
+    with Aligner.load(art["onnx"], backend="onnx", n_ctx=2048, max_requests=2) as la:
         pairs = [la.prompts(PROMPTS[1], PRINCIPLE), la.prompts(PROMPTS[3])]
         alone = [la.generate(params=params, pair=p).tokens for p in pairs]
         h1 = la.engine.submit(pairs[0], params)
@@ -175,7 +174,7 @@ def test_aligned_greedy_onnx_vs_llama_cpp_f16(art):
     """Same tokens, or a first divergence only where the fp32 aligned top-2 margin is within f16 error."""
     params = GenerationParams(temperature=0.0, ratio=1.0, max_tokens=32)
     report = []
-    with _Aligner.load(art["onnx"], backend="onnx", n_ctx=1024) as on, Aligner.load(art["f16"], n_ctx=1024) as ll:
+    with Aligner.load(art["onnx"], backend="onnx", n_ctx=1024) as on, Aligner.load(art["f16"], n_ctx=1024) as ll:
         for p in PROMPTS:
             (a, rows), b = spied_generate(on, p, params), ll.generate(p, principle=PRINCIPLE, params=params)
             k = next((i for i, (x, y) in enumerate(zip(a.tokens, b.tokens)) if x != y), None)
@@ -251,3 +250,18 @@ def test_export_cli_errors(art, tmp_path):
     assert r.returncode == 2 and "destination exists" in r.stderr and "--force" in r.stderr
     r = run("gguf", art["ckpt"], str(tmp_path / "o.gguf"), "--type", "q3_k")
     assert r.returncode == 2 and "invalid choice" in r.stderr
+
+
+def test_bench_and_eval_run_on_the_onnx_backend(art):
+    # One set of model flags: bench and eval accept --backend onnx like generate and serve.
+    cmd = [sys.executable, "-m", "la_edge"]
+    r = subprocess.run(cmd + ["bench", "--quick", "--json", "--tokens", "8", "--repetitions", "1",
+                              "--backend", "onnx", "--model", art["onnx"]], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["backend"] == "onnx" and out["ratios"]["aligned_vs_plain"] > 0
+    r = subprocess.run(cmd + ["eval", "--json", "--quiet", "--limit", "1", "--principles", "lowercase", "--ratios", "2",
+                              "--max-tokens", "8", "--backend", "onnx", "--model", art["onnx"]],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)
