@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import List, Optional
 
@@ -46,12 +47,34 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    from ..backends.models import default_model_path, discover, quantization, store_roots
+
+    entries = [e.to_dict() for e in discover()]
+    embedded = default_model_path()
+    if embedded:
+        entries.insert(0, {"name": "smollm2-135m-instruct", "store": "embedded", "quantization": quantization(embedded),
+                           "size": os.path.getsize(embedded), "path": embedded, "aliases": []})
+    if args.json:
+        print(json.dumps({"models": entries, "searched": [{"store": s, "path": p} for s, p in store_roots()]},
+                         indent=2))
+        return 0
+    if not entries:
+        print("no models found; searched: " + ", ".join(p for _, p in store_roots()))
+        return 0
+    for e in entries:
+        print(f"{e['name']:<48} {e['store']:<12} {e['quantization'] or '?':<8} {e['size'] / 1e6:8.0f} MB  {e['path']}")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from .server import serve
 
     la = load_aligner(args, max_requests=args.max_requests)
     la.engine.max_queue = args.max_queue
-    name = args.model_name or (args.model and __import__("os").path.basename(args.model)) or "smollm2-135m-instruct"
+    from ..backends.models import model_name
+
+    name = args.model_name or (args.model and model_name(la.backend.path)) or "smollm2-135m-instruct"
     serve(la, host=args.host, port=args.port, model_name=name, api_key=args.api_key)
     return 0
 
@@ -131,6 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_eval_parser(sub)
     _add_export(sub)
+
+    m = sub.add_parser("models", help="list GGUF models found in LM Studio, Ollama and Hugging Face stores")
+    m.add_argument("--json", action="store_true")
+    m.set_defaults(func=cmd_models)
 
     d = sub.add_parser("doctor", help="report the build, backends, CPU features and sampler path")
     d.add_argument("--json", action="store_true")
