@@ -71,6 +71,7 @@ class Backend(Protocol):
     n_batch: int
     n_seq_max: int
     n_threads: int
+    supports_seq_copy: bool  # seq_copy gives exactly the logits of decoding the same tokens again
 
     def tokenize(self, text: str, add_special: bool = True, parse_special: bool = True) -> List[int]:
         """Token ids; with parse_special=False control-token strings stay plain text."""

