@@ -472,13 +472,15 @@ int32_t la_choose(const float* zp, const float* z0, int32_t n_vocab, const la_pa
   if (!greedy) memcpy(ws->nuc, c, (size_t)nn * sizeof *c);
   stage_combine(c, nn, z0, p->ratio);
 
+  /* Penalties on the aligned nucleus, greedy or not; the nucleus itself came from unpenalised z_P. */
+  if (stage_penalties(c, nn, history, n_history, p, ws) != LA_OK) return LA_ERR_INVALID;
+
   const la_cand* kept = c;
   int32_t nk = nn, pick = 0;
   if (greedy) {
     for (int32_t i = 1; i < nn; i++)
       if (before(c[i], c[pick])) pick = i;
   } else {
-    if (stage_penalties(c, nn, history, n_history, p, ws) != LA_OK) return LA_ERR_INVALID;
     if (p->top_k > 0 && p->top_k < nk) {
       partial_sort(c, nk, p->top_k);
       nk = p->top_k;

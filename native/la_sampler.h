@@ -14,7 +14,7 @@ extern "C" {
 #define LA_API __attribute__((visibility("default")))
 #endif
 
-#define LA_ABI_VERSION 1
+#define LA_ABI_VERSION 2 /* 2: penalties apply in greedy decoding too */
 #define LA_MAX_TOP_LOGPROBS 20
 
 #define LA_OK 0
@@ -51,7 +51,8 @@ LA_API la_workspace* la_workspace_new(int32_t n_vocab);
 LA_API void la_workspace_free(la_workspace* ws);
 
 /* One decision. Returns LA_OK, LA_ERR_NONFINITE_P / _0 (NaN or +inf in zp / z0) or LA_ERR_INVALID.
-   z0 = NULL means plain decoding of zp; rng_state is advanced exactly like la_edge/rng.py. */
+   z0 = NULL means plain decoding of zp; rng_state is advanced exactly like la_edge/rng.py (and may be
+   NULL when greedy). history (generated ids) feeds the penalties, greedy or not. */
 LA_API int32_t la_choose(const float* zp, const float* z0, int32_t n_vocab, const la_params* p,
                          const int32_t* history, int32_t n_history, uint64_t* rng_state,
                          la_workspace* ws, la_result* out);

@@ -20,7 +20,7 @@ from .params import GenerationParams
 from .rng import SplitMix64
 from .sampling import Choice, choose_token
 
-ABI_VERSION = 1
+ABI_VERSION = 2  # 2: penalties apply in greedy decoding too
 MAX_TOP_LOGPROBS = 20
 _ERR_NONFINITE_P, _ERR_NONFINITE_0, _ERR_INVALID = -1, -2, -3
 
@@ -246,7 +246,7 @@ class NativeSampler:
 
     @staticmethod
     def _history(history, params: GenerationParams) -> np.ndarray:
-        if params.greedy or params.repeat_last_n == 0 or len(history) == 0 or (
+        if params.repeat_last_n == 0 or len(history) == 0 or (
             params.repeat_penalty == 1.0 and params.frequency_penalty == 0.0 and params.presence_penalty == 0.0
         ):
             return np.zeros(0, dtype=np.int32)

@@ -2,11 +2,11 @@
 
 Order of a step: z = z_P + r*(z_P - z_0) in float32; the plausibility nucleus of
 softmax(z_P / T_m) (always from the unpenalised z_P); penalties on z; then greedy argmax, or
-top-k -> top-p -> min-p -> temperature -> seeded draw, all restricted to the nucleus. Candidates are ordered by
-value descending, ties by token id ascending. Sums run sequentially in that order, except
-the nucleus total over the whole vocabulary, which is `mass_total` (fixed chunk/lane order in
-token-id order, so the native sampler needs no full sort). Weights use `exp2_weights`, a
-portable IEEE-exact exp that native/la_sampler.c reproduces bit for bit.
+top-k -> top-p -> min-p -> temperature -> seeded draw, all restricted to the nucleus.
+Candidates are ordered by value descending, ties by token id ascending. Sums run sequentially
+in that order, except the nucleus total over the whole vocabulary, which is `mass_total`
+(fixed chunk/lane order in token-id order, so the native sampler needs no full sort). Weights
+use `exp2_weights`, a portable IEEE-exact exp that native/la_sampler.c reproduces bit for bit.
 """
 
 from __future__ import annotations
@@ -153,7 +153,7 @@ def apply_penalties(z: np.ndarray, ids: np.ndarray, history: Sequence[int], p: G
 
 
 def _logprobs(z_kept: np.ndarray, ids: np.ndarray, token: int, temperature: float, n: int):
-    # Aligned distribution: softmax(z / T) over the nucleus (T = 1 when greedy).
+    # Aligned distribution after penalties: softmax(z / T) over the kept tokens (T = 1 when greedy).
     t = temperature if temperature > 0 else 1.0
     w = relative_weights(z_kept, t)
     total = float(np.cumsum(w)[-1]) if w.size else 0.0
@@ -176,7 +176,10 @@ def choose_token(
     history: Sequence[int] = (),
     check: bool = True,
 ) -> Choice:
-    """One Linear Alignment decision from the two logits rows (the NumPy reference path)."""
+    """One Linear Alignment decision from the two logits rows (the NumPy reference path).
+
+    history (generated ids) feeds the penalties, greedy or not; rng is needed only when sampling.
+    """
     if check:
         check_finite(z_p, "principled")
         if z_0 is not None:

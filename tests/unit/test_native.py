@@ -131,6 +131,34 @@ def test_negative_history_is_invalid():
         native.NativeSampler(4).choose(np.zeros(4, F32), None, p, SplitMix64(1), [1, -2])
 
 
+def test_negative_history_is_invalid_when_greedy_too():
+    with pytest.raises(InvalidParameterError):
+        native.NativeSampler(4).choose(np.zeros(4, F32), None, GREEDY.with_(repeat_penalty=1.2), None, [1, -2])
+
+
+@pytest.mark.parametrize("history, penalties, token", [
+    ((), dict(repeat_penalty=2.0), 0),
+    ((0,), dict(repeat_penalty=2.0), 1),
+    ((0,), dict(repeat_penalty=1.0), 0),
+    ((0, 0), dict(frequency_penalty=0.15), 1),
+    ((0,), dict(presence_penalty=0.3), 1),
+    ((0, 2), dict(presence_penalty=0.3, repeat_last_n=1), 0),
+])
+def test_greedy_penalties_match_the_reference(history, penalties, token):
+    p = GREEDY.with_(ratio=0.0, plausibility_top_p=1.0, top_logprobs=3, **penalties)
+    ref, nat, r1, r2 = both([2.0, 1.9, 0.5], None, p, history=history)
+    assert ref.token == nat.token == token
+    assert_same(ref, nat, r1, r2)
+
+
+def test_greedy_penalties_keep_the_unpenalised_nucleus():
+    p = GREEDY.with_(ratio=2.0, plausibility_top_p=0.8, repeat_penalty=10.0, top_logprobs=2)
+    zp = np.log(np.array([0.5, 0.3, 0.2], F32))
+    ref, nat, r1, r2 = both(zp, zp - F32(0.1), p, history=[0])
+    assert ref.token == nat.token == 1 and ref.nucleus_size == nat.nucleus_size == 2
+    assert_same(ref, nat, r1, r2)
+
+
 def test_wrong_shape_is_invalid():
     with pytest.raises(InvalidParameterError):
         native.NativeSampler(4).choose(np.zeros(5, F32), None, GREEDY)
@@ -234,6 +262,20 @@ params_st = st.builds(
 )
 
 
+greedy_penalties_st = st.builds(
+    GenerationParams,
+    ratio=st.sampled_from([-1.0, 0.0, 0.5, 2.0, 10.0]),
+    temperature=st.just(0.0),
+    plausibility_top_p=st.sampled_from([0.05, 0.5, 0.8, 0.95, 1.0]),
+    plausibility_temperature=st.sampled_from([None, 0.5, 1.5]),
+    repeat_penalty=st.sampled_from([1.0, 1.3, 0.8, 10.0]),
+    frequency_penalty=st.sampled_from([0.0, 0.5, -0.7]),
+    presence_penalty=st.sampled_from([0.0, 0.4, 2.0]),
+    repeat_last_n=st.sampled_from([1, 8, 64]),
+    top_logprobs=st.sampled_from([0, 3, 20]),
+).filter(lambda p: p.repeat_penalty != 1.0 or p.frequency_penalty != 0.0 or p.presence_penalty != 0.0)
+
+
 def run_case(n, kind, z0_kind, params, seed, steps=3):
     rs = np.random.default_rng(seed % 2**32)
     zp = make_row(rs, n, kind)
@@ -270,10 +312,18 @@ def test_native_matches_reference_large(n, kind, params, seed):
     run_case(n, kind, "perturbed", params, seed, steps=1)
 
 
-def test_native_matches_reference_long_seeded_run():
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n=st.integers(1, 3000), kind=st.sampled_from(ROW_KINDS), z0_kind=st.sampled_from(["none", "perturbed", "other"]),
+       params=greedy_penalties_st, seed=st.integers(0, 2**64 - 1))
+def test_native_matches_reference_greedy_with_penalties(n, kind, z0_kind, params, seed):
+    run_case(n, kind, z0_kind, params, seed, steps=6)
+
+
+@pytest.mark.parametrize("temperature", [0.8, 0.0])
+def test_native_matches_reference_long_seeded_run(temperature):
     rs = np.random.default_rng(11)
     n = 5000
-    p = GenerationParams(temperature=0.8, top_k=40, top_p=0.95, min_p=0.02, repeat_penalty=1.1,
+    p = GenerationParams(temperature=temperature, top_k=40, top_p=0.95, min_p=0.02, repeat_penalty=1.1,
                          frequency_penalty=0.2, presence_penalty=0.1, top_logprobs=5)
     sampler = native.NativeSampler(n)
     r_ref, r_nat, history = SplitMix64(123), SplitMix64(123), []

@@ -96,6 +96,42 @@ def test_repeat_penalty_moves_mass_off_seen_tokens():
     assert choose_token(zp, None, p, SplitMix64(0), history=[0]).token == 1
 
 
+def test_greedy_applies_repeat_penalty_before_argmax():
+    zp = f32(2.0, 1.9, -5.0)
+    p = GenerationParams(temperature=0.0, ratio=0.0, plausibility_top_p=1.0, repeat_penalty=2.0)
+    assert choose_token(zp, None, p).token == 0
+    assert choose_token(zp, None, p, history=[0]).token == 1  # 2.0 / 2 < 1.9
+    assert choose_token(zp, None, p.with_(repeat_penalty=1.0), history=[0]).token == 0
+
+
+def test_greedy_applies_frequency_and_presence_penalties():
+    zp = f32(1.0, 0.8, 0.5)
+    p = GenerationParams(temperature=0.0, ratio=0.0, plausibility_top_p=1.0, frequency_penalty=0.15)
+    assert choose_token(zp, None, p, history=[0]).token == 0  # 0.85 > 0.8
+    assert choose_token(zp, None, p, history=[0, 0]).token == 1  # 0.7 < 0.8
+    p = GenerationParams(temperature=0.0, ratio=0.0, plausibility_top_p=1.0, presence_penalty=0.3)
+    assert choose_token(zp, None, p, history=[0]).token == 1
+    assert choose_token(zp, None, p.with_(repeat_last_n=1), history=[0, 2]).token == 0  # 0 left the window
+
+
+def test_penalty_free_greedy_ignores_history():
+    zp, z0 = np.log(f32(0.5, 0.3, 0.2)), np.log(f32(0.6, 0.1, 0.3))
+    p = GenerationParams(temperature=0.0, ratio=2.0, plausibility_top_p=0.9, top_logprobs=3)
+    assert choose_token(zp, z0, p, history=[0, 1, 1, 2]) == choose_token(zp, z0, p)
+
+
+def test_greedy_penalties_act_on_the_aligned_logits_inside_the_unpenalised_nucleus():
+    # z_P probs 0.5, 0.3, 0.2 with T_m = 1, p_m = 0.8: the nucleus is {0, 1} before any penalty.
+    zp = np.log(f32(0.5, 0.3, 0.2))
+    p = GenerationParams(temperature=0.0, ratio=0.0, plausibility_top_p=0.8, repeat_penalty=10.0, top_logprobs=2)
+    c = choose_token(zp, None, p, history=[0])
+    assert c.token == 1 and c.nucleus_size == 2  # token 2 would win unmasked, but stays outside
+    # logprobs describe the penalised aligned distribution, as when sampling.
+    z = f32(np.log(0.5) * 10.0, np.log(0.3))
+    assert abs(c.logprob - float(z[1] - np.logaddexp(z[0], z[1]))) < 1e-6
+    assert [t for t, _ in c.top] == [1, 0]
+
+
 def test_all_minus_inf_aligned_falls_back_to_principled_nucleus():
     # z0 = +huge makes every aligned logit -inf in float32; the draw falls back to softmax(z_P).
     zp = f32(0.0, 0.0)
