@@ -13,6 +13,7 @@ import os
 import sys
 import time
 
+import llama_cpp  # noqa: F401  before numpy: on the CUDA test image numpy first made model loading crash
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "integration"))

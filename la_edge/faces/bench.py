@@ -11,8 +11,6 @@ import statistics
 import time
 from typing import Dict, List, Optional
 
-import numpy as np
-
 from ..decoding.params import GenerationParams
 from ..decoding.rng import SplitMix64
 
@@ -49,6 +47,8 @@ class _Solo:
         return self.b.logits_row(len(chunk) - 1)
 
     def argmax(self, row) -> int:
+        import numpy as np  # after llama.cpp loaded (see README, "GPU": numpy first crashed one CUDA image)
+
         return int(np.argmax(np.ctypeslib.as_array(row, shape=(self.n_vocab,)) if not isinstance(row, np.ndarray)
                              else row))
 
