@@ -1,6 +1,7 @@
 """The two prompts of a request: with the principle (z_P) and without it (z_0).
 
-Rendered with the model's own chat template through llama-cpp-python's Jinja2 formatter.
+Rendered with the model's own chat template through llama-cpp-python's Jinja2 formatter, or with
+one of llama.cpp's built-in templates by name (`select_template`).
 Message content (and the principle, and the system text) is always tokenized as plain text:
 only the template's own markup may produce control tokens, so a user cannot forge a turn.
 """
@@ -14,9 +15,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..errors import ChatTemplateError, InvalidParameterError
 
-_SYS = "\x00LA_EDGE_SYSTEM\x00"
-_USER = "\x00LA_EDGE_USER\x00"
-_CONTENT = re.compile("\x00LA_EDGE_CONTENT_([0-9]+)\x00")
+_SYS = "LA_EDGE_SYSTEM"
+_USER = "LA_EDGE_USER"
 PRINCIPLE_SEPARATOR = " "  # principle follows the base system text, as in the authors' demo
 ROLES = ("system", "user", "assistant")
 
@@ -104,25 +104,39 @@ def _locate(text: str, markup: List[str], order: List[int], contents: List[str])
 
 
 class ChatTemplate:
-    """A model's Jinja chat template with its system-message behaviour probed once."""
+    """A chat template (Jinja text, or a llama.cpp built-in by `name`) with its system-message
+    behaviour probed once. `source` says where it came from, `placement` where the principle goes."""
 
-    def __init__(self, template: Optional[str], bos: str = "", eos: str = ""):
-        if not template:
-            raise ChatTemplateError(
-                "the model has no chat template in its GGUF metadata; use raw-prompt mode "
-                "(principled_prompt / plain_prompt) or pass a template")
-        try:
-            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+    def __init__(self, template: Optional[str], bos: str = "", eos: str = "", *, name: Optional[str] = None,
+                 source: str = "gguf"):
+        self.name, self.source, self.template = name, source, template
+        if name is not None:
+            from ..backends.llamacpp import apply_builtin_template
 
-            self._fmt = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
-        except Exception as exc:  # jinja2 syntax errors and the like
-            raise ChatTemplateError(f"the model's chat template does not parse: {exc}") from exc
-        self.template = template
+            # Built-ins are C strings: placeholders use a private-use mark instead of NUL.
+            self._mark = "\ue000"
+            self._fmt = lambda messages: apply_builtin_template(name, messages)
+        else:
+            if not template:
+                raise ChatTemplateError(
+                    "the model has no chat template in its GGUF metadata; name one of llama.cpp's built-in "
+                    "templates (--chat-template NAME; `la-edge doctor --json` lists them), give a Jinja file "
+                    "(--chat-template-file), or use raw-prompt mode (principled_prompt / plain_prompt)")
+            try:
+                from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+                jinja = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
+            except Exception as exc:  # jinja2 syntax errors and the like
+                raise ChatTemplateError(f"the chat template does not parse: {exc}") from exc
+            self._mark = "\x00"
+            self._fmt = lambda messages: jinja(messages=messages).prompt
+        self._content = re.compile(re.escape(self._mark) + "LA_EDGE_CONTENT_([0-9]+)" + re.escape(self._mark))
         self.supports_system, self.default_system = self._probe()
+        self.placement = self._placement()
 
     def render(self, messages: Sequence[Dict[str, str]]) -> str:
         try:
-            return self._fmt(messages=list(messages)).prompt
+            return self._fmt(list(messages))
         except Exception as exc:
             raise ChatTemplateError(f"chat template failed to render: {exc}") from exc
 
@@ -134,9 +148,10 @@ class ChatTemplate:
         changes content beyond trimming whitespace, so that content cannot be told from markup.
         """
         text = self.render(messages)
-        probe = self.render([dict(m, content=f"\x00LA_EDGE_CONTENT_{i}\x00" if m["content"] else "")
+        mark = self._mark
+        probe = self.render([dict(m, content=f"{mark}LA_EDGE_CONTENT_{i}{mark}" if m["content"] else "")
                              for i, m in enumerate(messages)])
-        pieces = _CONTENT.split(probe)
+        pieces = self._content.split(probe)
         parts = _locate(text, pieces[0::2], [int(i) for i in pieces[1::2]], [m["content"] for m in messages])
         if parts is None:
             raise ChatTemplateError(
@@ -145,19 +160,29 @@ class ChatTemplate:
         return text, parts
 
     def _probe(self):
-        plain = self.render([{"role": "user", "content": _USER}])
+        sys_, user = self._mark + _SYS + self._mark, self._mark + _USER + self._mark
+        plain = self.render([{"role": "user", "content": user}])
         try:
-            with_sys = self.render([{"role": "system", "content": _SYS}, {"role": "user", "content": _USER}])
+            with_sys = self.render([{"role": "system", "content": sys_}, {"role": "user", "content": user}])
         except ChatTemplateError:
             return False, None
-        if _SYS not in with_sys:
+        if sys_ not in with_sys:
             return False, None
-        head, tail = with_sys.split(_SYS, 1)
+        head, tail = with_sys.split(sys_, 1)
         # The template injects a default system text iff the plain render fills the same slot.
         if plain.startswith(head) and plain.endswith(tail) and len(plain) >= len(head) + len(tail):
             default = plain[len(head): len(plain) - len(tail)]
             return True, default or None
         return True, None
+
+    def _placement(self) -> str:
+        """'system message', or 'before the first user turn' for families with no system role."""
+        if not self.supports_system:
+            return "before the first user turn"
+        sys_, user = self._mark + _SYS + self._mark, self._mark + _USER + self._mark
+        text = self.render([{"role": "system", "content": sys_}, {"role": "user", "content": user}])
+        between = text[text.index(sys_) + len(sys_): text.find(user)] if user in text else "?"
+        return "before the first user turn" if not between.strip() else "system message"
 
     def pair(self, messages: Sequence[Dict[str, str]], principle: Optional[str]) -> PromptPair:
         """Render both branches; they differ only by the principle."""
@@ -180,6 +205,37 @@ class ChatTemplate:
             changed = dict(messages[i], content=principle + "\n\n" + messages[i]["content"])
             principled, parts = self.render_parts(messages[:i] + [changed] + messages[i + 1:])
         return PromptPair(principled=principled, plain=plain, principled_parts=parts, plain_parts=plain_parts)
+
+
+def builtin_templates() -> List[str]:
+    """The chat template names built into this llama.cpp, read from it (never copied)."""
+    from ..backends.llamacpp import builtin_chat_templates
+
+    return builtin_chat_templates()
+
+
+def select_template(backend, chat_template: Optional[str] = None,
+                    chat_template_file: Optional[str] = None) -> ChatTemplate:
+    """The template for a model: a Jinja file, a built-in name or Jinja text, else the GGUF's own."""
+    bos, eos = backend.bos_eos_text()
+    if chat_template_file is not None:
+        try:
+            with open(chat_template_file, encoding="utf-8") as f:
+                text = f.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ChatTemplateError(f"cannot read chat template file {chat_template_file}: {exc}") from None
+        return ChatTemplate(text, bos, eos, source=f"file:{chat_template_file}")
+    if chat_template is not None:
+        if not isinstance(chat_template, str) or not chat_template.strip():
+            raise ChatTemplateError("chat_template must be a built-in template name or Jinja text")
+        if "{{" in chat_template or "{%" in chat_template:
+            return ChatTemplate(chat_template, bos, eos, source="jinja")
+        names = builtin_templates()
+        if chat_template not in names:
+            raise ChatTemplateError(f"unknown chat template {chat_template!r}; llama.cpp's built-in templates are: "
+                                    f"{', '.join(names)} (or give Jinja text or --chat-template-file)")
+        return ChatTemplate(None, bos, eos, name=chat_template, source=f"builtin:{chat_template}")
+    return ChatTemplate(backend.chat_template(), bos, eos, source="gguf")
 
 
 def tokenize_text(backend, text: str) -> List[int]:
