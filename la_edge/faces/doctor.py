@@ -37,6 +37,27 @@ def report(model=None) -> dict:
 
         info["model"] = resolve_model(path)
         info["model_backend"] = detect_kind(info["model"], getattr(model, "backend", "auto"))
+        info["chat_template"] = _template_report(info["model"], model)
+    from ..runtime.prompts import builtin_templates
+
+    info["builtin_chat_templates"] = builtin_templates()
     if getattr(model, "n_gpu_layers", 0):
         info["n_gpu_layers"] = model.n_gpu_layers
     return info
+
+
+def _template_report(path: str, args) -> dict:
+    """Which chat template the model would use and where the principle goes (or why none works)."""
+    from ..backends import BackendOptions, load_backend
+    from ..errors import LaEdgeError
+    from ..runtime.prompts import select_template
+
+    backend = load_backend(path, getattr(args, "backend", "auto"), BackendOptions(n_ctx=64, n_seq_max=1))
+    try:
+        t = select_template(backend, getattr(args, "chat_template", None), getattr(args, "chat_template_file", None))
+        return {"source": t.source, "principle_placement": t.placement, "supports_system": t.supports_system,
+                "default_system": t.default_system}
+    except LaEdgeError as exc:
+        return {"source": None, "error": str(exc)}
+    finally:
+        backend.close()

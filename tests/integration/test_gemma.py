@@ -40,6 +40,22 @@ def la(gemma_path):
 def test_it_is_the_model_that_differs_where_it_matters(la):
     assert la.backend.n_vocab == 262144
     assert la.backend.chat_template() is None
+    assert not la.backend.supports_seq_copy  # sliding-window cache: no shared-prefix copy
+
+
+def test_chat_by_template_name(gemma_path):
+    from la_edge import ChatTemplateError
+
+    with Aligner.load(gemma_path, n_ctx=512) as la:
+        with pytest.raises(ChatTemplateError, match="--chat-template"):
+            la.prompts("Hi", "Be brief.")
+    with Aligner.load(gemma_path, n_ctx=512, chat_template="gemma") as la:
+        pair = la.prompts("Why is the sky blue?", "Answer in French.")
+        assert la.template.placement == "before the first user turn"
+        assert pair.principled.index("Answer in French.") < pair.principled.index("Why is the sky blue?")
+        assert "Answer in French." not in pair.plain
+        r = la.generate(params=GenerationParams(temperature=0.0, max_tokens=8), pair=pair)
+        assert r.tokens and r.usage["shared_prefix_tokens"] == 0
 
 
 @pytest.mark.parametrize("ratio", [1.0, 2.0])
@@ -74,6 +90,7 @@ def test_native_and_numpy_samplers_agree_on_gemma_rows(la):
 
 def test_bench_runs_on_gemma(gemma_path):
     r = subprocess.run([sys.executable, "-m", "la_edge", "bench", "--quick", "--json", "--tokens", "12",
-                        "--repetitions", "1", "--model", gemma_path], capture_output=True, text=True, timeout=900)
+                        "--repetitions", "1", "--model", gemma_path, "--chat-template", "gemma"],
+                       capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["ratios"]["aligned_vs_plain"] > 0
