@@ -47,6 +47,14 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_chat(args: argparse.Namespace) -> int:
+    from .chat import run
+
+    params = params_from_args(args)
+    with load_aligner(args) as la:
+        return run(la, params, trim_history=args.trim_history, principle=args.principle, system=args.system)
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from ..backends.models import default_model_path, discover, quantization, store_roots
 
@@ -127,6 +135,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_param_flags(g)
     add_model_flags(g)
     g.set_defaults(func=cmd_generate)
+
+    c = sub.add_parser("chat", help="interactive multi-turn aligned chat (stdin lines when piped)")
+    c.add_argument("--principle", default=None, help="the preference in plain words (/principle changes it)")
+    c.add_argument("--system", default=None, help="system message (/system changes it)")
+    c.add_argument("--trim-history", action="store_true",
+                   help="drop the oldest turns when the conversation outgrows the context")
+    add_param_flags(c)
+    add_model_flags(c)
+    c.set_defaults(func=cmd_chat)
 
     s = sub.add_parser("serve", help="OpenAI-compatible HTTP server (127.0.0.1 by default)")
     s.add_argument("--host", default="127.0.0.1")

@@ -1,0 +1,228 @@
+"""`la-edge chat`: a multi-turn aligned chat in the terminal (or scripted through stdin).
+
+Interactive on a terminal (line editing and history where readline exists; Ctrl-C stops the answer
+in progress and keeps the session); with stdin piped, each line is one user message (or command)
+and each answer is one block on stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, TextIO
+
+from ..decoding.params import GenerationParams
+from ..errors import ContextOverflowError, LaEdgeError
+
+HELP = """commands:
+  /principle TEXT   set the principle (/principle alone clears it: plain decoding)
+  /ratio R          set the alignment ratio r
+  /system TEXT      set the system message (/system alone clears it)
+  /compare          answer the last user message again, plain and aligned, one after the other
+  /save FILE        write the transcript as JSON (messages, principle, ratio, seed, system)
+  /load FILE        read a transcript written by /save
+  /reset            forget the conversation (keeps principle, ratio and system)
+  /help             this text
+  /quit             leave (Ctrl-D too)"""
+
+
+@dataclass
+class ChatState:
+    """What a transcript holds; /save writes it, /load reads it."""
+
+    messages: List[Dict[str, str]] = field(default_factory=list)
+    principle: Optional[str] = None
+    ratio: float = 2.0
+    system: Optional[str] = None
+    seed: Optional[int] = None
+
+    def to_dict(self) -> Dict[str, object]:
+        return {"messages": self.messages, "principle": self.principle, "ratio": self.ratio,
+                "system": self.system, "seed": self.seed}
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, object]) -> "ChatState":
+        msgs = d.get("messages")
+        if not isinstance(msgs, list) or not all(isinstance(m, dict) and isinstance(m.get("role"), str)
+                                                 and isinstance(m.get("content"), str) for m in msgs):
+            raise ValueError("'messages' must be a list of {role, content} objects")
+        ratio = d.get("ratio", 2.0)
+        GenerationParams(ratio=ratio)  # validated like any ratio
+        principle, system, seed = d.get("principle"), d.get("system"), d.get("seed")
+        if principle is not None and not isinstance(principle, str):
+            raise ValueError("'principle' must be a string or null")
+        if system is not None and not isinstance(system, str):
+            raise ValueError("'system' must be a string or null")
+        if seed is not None and not isinstance(seed, int):
+            raise ValueError("'seed' must be an integer or null")
+        return cls([{"role": m["role"], "content": m["content"]} for m in msgs], principle, float(ratio),
+                   system, seed)
+
+
+class ChatSession:
+    """One conversation over an Aligner; `handle(line)` runs a message or a command."""
+
+    def __init__(self, aligner, params: GenerationParams, out: TextIO = sys.stdout, err: TextIO = sys.stderr,
+                 trim_history: bool = False, principle: Optional[str] = None, system: Optional[str] = None):
+        self.la, self.params, self.out, self.err = aligner, params, out, err
+        self.trim_history = trim_history
+        self.state = ChatState(principle=principle, ratio=params.ratio, system=system, seed=params.seed)
+
+    # ---- one line ------------------------------------------------------------------------------
+    def handle(self, line: str) -> bool:
+        """Run one input line; False when the session should end."""
+        line = line.rstrip("\r\n")
+        if not line.strip():
+            return True
+        if line.startswith("/"):
+            return self._command(line)
+        self.state.messages.append({"role": "user", "content": line})
+        text = self._answer(self.state.messages, self.state.principle, self.state.ratio)
+        if text is None:
+            self.state.messages.pop()  # nothing was answered: the turn is not kept
+        else:
+            self.state.messages.append({"role": "assistant", "content": text})
+        return True
+
+    def _command(self, line: str) -> bool:
+        name, _, arg = line.partition(" ")
+        arg = arg.strip()
+        st = self.state
+        if name in ("/quit", "/exit"):
+            return False
+        if name == "/help":
+            self._say(HELP)
+        elif name == "/principle":
+            st.principle = arg or None
+            self._say(f"principle: {st.principle!r}" if st.principle else "principle cleared (plain decoding)")
+        elif name == "/ratio":
+            try:
+                st.ratio = GenerationParams(ratio=float(arg)).ratio
+                self._say(f"ratio: {st.ratio:g}")
+            except (ValueError, LaEdgeError) as exc:
+                self._say(f"error: {exc}")
+        elif name == "/system":
+            st.system = arg or None
+            self._say(f"system: {st.system!r}" if st.system else "system message cleared")
+        elif name == "/reset":
+            st.messages = []
+            self._say("conversation reset")
+        elif name == "/compare":
+            self._compare()
+        elif name in ("/save", "/load"):
+            self._file(name, arg)
+        else:
+            self._say(f"unknown command {name}; /help lists them")
+        return True
+
+    def _file(self, name: str, path: str) -> None:
+        if not path:
+            self._say(f"usage: {name} FILE")
+            return
+        try:
+            if name == "/save":
+                with open(os.path.expanduser(path), "w", encoding="utf-8") as f:
+                    json.dump(self.state.to_dict(), f, ensure_ascii=False, indent=2)
+                self._say(f"saved {len(self.state.messages)} messages to {path}")
+            else:
+                with open(os.path.expanduser(path), encoding="utf-8") as f:
+                    self.state = ChatState.from_dict(json.load(f))
+                self._say(f"loaded {len(self.state.messages)} messages from {path}")
+        except (OSError, ValueError, LaEdgeError) as exc:
+            self._say(f"error: cannot {name[1:]} {path}: {exc}")
+
+    def _compare(self) -> None:
+        msgs = self.state.messages
+        last = max((i for i, m in enumerate(msgs) if m["role"] == "user"), default=None)
+        if last is None:
+            self._say("nothing to compare yet: send a message first")
+            return
+        history = msgs[: last + 1]
+        self.out.write("[plain, no principle]\n")
+        self._answer(history, None, 0.0)
+        label = f"[aligned, r={self.state.ratio:g}, principle: {self.state.principle!r}]" if self.state.principle \
+            else "[aligned: no principle set, so this is plain decoding too; /principle TEXT sets one]"
+        self.out.write(label + "\n")
+        self._answer(history, self.state.principle, self.state.ratio)
+
+    # ---- generation ------------------------------------------------------------------------------
+    def _conversation(self, messages: List[Dict[str, str]]) -> List[Dict[str, str]]:
+        sys_msg = [{"role": "system", "content": self.state.system}] if self.state.system else []
+        return sys_msg + list(messages)
+
+    def _answer(self, messages, principle, ratio) -> Optional[str]:
+        """Stream one answer to `out`; its text (possibly cut by Ctrl-C), or None on an error."""
+        params = self.params.with_(ratio=ratio, seed=self.state.seed)
+        while True:
+            try:
+                request = self.la.submit(principle=principle, params=params, messages=self._conversation(messages))
+                break
+            except ContextOverflowError as exc:
+                if self.trim_history and self._drop_oldest_turn(messages):
+                    continue
+                self._say(f"error: {exc}\n(the conversation no longer fits: /reset starts over, or run with "
+                          f"--trim-history to drop the oldest turns)")
+                return None
+            except LaEdgeError as exc:
+                self._say(f"error: {exc}")
+                return None
+        parts: List[str] = []
+        try:
+            for chunk in request.stream():
+                parts.append(chunk.text)
+                self.out.write(chunk.text)
+                self.out.flush()
+        except KeyboardInterrupt:
+            request.cancel()
+            self.out.write(" [stopped]")
+        except LaEdgeError as exc:
+            self.out.write("\n")
+            self._say(f"error: {exc}")
+            return None
+        self.out.write("\n")
+        self.out.flush()
+        return "".join(parts)
+
+    def _drop_oldest_turn(self, messages: List[Dict[str, str]]) -> bool:
+        """Remove the oldest user turn (and its answer) in place; False when only the last is left."""
+        users = [i for i, m in enumerate(messages) if m["role"] == "user"]
+        if len(users) < 2:
+            return False
+        del messages[: users[1]]
+        self._say("(dropped the oldest turn to fit the context)")
+        return True
+
+    def _say(self, text: str) -> None:
+        self.err.write(text + "\n")
+        self.err.flush()
+
+
+def run(aligner, params: GenerationParams, inp: TextIO = sys.stdin, out: TextIO = sys.stdout,
+        err: TextIO = sys.stderr, trim_history: bool = False, principle: Optional[str] = None,
+        system: Optional[str] = None) -> int:
+    """The chat loop: a prompt and readline on a terminal, plain lines when piped."""
+    session = ChatSession(aligner, params, out, err, trim_history, principle, system)
+    interactive = inp.isatty() and out.isatty()
+    if interactive:
+        try:
+            import readline  # noqa: F401  (line editing and history for input())
+        except ImportError:
+            pass
+        err.write("la-edge chat: /help lists the commands, /quit or Ctrl-D leaves\n")
+    while True:
+        try:
+            line = input("you> ") if interactive else inp.readline()
+        except EOFError:
+            break
+        except KeyboardInterrupt:
+            err.write("\n")
+            continue  # Ctrl-C at the prompt: a fresh line, the session stays
+        if not interactive and line == "":
+            break
+        if interactive and line.strip() and not line.startswith("/"):
+            out.write("la> ")
+        if not session.handle(line):
+            break
+    return 0

@@ -1,0 +1,95 @@
+"""`la-edge chat` as a user runs it: piped (scripted) and on a real pseudo-terminal (Ctrl-C)."""
+
+import json
+import os
+import pty
+import select
+import subprocess
+import sys
+import time
+
+BASE = [sys.executable, "-m", "la_edge", "chat", "--temperature", "0", "--max-tokens", "12"]
+
+
+def chat(lines, *args, timeout=300):
+    return subprocess.run(BASE + list(args), input="".join(line + "\n" for line in lines), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_piped_messages_and_commands(tmp_path):
+    path = tmp_path / "t.json"
+    r = chat(["Hi!", "/principle Answer like a pirate.", "/ratio 3", "What is the sea?", "/compare",
+              f"/save {path}", "/nope", "/ratio banana", "/quit", "never read"])
+    assert r.returncode == 0, r.stderr
+    answers = [line for line in r.stdout.splitlines() if line.strip()]
+    assert len(answers) == 6  # two answers, then compare: label, plain, label, aligned
+    assert answers[2] == "[plain, no principle]" and answers[4].startswith("[aligned, r=3")
+    assert answers[5] == answers[1]  # /compare's aligned answer repeats the greedy aligned answer
+    saved = json.loads(path.read_text())
+    assert saved["principle"] == "Answer like a pirate." and saved["ratio"] == 3.0
+    assert [m["role"] for m in saved["messages"]] == ["user", "assistant", "user", "assistant"]
+    assert "unknown command /nope" in r.stderr and "error" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_load_restores_the_conversation(tmp_path):
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps({"messages": [{"role": "user", "content": "My name is Ada."},
+                                             {"role": "assistant", "content": "Hello Ada!"}],
+                                "principle": "Be brief.", "ratio": 1.5, "seed": 7}))
+    r = chat([f"/load {path}", "What is my name?", f"/save {path}"])
+    assert r.returncode == 0, r.stderr
+    saved = json.loads(path.read_text())
+    assert len(saved["messages"]) == 4 and saved["ratio"] == 1.5 and saved["seed"] == 7
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"messages": "nope"}')
+    r = chat([f"/load {bad}", f"/load {tmp_path / 'missing.json'}"])
+    assert r.returncode == 0 and r.stderr.count("error: cannot load") == 2
+
+
+def test_overflow_offers_reset_or_trim():
+    long = "Tell me about the history of the moon and the stars in great detail, please. " * 6
+    r = chat([long, long, long], "--n-ctx", "160")
+    assert r.returncode == 0 and "/reset" in r.stderr and "--trim-history" in r.stderr
+    r = chat([long, long, long], "--n-ctx", "160", "--trim-history")
+    assert r.returncode == 0 and "dropped the oldest turn" in r.stderr
+    assert len([line for line in r.stdout.splitlines() if line.strip()]) == 3
+
+
+def _read_until(fd, needle, timeout):
+    buf, end = b"", time.monotonic() + timeout
+    while needle not in buf and time.monotonic() < end:
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if ready:
+            try:
+                buf += os.read(fd, 4096)
+            except OSError:
+                break
+    return buf
+
+
+def test_ctrl_c_stops_the_answer_and_keeps_the_session():
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: la-edge chat on a terminal
+        os.execv(sys.executable, [sys.executable, "-m", "la_edge", "chat", "--temperature", "0",
+                                  "--max-tokens", "400", "--ignore-eos"])
+    try:
+        assert b"you> " in _read_until(fd, b"you> ", 120)
+        os.write(fd, b"Write a very long story about a dragon.\r")
+        assert b"la> " in _read_until(fd, b"la> ", 60)
+        time.sleep(1.0)
+        os.write(fd, b"\x03")  # Ctrl-C: the terminal sends SIGINT to the chat
+        out = _read_until(fd, b"you> ", 60)
+        assert b"[stopped]" in out and b"you> " in out
+        os.write(fd, b"/quit\r")
+        end, status = time.monotonic() + 30, None
+        while status is None and time.monotonic() < end:  # a bounded wait for the exit
+            _read_until(fd, b"\x00", 0.2)
+            done, st = os.waitpid(pid, os.WNOHANG)
+            status = st if done else None
+        assert status is not None and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    finally:
+        try:
+            os.kill(pid, 9)
+        except OSError:
+            pass
+        os.close(fd)
