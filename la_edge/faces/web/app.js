@@ -1,0 +1,366 @@
+// la_edge chat page: streams answers from this server's /v1/chat/completions (SSE over fetch).
+// Model text only ever reaches the DOM as text nodes (createElement + textContent/append), never as HTML.
+"use strict";
+(() => {
+  const STORE = "la_edge.chat.v1", KEY_STORE = "la_edge.api_key";
+  const API = new URL("v1/", document.baseURI);
+  const DEFAULTS = { principle: "", ratio: 2, temperature: 0.7, maxTokens: 256, compare: false };
+  const $ = (id) => document.getElementById(id);
+  const el = (tag, cls, text) => {
+    const e = document.createElement(tag);
+    if (cls) e.className = cls;
+    if (text != null) e.textContent = text;
+    return e;
+  };
+
+  let state = load();
+  let model = null;
+  const running = new Set(); // AbortControllers of the open streams
+  const views = new Map(); // answer object -> {body, stats, note} elements
+
+  // ---- storage ----------------------------------------------------------------------------
+  function load() {
+    let saved = {};
+    try { saved = JSON.parse(localStorage.getItem(STORE)) || {}; } catch { saved = {}; }
+    const turns = Array.isArray(saved.turns) ? saved.turns : [];
+    for (const t of turns) for (const a of t.answers || []) {
+      if (a.pending) { a.pending = false; a.stopped = true; } // the page was closed mid-answer
+    }
+    return { settings: { ...DEFAULTS, ...(saved.settings || {}) }, turns };
+  }
+  function save() {
+    try { localStorage.setItem(STORE, JSON.stringify(state)); } catch (e) { status(`Could not save: ${e.message}`); }
+  }
+  const apiKey = () => localStorage.getItem(KEY_STORE) || "";
+
+  // ---- Markdown: paragraphs, **bold**, *italic*, `code`, fenced code, lists, headings -------
+  const LIST = { ul: /^\s*[-*+]\s+/, ol: /^\s*(\d{1,9})[.)]\s+/ };
+  const FENCE = /^\s*(```|~~~)\s*([\w+#.-]*)/;
+  const HEADING = /^(#{1,6})\s+(.*)$/;
+  const INLINE = /`([^`\n]+)`|\*\*(?=\S)(.+?)\*\*|\*(?=[^\s*])([^*]+?)\*/;
+  const listKind = (line) => (LIST.ul.test(line) ? "ul" : LIST.ol.test(line) ? "ol" : null);
+  const blockStart = (line) => FENCE.test(line) || HEADING.test(line) || listKind(line) !== null;
+
+  function renderMarkdown(text, root) {
+    root.replaceChildren();
+    const lines = text.replace(/\r\n?/g, "\n").split("\n");
+    for (let i = 0; i < lines.length;) {
+      const line = lines[i];
+      const fence = line.match(FENCE), heading = line.match(HEADING), kind = listKind(line);
+      if (fence) {
+        const body = [];
+        for (i++; i < lines.length && !lines[i].trimStart().startsWith(fence[1]); i++) body.push(lines[i]);
+        i++; // the closing fence (absent while the answer is still streaming)
+        const pre = el("pre"), code = el("code", null, body.join("\n"));
+        if (fence[2]) code.dataset.lang = fence[2];
+        pre.append(code);
+        root.append(pre);
+      } else if (!line.trim()) {
+        i++;
+      } else if (heading) {
+        const h = el(`h${Math.min(6, heading[1].length + 2)}`);
+        inline(heading[2], h);
+        root.append(h);
+        i++;
+      } else if (kind) {
+        const list = el(kind);
+        if (kind === "ol" && +line.match(LIST.ol)[1] !== 1) list.start = +line.match(LIST.ol)[1];
+        for (; i < lines.length && listKind(lines[i]) === kind; i++) {
+          const li = el("li");
+          inline(lines[i].replace(LIST[kind], ""), li);
+          list.append(li);
+        }
+        root.append(list);
+      } else {
+        const p = el("p");
+        for (let first = true; i < lines.length && lines[i].trim() && (first || !blockStart(lines[i])); i++) {
+          if (!first) p.append(el("br"));
+          inline(lines[i], p);
+          first = false;
+        }
+        root.append(p);
+      }
+    }
+  }
+
+  function inline(text, parent) {
+    for (let m; (m = INLINE.exec(text));) {
+      parent.append(text.slice(0, m.index)); // a string argument becomes a text node
+      if (m[1] !== undefined) {
+        parent.append(el("code", null, m[1]));
+      } else {
+        const e = el(m[2] !== undefined ? "strong" : "em");
+        inline(m[2] !== undefined ? m[2] : m[3], e);
+        parent.append(e);
+      }
+      text = text.slice(m.index + m[0].length);
+    }
+    parent.append(text);
+  }
+
+  // ---- conversation view ------------------------------------------------------------------
+  function label(a) {
+    if (a.kind === "plain") return "Plain (no principle)";
+    return `Aligned · ratio ${a.ratio} · “${a.principle}”`;
+  }
+
+  function renderAll() {
+    const conv = $("conversation");
+    views.clear();
+    conv.replaceChildren();
+    for (const turn of state.turns) {
+      conv.append(el("div", "msg user", turn.user));
+      const row = el("div", `answers n${turn.answers.length}`);
+      for (const a of turn.answers) {
+        const box = el("div", `msg assistant ${a.kind}`);
+        const view = { body: el("div", "body"), stats: el("div", "stats"), note: el("div", "note") };
+        box.append(el("div", "label", label(a)), view.body, view.note, view.stats);
+        row.append(box);
+        views.set(a, view);
+        paint(a);
+      }
+      conv.append(row);
+    }
+    conv.scrollTop = conv.scrollHeight;
+  }
+
+  function paint(a) {
+    const v = views.get(a);
+    if (!v) return;
+    renderMarkdown(a.text, v.body);
+    v.body.classList.toggle("waiting", a.pending && !a.text);
+    v.note.textContent = a.error || (a.stopped ? "Stopped." : "");
+    v.note.className = a.error ? "note error" : "note";
+    v.stats.textContent = stats(a);
+  }
+
+  let frame = 0;
+  const dirty = new Set();
+  function schedule(a) { // repaint at most once a frame while tokens stream in
+    dirty.add(a);
+    if (frame) return;
+    frame = requestAnimationFrame(() => {
+      const conv = $("conversation");
+      const atEnd = conv.scrollHeight - conv.scrollTop - conv.clientHeight < 40;
+      frame = 0;
+      dirty.forEach(paint);
+      dirty.clear();
+      if (atEnd) conv.scrollTop = conv.scrollHeight;
+    });
+  }
+
+  function stats(a) {
+    if (a.pending) return a.text ? "streaming…" : "waiting for the first token…";
+    const parts = [];
+    if (a.usage) parts.push(`${a.usage.completion_tokens} tokens`);
+    else if (a.chunks) parts.push(`≈${a.chunks} tokens`);
+    if (a.tps != null) parts.push(`${a.tps.toFixed(1)} tok/s`);
+    if (a.ttftMs != null) parts.push(`first token ${Math.round(a.ttftMs)} ms`);
+    return parts.join(" · ");
+  }
+
+  const status = (text) => { $("status").textContent = text; };
+
+  // ---- requests ---------------------------------------------------------------------------
+  class ServerError extends Error {
+    constructor(status, err, retryAfter) {
+      super((err && err.message) || `HTTP ${status}`);
+      Object.assign(this, { status, code: err && err.code, retryAfter });
+    }
+  }
+
+  function headers() {
+    const h = { "Content-Type": "application/json" };
+    if (apiKey()) h.Authorization = `Bearer ${apiKey()}`;
+    return h;
+  }
+
+  async function readError(res) {
+    const text = await res.text().catch(() => "");
+    try { return JSON.parse(text).error || { message: text }; } catch { return { message: text.slice(0, 300) || res.statusText }; }
+  }
+
+  function describe(e) {
+    if (!(e instanceof ServerError)) {
+      if (e instanceof TypeError) return `Network error: the server could not be reached (${e.message}).`;
+      return `Error: ${e.message}`;
+    }
+    if (e.status === 401) return `Not authorized (401): ${e.message}. Set the server's API key in the settings.`;
+    if (e.status === 429) return `The server is busy (429): ${e.message}.${e.retryAfter ? ` Try again in ${e.retryAfter} s.` : ""}`;
+    if (e.code === "context_length_exceeded") {
+      return `Too long for the model's context (400): ${e.message}. Start a new chat or lower max tokens.`;
+    }
+    if (e.status === 503) return `The server cannot generate (503): ${e.message}`;
+    if (e.status === 200) return `The answer failed mid-stream: ${e.message}`;
+    return `Error ${e.status}: ${e.message}`;
+  }
+
+  function history(turnIndex, kind) { // each column continues its own conversation
+    const msgs = [];
+    state.turns.slice(0, turnIndex).forEach((t) => {
+      msgs.push({ role: "user", content: t.user });
+      const a = t.answers.find((x) => x.kind === kind) || t.answers[t.answers.length - 1];
+      if (a && a.text) msgs.push({ role: "assistant", content: a.text });
+    });
+    msgs.push({ role: "user", content: state.turns[turnIndex].user });
+    return msgs;
+  }
+
+  function requestBody(turnIndex, a) {
+    const s = state.settings;
+    const body = { messages: history(turnIndex, a.kind), stream: true, stream_options: { include_usage: true } };
+    if (model) body.model = model;
+    if (Number.isFinite(s.temperature)) body.temperature = s.temperature;
+    if (Number.isFinite(s.maxTokens)) body.max_tokens = s.maxTokens;
+    if (a.kind === "aligned") Object.assign(body, { principle: a.principle, alignment_ratio: a.ratio });
+    return body;
+  }
+
+  async function streamAnswer(a, body) {
+    const ctrl = new AbortController();
+    running.add(ctrl);
+    const t0 = performance.now();
+    let tFirst = null;
+    try {
+      const res = await fetch(new URL("chat/completions", API),
+        { method: "POST", headers: headers(), body: JSON.stringify(body), signal: ctrl.signal });
+      if (!res.ok) throw new ServerError(res.status, await readError(res), res.headers.get("Retry-After"));
+      const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buf = "", done = false;
+      while (!done) {
+        const { value, done: end } = await reader.read();
+        if (end) break;
+        buf += value;
+        for (let cut; !done && (cut = buf.search(/\r?\n\r?\n/)) >= 0;) {
+          const event = buf.slice(0, cut);
+          buf = buf.slice(cut).replace(/^\r?\n\r?\n/, "");
+          const data = event.split(/\r?\n/).filter((l) => l.startsWith("data:"))
+            .map((l) => l.slice(5).replace(/^ /, "")).join("\n");
+          if (data === "[DONE]") done = true;
+          else if (data) tFirst = onEvent(a, JSON.parse(data), tFirst);
+        }
+      }
+      if (!done) throw new Error("the stream ended before it was complete (connection lost?)");
+    } catch (e) {
+      if (e.name === "AbortError") a.stopped = true;
+      else a.error = describe(e);
+    } finally {
+      running.delete(ctrl);
+      const tEnd = performance.now();
+      if (tFirst != null) {
+        a.ttftMs = tFirst - t0;
+        const n = a.usage ? a.usage.completion_tokens : a.chunks;
+        if (n > 1 && tEnd > tFirst) a.tps = ((n - 1) * 1000) / (tEnd - tFirst); // rate after the first token
+      }
+      a.pending = false;
+      schedule(a);
+    }
+  }
+
+  function onEvent(a, ev, tFirst) {
+    if (ev.error) throw new ServerError(200, ev.error);
+    const choice = ev.choices && ev.choices[0];
+    const delta = choice && choice.delta && choice.delta.content;
+    if (delta) {
+      if (tFirst == null) tFirst = performance.now();
+      a.text += delta;
+      a.chunks = (a.chunks || 0) + 1;
+      schedule(a);
+    }
+    if (choice && choice.finish_reason) a.finish = choice.finish_reason;
+    if (ev.usage) a.usage = ev.usage;
+    return tFirst;
+  }
+
+  async function send() {
+    const text = $("input").value, s = state.settings;
+    if (!text.trim() || running.size) return;
+    const principle = s.principle.trim();
+    if (s.compare && !principle) return status("Compare needs a principle: write one in the principle box.");
+    status("");
+    const kinds = s.compare ? ["plain", "aligned"] : [principle ? "aligned" : "plain"];
+    const answers = kinds.map((kind) => ({ kind, principle: kind === "aligned" ? principle : null,
+      ratio: kind === "aligned" ? s.ratio : null, text: "", pending: true }));
+    state.turns.push({ user: text, answers });
+    $("input").value = "";
+    const turnIndex = state.turns.length - 1;
+    const bodies = answers.map((a) => requestBody(turnIndex, a));
+    renderAll();
+    save();
+    busy(true);
+    await Promise.all(answers.map((a, i) => streamAnswer(a, bodies[i])));
+    busy(false);
+    save();
+  }
+
+  function busy(on) {
+    $("send").hidden = on;
+    $("stop").hidden = !on;
+    document.body.classList.toggle("busy", on);
+  }
+
+  function stop() { running.forEach((c) => c.abort()); }
+
+  function exportChat() {
+    const data = { format: STORE, exported_at: new Date().toISOString(), model, settings: state.settings,
+      turns: state.turns };
+    const url = URL.createObjectURL(new Blob([JSON.stringify(data, null, 2)], { type: "application/json" }));
+    const link = el("a");
+    link.href = url;
+    link.download = `la-edge-chat-${data.exported_at.replace(/[:.]/g, "-")}.json`;
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 1000);
+  }
+
+  async function loadModel() {
+    try {
+      const res = await fetch(new URL("models", API), { headers: headers() });
+      if (!res.ok) {
+        model = null;
+        $("model").textContent = "";
+        return status(describe(new ServerError(res.status, await readError(res))));
+      }
+      const data = await res.json();
+      model = (data.data && data.data[0] && data.data[0].id) || null;
+      $("model").textContent = model || "";
+      status("");
+    } catch (e) {
+      status(describe(e));
+    }
+  }
+
+  // ---- controls ---------------------------------------------------------------------------
+  function bindSettings() {
+    const s = state.settings, fields = { principle: "value", ratio: "valueAsNumber", temperature: "valueAsNumber",
+      "max-tokens": "valueAsNumber", compare: "checked" };
+    const keyOf = (id) => (id === "max-tokens" ? "maxTokens" : id);
+    for (const [id, prop] of Object.entries(fields)) {
+      const input = $(id), key = keyOf(id);
+      if (s[key] != null && !(typeof s[key] === "number" && !Number.isFinite(s[key]))) input[prop] = s[key];
+      input.addEventListener("input", () => {
+        s[key] = input[prop];
+        $("ratio-value").textContent = String(s.ratio);
+        save();
+      });
+    }
+    $("ratio-value").textContent = String(s.ratio);
+    $("api-key").value = apiKey();
+    $("api-key").addEventListener("input", (e) => localStorage.setItem(KEY_STORE, e.target.value));
+    $("api-key").addEventListener("change", loadModel);
+  }
+
+  bindSettings();
+  if (window.matchMedia("(max-width: 760px)").matches) $("settings").open = false; // room for the chat
+  $("composer").addEventListener("submit", (e) => { e.preventDefault(); send(); });
+  $("input").addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && !e.shiftKey && !e.isComposing) { e.preventDefault(); send(); }
+  });
+  $("stop").addEventListener("click", stop);
+  $("new-chat").addEventListener("click", () => { stop(); state.turns = []; save(); renderAll(); status(""); });
+  $("export").addEventListener("click", exportChat);
+  window.addEventListener("pagehide", save);
+  renderAll();
+  loadModel();
+})();
