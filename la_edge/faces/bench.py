@@ -222,3 +222,59 @@ def decode_scaling(model: Optional[str] = None, sizes=(1, 2, 4, 8, 16), steps: i
     finally:
         b.close()
     return out
+
+
+CONTEXT_FILL = ("The history of the lighthouse keeper's island is long: storms, ships, letters and lamps, "
+                "told again by every generation that lived there. ")
+
+
+def context_scaling(model: Optional[str] = None, contexts=(64, 512, 1024, 2048), tokens: int = 48,
+                    repetitions: int = 2, ratio: float = 2.0, load: Optional[Dict[str, object]] = None):
+    """Aligned vs plain decode speed with N prompt tokens already in each branch's KV cache.
+
+    Both run in one process, interleaved per repetition: plain is a private one-sequence backend,
+    aligned the engine's two-sequence request (greedy, ignore_eos, decode only after the first token).
+    """
+    from ..runtime.aligner import Aligner
+    from ..runtime.prompts import raw_pair
+
+    load = dict(load or {})
+    load["n_ctx"] = max(load.get("n_ctx") or 0, max(contexts) + tokens + 64)
+    la = Aligner.load(model, **load)
+    params = GenerationParams(temperature=0.0, ratio=ratio, max_tokens=tokens, ignore_eos=True)
+    solo = None
+    out: Dict[str, object] = {"tokens": tokens, "repetitions": repetitions, "ratio": ratio, "contexts": {}}
+    try:
+        solo = _Solo(la.backend)
+        filler = la.backend.tokenize(CONTEXT_FILL * (max(contexts) // 8 + 8), add_special=False)
+        for n in contexts:
+            plain_text = b"".join(la.backend.token_bytes(t) for t in filler[:n]).decode("utf-8", "ignore")
+            pair = raw_pair("Answer in French. " + plain_text, plain_text)
+            tp = la.engine.tokenize_prompt(pair.principled)
+            runs: Dict[str, List[float]] = {"plain": [], "aligned": []}
+            for _ in range(repetitions):
+                runs["plain"].append(_plain(solo, tp, tokens)["tokens_per_s"])
+                runs["aligned"].append(_aligned(la, pair, tokens, params)["tokens_per_s"])
+            med = {k: statistics.median(v) for k, v in runs.items()}
+            out["contexts"][str(n)] = {"prompt_tokens": len(tp), "plain_tokens_per_s": med["plain"],
+                                       "aligned_tokens_per_s": med["aligned"],
+                                       "aligned_vs_plain": med["aligned"] / med["plain"]}
+    finally:
+        if solo is not None:
+            solo.close()
+        out.update(backend=la.backend.name, kv_unified=la.backend.kv_unified, sampler=la.engine.chooser.path)
+        la.close()
+    base = out["contexts"][str(min(contexts))]["aligned_vs_plain"]
+    for v in out["contexts"].values():
+        v["ratio_vs_shortest"] = v["aligned_vs_plain"] / base
+    return out
+
+
+def context_table(result: Dict[str, object]) -> str:
+    """A Markdown table of a context_scaling() result."""
+    lines = ["| context (tokens per branch) | plain tok/s | aligned tok/s | aligned / plain | vs shortest |",
+             "|---:|---:|---:|---:|---:|"]
+    for n, v in result["contexts"].items():
+        lines.append(f"| {n} | {v['plain_tokens_per_s']:.1f} | {v['aligned_tokens_per_s']:.1f} | "
+                     f"{v['aligned_vs_plain']:.2f} | {v['ratio_vs_shortest']:.2f} |")
+    return "\n".join(lines)

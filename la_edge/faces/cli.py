@@ -96,6 +96,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return 0
     from .bench import decode_scaling, plot, run, table
 
+    if args.context:
+        from .bench import context_scaling, context_table
+
+        result = context_scaling(args.model, contexts=tuple(args.context), tokens=args.tokens or 48,
+                                 repetitions=args.repetitions or 2, ratio=args.ratio, load=load_options(args))
+        print(json.dumps(result, indent=2) if args.json else context_table(result))
+        return 0
     if args.scaling:
         ms = decode_scaling(args.model, load=load_options(args))
         print(json.dumps({"llama_decode_ms": ms}, indent=2) if args.json else
@@ -163,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--tokens", type=int, default=None)
     b.add_argument("--ratio", type=float, default=2.0)
     b.add_argument("--scaling", action="store_true", help="raw llama_decode time for 1..16 tokens per step")
+    b.add_argument("--context", type=int, action="append", default=None, metavar="N",
+                   help="aligned / plain decode speed with N tokens already in each branch (repeatable)")
     b.add_argument("--plot", default=None, help="write a PNG chart here (needs matplotlib)")
     add_model_flags(b, n_ctx=2048)
     b.set_defaults(func=cmd_bench)
