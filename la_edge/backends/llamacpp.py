@@ -39,6 +39,53 @@ def check_gguf(path: str) -> None:
         raise ModelLoadError(f"not a GGUF file (magic {magic!r}, expected b'GGUF'): {path}")
 
 
+_GGUF_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}  # scalar value types
+_GGUF_STRING, _GGUF_ARRAY = 8, 9
+
+
+def gguf_architecture(path: str) -> Optional[str]:
+    """`general.architecture` read from a GGUF header (None if absent or unreadable)."""
+    import struct
+
+    def u(f, fmt):
+        data = f.read(struct.calcsize(fmt))
+        if len(data) != struct.calcsize(fmt):
+            raise EOFError
+        return struct.unpack(fmt, data)[0]
+
+    def text(f):
+        return f.read(u(f, "<Q")).decode("utf-8", "replace")
+
+    def skip(f, typ, depth=0):
+        if typ in _GGUF_SIZES:
+            f.seek(_GGUF_SIZES[typ], 1)
+        elif typ == _GGUF_STRING:
+            f.seek(u(f, "<Q"), 1)
+        elif typ == _GGUF_ARRAY and depth < 4:
+            elem, count = u(f, "<I"), u(f, "<Q")
+            if elem in _GGUF_SIZES:
+                f.seek(_GGUF_SIZES[elem] * count, 1)
+            else:
+                for _ in range(count):
+                    skip(f, elem, depth + 1)
+        else:
+            raise ValueError(f"GGUF value type {typ}")
+
+    try:
+        with open(path, "rb") as f:
+            if f.read(4) != GGUF_MAGIC or u(f, "<I") < 2:
+                return None
+            u(f, "<Q")  # tensor count
+            for _ in range(min(u(f, "<Q"), 65536)):
+                key, typ = text(f), u(f, "<I")
+                if key == "general.architecture" and typ == _GGUF_STRING:
+                    return text(f)
+                skip(f, typ)
+    except (OSError, EOFError, ValueError, struct.error):
+        return None
+    return None
+
+
 class LlamaModel:
     """Owns a llama_model and its vocabulary."""
 
@@ -50,7 +97,11 @@ class LlamaModel:
         self.path = path
         self._model = llama_cpp.llama_model_load_from_file(path.encode(), mparams)
         if not self._model:
-            raise ModelLoadError(f"llama.cpp could not load the model (corrupt or unsupported GGUF?): {path}")
+            arch = gguf_architecture(path)
+            why = (f"its architecture {arch!r} is not one this llama.cpp build (llama-cpp-python "
+                   f"{llama_cpp.__version__}) can run, or the file is corrupt" if arch
+                   else "corrupt or unsupported GGUF (no general.architecture)")
+            raise ModelLoadError(f"llama.cpp could not load the model: {why}: {path}")
         self._vocab = llama_cpp.llama_model_get_vocab(self._model)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
         self.n_ctx_train = llama_cpp.llama_model_n_ctx_train(self._model)

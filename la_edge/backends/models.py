@@ -26,6 +26,7 @@ STORES = ("lmstudio", "ollama", "huggingface", "dir")
 _OLLAMA_MODEL = "application/vnd.ollama.image.model"
 _QUANT = re.compile(r"(?i)(?:^|[-_.])((?:I?Q\d(?:_[0-9A-Z]+)*)|BF16|F16|F32|FP16)(?=$|[-_.])")
 _SPLIT_PART = re.compile(r"-(\d{5})-of-\d{5}\.gguf$", re.I)
+_SKIPPED: Dict[str, str] = {}  # store names seen in the last discover() that are not loadable, and why
 
 
 @dataclass(frozen=True)
@@ -153,7 +154,9 @@ def _scan_ollama(root: str) -> Iterator[ModelEntry]:
                 continue  # adapters-only or foreign manifests carry no model layer
             path = os.path.join(root, "blobs", blob.replace(":", "-"))
             if not is_gguf(path):
-                continue  # not a GGUF (or missing): never offered as a model
+                _SKIPPED[name.lower()] = f"Ollama's {name} names blob {path}, which is not a GGUF file " \
+                                         f"(missing, or an adapter/projector), so la_edge cannot load it"
+                continue
             quant = _ollama_quant(root, manifest)
             aliases = (name, name[: -len(":latest")]) if name.endswith(":latest") else (name,)
             yield ModelEntry(name, "ollama", quant, _size(path), path, aliases)
@@ -173,6 +176,7 @@ def _ollama_quant(root: str, manifest: dict) -> Optional[str]:
 
 def discover() -> List[ModelEntry]:
     """Every GGUF model found in the stores (see `store_roots`), in store order."""
+    _SKIPPED.clear()
     found: List[ModelEntry] = []
     seen = set()
     for store, root in store_roots():
@@ -204,6 +208,9 @@ def find_model(name: str) -> ModelEntry:
         listing = "\n".join(f"  {e.name} ({e.store}, {e.quantization or '?'}): {e.path}" for e in hits)
         raise ModelNotFoundError(f"model name {name!r} is ambiguous; it matches:\n{listing}\n"
                                  f"give a longer name or the path")
+    why = [v for k, v in _SKIPPED.items() if want == k or want == k.rsplit(":latest", 1)[0] or want in k]
+    if why:
+        raise ModelNotFoundError(f"model {name!r} cannot be used: " + "; ".join(why))
     looked = ", ".join(f"{s}: {r}" for s, r in store_roots())
     raise ModelNotFoundError(f"model {name!r} not found: it is no file here and no store has it (looked in "
                              f"{looked}); `la-edge models` lists what is there, $LA_EDGE_MODEL_DIRS adds folders")

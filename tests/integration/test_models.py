@@ -74,7 +74,7 @@ def test_ambiguous_and_unknown_names_say_why(stores):
     with pytest.raises(ModelNotFoundError, match="looked in") as exc:
         resolve_model("no-such-model")
     assert ".ollama" in str(exc.value) and ".lmstudio" in str(exc.value)
-    with pytest.raises(ModelNotFoundError, match="not found"):
+    with pytest.raises(ModelNotFoundError, match="not a GGUF file"):
         resolve_model("broken")  # its blob is not a GGUF
 
 
@@ -117,3 +117,19 @@ def test_quantization_from_file_names():
     assert quantization("model-f16.gguf") == "F16"
     assert quantization("phi-3-mini-4k-instruct.IQ3_XS.gguf") == "IQ3_XS"
     assert quantization("plainname.gguf") is None
+
+
+def test_unknown_architecture_is_named(tmp_path):
+    import gguf
+
+    from la_edge import ModelLoadError
+
+    path = str(tmp_path / "alien.gguf")
+    w = gguf.GGUFWriter(path, "la_edge_unknown_arch")
+    w.add_block_count(1)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(ModelLoadError, match="la_edge_unknown_arch"):
+        Aligner.load(path, n_ctx=64)
