@@ -1,7 +1,8 @@
 """Serving benchmark: aggregate tokens/s at 1, 2, 4, 8 concurrent aligned streams over real HTTP.
 
 Starts `la-edge serve`'s app on 127.0.0.1 in-process and drives it with the official openai client.
-Usage: python -m la_edge.bench_server [--tokens 64] [--levels 1,2,4,8] [--json]
+Tokens are counted from the server's usage (completion_tokens), not from stream events.
+Usage: python -m la_edge.faces.bench_server [--tokens 64] [--levels 1,2,4,8] [--json]
 """
 
 from __future__ import annotations
@@ -18,16 +19,20 @@ PRINCIPLES = ["Answer in French.", "Be extremely brief.", "Answer like a pirate.
 
 
 def _stream_one(client, i: int, tokens: int) -> Dict[str, object]:
+    """One aligned stream: a time stamp per token event and the server's own token count."""
     t0 = time.perf_counter()
     stamps: List[float] = []
+    completion = 0
     stream = client.chat.completions.create(
         model="la-edge", messages=[{"role": "user", "content": f"Tell me something interesting about topic {i}."}],
-        max_tokens=tokens, temperature=0, stream=True,
+        max_tokens=tokens, temperature=0, stream=True, stream_options={"include_usage": True},
         extra_body={"principle": PRINCIPLES[i % len(PRINCIPLES)], "alignment_ratio": 2.0, "ignore_eos": True})
     for ev in stream:
-        if ev.choices and ev.choices[0].delta.content:
+        if ev.usage:
+            completion = ev.usage.completion_tokens
+        elif ev.choices and ev.choices[0].delta.role is None:  # one event per token (text may be held back)
             stamps.append(time.perf_counter())
-    return {"start": t0, "stamps": stamps}
+    return {"start": t0, "stamps": stamps, "tokens": completion}
 
 
 def _percentile(values: List[float], q: float) -> float:
@@ -42,9 +47,7 @@ def run(model: Optional[str] = None, levels=(1, 2, 4, 8), tokens: int = 64) -> D
     from ..runtime.aligner import Aligner
     from .server import BackgroundServer, Server
 
-    la = Aligner.load(model, n_ctx=1024, max_requests=max(levels))
-    la.engine.max_queue = 64
-    la.engine.start()
+    la = Aligner.load(model, n_ctx=1024, max_requests=max(levels), max_queue=64)
     http = BackgroundServer(Server(la, model_name="la-edge"))
     client = openai.OpenAI(base_url=http.base_url + "/v1", api_key="x", max_retries=0, timeout=600)
     results = {}
@@ -55,7 +58,7 @@ def run(model: Optional[str] = None, levels=(1, 2, 4, 8), tokens: int = 64) -> D
             with cf.ThreadPoolExecutor(n) as ex:
                 runs = list(ex.map(lambda i: _stream_one(client, i, tokens), range(n)))
             wall = time.perf_counter() - t0
-            total = sum(len(r["stamps"]) for r in runs)
+            total = sum(r["tokens"] for r in runs)  # usage.completion_tokens, not events
             ttft = [r["stamps"][0] - r["start"] for r in runs if r["stamps"]]
             gaps = [b - a for r in runs for a, b in zip(r["stamps"], r["stamps"][1:])]
             results[str(n)] = {

@@ -1,174 +1,174 @@
-"""`la-edge serve`: an OpenAI-compatible HTTP face over the engine (FastAPI + uvicorn).
+"""`la-edge serve`: an OpenAI-compatible HTTP face over the Aligner (FastAPI + uvicorn).
 
 Alignment fields are request extensions: `principle`, `alignment_ratio`, `plausibility_top_p`,
-`plausibility_temperature` (plus `top_k`, `min_p`, `repeat_penalty`), usable via `extra_body`.
+`plausibility_temperature` (plus `top_k`, `min_p`, `repeat_penalty`, `ignore_eos`), usable via
+`extra_body`. Requests go through `Aligner.submit` only; openai_schema.py reads them and
+openai_wire.py writes the answers. Under hostile or departing clients:
+
+- a non-streaming request is cancelled when its client disconnects (checked every
+  DISCONNECT_POLL_S); a stream is cancelled at the next token after its client left;
+- a stopped or failed engine answers 503 at once, and /health reports it (503, with the failure);
+- every 5xx carries `Connection: close`;
+- on shutdown (SIGTERM, Ctrl-C) open requests get SHUTDOWN_GRACE_S seconds, then are cancelled
+  (streams end with finish_reason "stop" and [DONE]); uvicorn cancels what is left a second later.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import concurrent.futures
+import signal
+import threading
 import time
 import uuid
-from typing import Any, Dict, List, Optional, Union
+from typing import Optional
 
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
-from ..errors import (BusyError, ChatTemplateError, ContextOverflowError, InvalidParameterError,
-                     LaEdgeError)
-from ..runtime.aligner import Aligner, Chunk, collect, stream_steps
-from ..decoding.params import GenerationParams
-from ..runtime.prompts import PromptPair, raw_pair
+from ..errors import EngineUnavailableError
+from ..runtime.aligner import Aligner
+from .openai_schema import MAX_BODY_BYTES, ChatRequest, CompletionRequest, RequestError, parse
+from .openai_wire import LOGPROB_FLOOR, Wire, error, failure, stream_error
+from .web import mount_web
 
-MAX_BODY_BYTES = 1 << 20
+__all__ = ["Server", "BackgroundServer", "serve", "LOGPROB_FLOOR", "SHUTDOWN_GRACE_S"]
 
-
-class Message(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    role: str
-    content: str
-
-
-class _Common(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    model: Optional[str] = None
-    max_tokens: Optional[int] = None
-    temperature: Optional[float] = None
-    top_p: Optional[float] = None
-    n: int = 1
-    stream: bool = False
-    stop: Optional[Union[str, List[str]]] = None
-    seed: Optional[int] = None
-    frequency_penalty: Optional[float] = None
-    presence_penalty: Optional[float] = None
-    user: Optional[str] = None
-    stream_options: Optional[Dict[str, Any]] = None
-    # la_edge extensions
-    principle: Optional[str] = None
-    alignment_ratio: Optional[float] = None
-    plausibility_top_p: Optional[float] = None
-    plausibility_temperature: Optional[float] = None
-    top_k: Optional[int] = None
-    min_p: Optional[float] = None
-    repeat_penalty: Optional[float] = None
-    ignore_eos: Optional[bool] = None
-
-
-class ChatRequest(_Common):
-    messages: List[Message] = Field(min_length=1)
-    max_completion_tokens: Optional[int] = None
-    logprobs: bool = False
-    top_logprobs: Optional[int] = None
-
-
-class CompletionRequest(_Common):
-    prompt: str
-    logprobs: Optional[int] = None
-    principled_prompt: Optional[str] = None
-
-
-def _error(status: int, message: str, type_: str = "invalid_request_error", code: Optional[str] = None,
-           param: Optional[str] = None, headers: Optional[Dict[str, str]] = None) -> JSONResponse:
-    body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
-    return JSONResponse(body, status_code=status, headers=headers)
-
-
-def _params(req: _Common, top_logprobs: int, default_max_tokens: int) -> GenerationParams:
-    """The request's fields as one validated GenerationParams (unset fields keep defaults)."""
-    if req.n != 1:
-        raise InvalidParameterError("only n=1 is supported")
-    max_tokens = getattr(req, "max_completion_tokens", None) or req.max_tokens or default_max_tokens
-    given = {
-        "ratio": req.alignment_ratio, "temperature": req.temperature, "top_p": req.top_p,
-        "top_k": req.top_k, "min_p": req.min_p, "repeat_penalty": req.repeat_penalty,
-        "frequency_penalty": req.frequency_penalty, "presence_penalty": req.presence_penalty,
-        "seed": req.seed, "plausibility_top_p": req.plausibility_top_p,
-        "plausibility_temperature": req.plausibility_temperature, "ignore_eos": req.ignore_eos,
-    }
-    kwargs = {k: v for k, v in given.items() if v is not None}
-    stop = req.stop
-    kwargs["stop"] = (stop,) if isinstance(stop, str) else tuple(stop or ())
-    return GenerationParams(max_tokens=max_tokens, top_logprobs=top_logprobs, **kwargs)
+DISCONNECT_POLL_S = 0.1
+SHUTDOWN_GRACE_S = 2.0
+WORKER_THREADS = 64  # blocking waits on the engine (one per open request) run in these
 
 
 class Server:
-    """Holds the aligner and builds the FastAPI app."""
+    """Holds the aligner and builds the FastAPI app; starts the aligner's engine thread.
+
+    web: also serve the chat page (faces/web) at `/`.
+    """
 
     def __init__(self, aligner: Aligner, model_name: str, api_key: Optional[str] = None,
-                 max_body_bytes: int = MAX_BODY_BYTES, default_max_tokens: int = 256, retry_after_s: int = 1):
+                 max_body_bytes: int = MAX_BODY_BYTES, default_max_tokens: int = 256, retry_after_s: int = 1,
+                 web: bool = True):
         self.la = aligner
         self.model_name = model_name
         self.api_key = api_key
         self.max_body_bytes = max_body_bytes
         self.default_max_tokens = default_max_tokens
         self.retry_after_s = retry_after_s
+        self._pool = concurrent.futures.ThreadPoolExecutor(WORKER_THREADS, thread_name_prefix="la-edge-wait")
+        if aligner.alive:
+            aligner.start()
         self.app = self._build()
+        if web:
+            mount_web(self.app)
+
+    def close(self) -> None:
+        """Cancel the aligner's open requests and let the worker threads go (the aligner stays open)."""
+        self.la.cancel_all()
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     # ---- request plumbing ------------------------------------------------------------------
-    async def _parse(self, request: Request, model_cls):
-        body = b""
-        async for part in request.stream():
-            body += part
-            if len(body) > self.max_body_bytes:
-                return None, _error(413, f"request body exceeds {self.max_body_bytes} bytes", code="body_too_large")
+    def _run(self, fn, *args) -> asyncio.Future:
+        return asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    async def _read(self, http: Request) -> bytes:
+        too_big = RequestError(f"request body exceeds {self.max_body_bytes} bytes", status=413, code="body_too_large")
+        declared = http.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_body_bytes:
+            raise too_big
+        parts, size = [], 0
+        async for part in http.stream():
+            size += len(part)
+            if size > self.max_body_bytes:
+                raise too_big
+            parts.append(part)
+        return b"".join(parts)
+
+    async def _submit(self, params, args):
+        fut = self._run(lambda: self.la.submit(params=params, **args))
         try:
-            data = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            return None, _error(400, "request body is not valid JSON", code="invalid_json")
-        if not isinstance(data, dict):
-            return None, _error(400, "request body must be a JSON object", code="invalid_json")
+            return await asyncio.shield(fut)
+        except asyncio.CancelledError:  # the client left while the prompt was tokenized
+            fut.add_done_callback(_cancel_submitted)
+            raise
+
+    async def _handle(self, http: Request, model_cls, chat: bool):
+        if not self.la.alive:
+            failed = self.la.status()["failure"]
+            return failure(EngineUnavailableError(f"engine failed: {failed}" if failed else "engine stopped"))
         try:
-            return model_cls.model_validate(data), None
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            param = ".".join(str(p) for p in first.get("loc", ()))
-            return None, _error(422, f"{param}: {first.get('msg')}", param=param, code="invalid_type")
+            req = parse(await self._read(http), model_cls)
+            params = req.params(self.default_max_tokens)
+            request = await self._submit(params, req.submit_args())
+        except ClientDisconnect:  # gone while sending the body
+            return error(499, "client closed the request", code="client_closed")
+        except Exception as exc:
+            return failure(exc, self.retry_after_s)
+        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+        wire = Wire(self.la, {"id": rid, "created": int(time.time()), "model": self.model_name}, chat,
+                    req.want_logprobs)
+        if req.stream:
+            return _EventStream(request, self._events(request, wire, req.include_usage))
+        return await self._complete(http, request, wire)
 
-    def _submit(self, pair: PromptPair, params: GenerationParams):
-        return self.la.engine.submit(pair, params)
+    async def _complete(self, http: Request, request, wire: Wire):
+        fut = self._run(request.result)
+        try:
+            while not fut.done():
+                await asyncio.wait({fut}, timeout=DISCONNECT_POLL_S)
+                if not fut.done() and await http.is_disconnected():
+                    request.cancel()  # nobody will read the answer: stop generating it
+                    return error(499, "client closed the request", code="client_closed")
+            return JSONResponse(wire.result(fut.result()))
+        except Exception as exc:
+            return failure(exc, self.retry_after_s)
+        finally:
+            if not fut.done():  # cancelled (shutdown) while waiting
+                request.cancel()
+                fut.add_done_callback(_consume)
 
-    def _failure(self, exc: Exception) -> JSONResponse:
-        if isinstance(exc, BusyError):
-            return _error(429, f"{exc}; retry later", type_="rate_limit_error", code="busy",
-                          headers={"Retry-After": str(self.retry_after_s)})
-        if isinstance(exc, ContextOverflowError):
-            return _error(400, str(exc), code="context_length_exceeded")
-        if isinstance(exc, (InvalidParameterError, ChatTemplateError)):
-            return _error(400, str(exc), code="invalid_value")
-        return _error(500, "internal error", type_="server_error")
-
-    def _logprobs(self, chunk: Chunk) -> Dict[str, Any]:
-        text = self.la.token_text
-        return {
-            "token": text(chunk.token), "logprob": chunk.logprob,
-            "bytes": list(text(chunk.token).encode()),
-            "top_logprobs": [{"token": text(t), "logprob": lp, "bytes": list(text(t).encode())}
-                             for t, lp in chunk.top],
-        }
+    async def _events(self, request, wire: Wire, include_usage: bool):
+        it = request.stream()
+        try:
+            if wire.chat:
+                yield wire.role()
+            while True:
+                try:
+                    chunk = await self._run(next, it, None)
+                except Exception as exc:
+                    yield stream_error(exc)
+                    break
+                if chunk is None:
+                    break
+                yield wire.chunk(chunk)
+            if include_usage:
+                yield wire.usage_event(request.usage)
+            yield "data: [DONE]\n\n"
+        finally:
+            request.cancel()  # a client that went away frees both sequences at once
 
     # ---- endpoints -----------------------------------------------------------------------
     def _build(self) -> FastAPI:
-        app = FastAPI(title="la_edge", docs_url=None, redoc_url=None)
-
-        app.add_middleware(_ApiKey, server=self)
+        app = FastAPI(title="la_edge", docs_url=None, redoc_url=None, openapi_url=None)
+        app.add_middleware(_Guard, server=self)
 
         @app.exception_handler(Exception)
         async def internal(request: Request, exc: Exception):  # never a stack trace to the client
-            return _error(500, "internal error", type_="server_error")
+            return failure(exc)
 
         @app.exception_handler(StarletteHTTPException)
         async def http_error(request: Request, exc: StarletteHTTPException):
             kind = "not_found" if exc.status_code == 404 else "invalid_request_error"
-            return _error(exc.status_code, str(exc.detail), type_=kind)
+            return error(exc.status_code, str(exc.detail), type_=kind)
 
         @app.get("/health")
         async def health():
-            e = self.la.engine
-            return {"status": "ok", "model": self.model_name, "active": e.n_active, "queued": e.n_queued,
-                    "sampler": e.chooser.path}
+            s = self.la.status()
+            body = {"status": "ok" if s["alive"] else "unavailable", "model": self.model_name,
+                    "active": s["active"], "queued": s["queued"], "sampler": s["sampler"], "failure": s["failure"]}
+            return JSONResponse(body, status_code=200 if s["alive"] else 503)
 
         @app.get("/v1/models")
         async def models():
@@ -177,148 +177,95 @@ class Server:
 
         @app.post("/v1/chat/completions")
         async def chat(request: Request):
-            req, err = await self._parse(request, ChatRequest)
-            if err:
-                return err
-            try:
-                n_top = (req.top_logprobs or 0) if req.logprobs else 0
-                params = _params(req, n_top, self.default_max_tokens)
-                messages = [m.model_dump() for m in req.messages]
-                pair = await asyncio.to_thread(lambda: self.la.template.pair(messages, req.principle))
-                handle = self._submit(pair, params)
-            except LaEdgeError as exc:
-                return self._failure(exc)
-            return await self._respond(request, req, pair, params, handle, chat=True)
+            return await self._handle(request, ChatRequest, chat=True)
 
         @app.post("/v1/completions")
         async def completions(request: Request):
-            req, err = await self._parse(request, CompletionRequest)
-            if err:
-                return err
-            try:
-                params = _params(req, req.logprobs or 0, self.default_max_tokens)
-                if not req.prompt:
-                    raise InvalidParameterError("prompt must be a non-empty string")
-                if req.principle is None and req.principled_prompt is None:
-                    pair = raw_pair(req.prompt, None)
-                else:
-                    principled = req.principled_prompt or f"{req.principle}\n\n{req.prompt}"
-                    pair = raw_pair(principled, req.prompt)
-                handle = self._submit(pair, params)
-            except LaEdgeError as exc:
-                return self._failure(exc)
-            return await self._respond(request, req, pair, params, handle, chat=False)
+            return await self._handle(request, CompletionRequest, chat=False)
 
         return app
 
-    async def _respond(self, request, req, pair, params, handle, chat: bool):
-        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
-        created = int(time.time())
-        base = {"id": rid, "created": created, "model": self.model_name}
-        if not req.stream:
-            try:
-                result = await asyncio.to_thread(
-                    collect, stream_steps(handle, self.la.engine, params), handle, pair,
-                    self.la.engine.chooser.path, self.la.token_text)
-            except LaEdgeError as exc:
-                handle.cancel()
-                return self._failure(exc)
-            usage = {k: result.usage[k] for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
-            lp = None
-            if params.top_logprobs or getattr(req, "logprobs", None):
-                lp = [self._logprobs(Chunk("", d["token"], d["logprob"], tuple((t["token"], t["logprob"])
-                      for t in d["top"]))) for d in result.logprobs]
-            if chat:
-                choice = {"index": 0, "message": {"role": "assistant", "content": result.text},
-                          "finish_reason": _finish(result.finish_reason),
-                          "logprobs": {"content": lp} if lp is not None else None}
-                return {**base, "object": "chat.completion", "choices": [choice], "usage": usage}
-            choice = {"index": 0, "text": result.text, "finish_reason": _finish(result.finish_reason),
-                      "logprobs": {"content": lp} if lp is not None else None}
-            return {**base, "object": "text_completion", "choices": [choice], "usage": usage}
-        return StreamingResponse(self._sse(handle, params, base, chat, req), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache"})
 
-    async def _sse(self, handle, params, base, chat: bool, req):
-        it = stream_steps(handle, self.la.engine, params)
-        obj = "chat.completion.chunk" if chat else "text_completion"
-        include_usage = bool((req.stream_options or {}).get("include_usage"))
-        completion = 0
+def _cancel_submitted(fut: asyncio.Future) -> None:
+    if not fut.cancelled() and fut.exception() is None:
+        fut.result().cancel()
+
+
+def _consume(fut: asyncio.Future) -> None:
+    if not fut.cancelled():
+        fut.exception()  # retrieved: no "exception was never retrieved" noise
+
+
+class _EventStream(StreamingResponse):
+    """SSE response that always ends its request, also when the client left before the first event."""
+
+    def __init__(self, request, events):
+        super().__init__(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        self.request = request
+
+    async def __call__(self, scope, receive, send):
         try:
-            if chat:
-                first = {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
-                yield _event({**base, "object": obj, "choices": [first]})
-            while True:
-                try:
-                    chunk = await asyncio.to_thread(next, it, None)
-                except LaEdgeError as exc:
-                    yield _event({"error": {"message": str(exc), "type": "server_error"}})
-                    break
-                if chunk is None:
-                    break
-                completion += chunk.token is not None
-                lp = {"content": [self._logprobs(chunk)]} if params.top_logprobs and chunk.token is not None else None
-                fin = _finish(chunk.finish_reason) if chunk.finish_reason else None
-                if chat:
-                    choice = {"index": 0, "delta": {"content": chunk.text} if chunk.text else {},
-                              "finish_reason": fin, "logprobs": lp}
-                else:
-                    choice = {"index": 0, "text": chunk.text, "finish_reason": fin, "logprobs": lp}
-                yield _event({**base, "object": obj, "choices": [choice]})
-            if include_usage:
-                usage = {"prompt_tokens": handle.prompt_tokens, "completion_tokens": completion,
-                         "total_tokens": handle.prompt_tokens + completion}
-                yield _event({**base, "object": obj, "choices": [], "usage": usage})
-            yield "data: [DONE]\n\n"
+            await super().__call__(scope, receive, send)
         finally:
-            handle.cancel()  # a client that went away frees both sequences at once
-            try:
-                it.close()
-            except ValueError:  # still running in its worker thread; it ends on the cancel
-                pass
+            await self.body_iterator.aclose()
+            self.request.cancel()
 
 
-class _ApiKey:
-    """Pure ASGI middleware: 401 on /v1/ routes without the right Bearer key (streams untouched)."""
+class _Guard:
+    """Pure ASGI middleware: 401 on /v1/ routes without the right Bearer key; `Connection: close` on 5xx."""
 
     def __init__(self, app, server: "Server"):
         self.app, self.server = app, server
 
     async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
         key = self.server.api_key
-        if key and scope["type"] == "http" and scope["path"].startswith("/v1/"):
+        if key and scope["path"].startswith("/v1/"):
             headers = dict(scope.get("headers") or [])
             if headers.get(b"authorization", b"").decode("latin-1") != f"Bearer {key}":
-                response = _error(401, "invalid or missing API key", type_="authentication_error",
-                                  code="invalid_api_key")
+                response = error(401, "invalid or missing API key", type_="authentication_error",
+                                 code="invalid_api_key")
                 await response(scope, receive, send)
                 return
-        await self.app(scope, receive, send)
+
+        async def send_closing_on_5xx(message):
+            if message["type"] == "http.response.start" and message["status"] >= 500:
+                kept = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"]
+                message = {**message, "headers": kept + [(b"connection", b"close")]}
+            await send(message)
+
+        await self.app(scope, receive, send_closing_on_5xx)
 
 
-def _event(obj: Dict[str, Any]) -> str:
-    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+class _Uvicorn(uvicorn.Server):
+    """uvicorn with a bounded shutdown: open requests are cancelled `grace_s` after it starts."""
 
+    def __init__(self, server: "Server", grace_s: float, **config):
+        # uvicorn's own timeout (one second later) cancels what did not end by itself.
+        super().__init__(uvicorn.Config(server.app, timeout_graceful_shutdown=int(grace_s) + 1, **config))
+        self.la_server, self.grace_s = server, grace_s
 
-def _finish(reason: Optional[str]) -> Optional[str]:
-    return {"stop": "stop", "length": "length", "cancelled": "stop", "error": "stop"}.get(reason, reason)
+    async def shutdown(self, sockets=None) -> None:
+        asyncio.get_running_loop().call_later(self.grace_s, self.la_server.la.cancel_all)
+        await super().shutdown(sockets)
 
 
 class BackgroundServer:
     """Runs a Server's app with uvicorn in a daemon thread (tests, benchmarks, embedding apps)."""
 
-    def __init__(self, server: "Server", host: str = "127.0.0.1", port: int = 0):
+    def __init__(self, server: "Server", host: str = "127.0.0.1", port: int = 0,
+                 grace_s: float = SHUTDOWN_GRACE_S):
         import socket
-        import threading
-
-        import uvicorn
 
         if port == 0:
             with socket.socket() as s:
                 s.bind((host, 0))
                 port = s.getsockname()[1]
+        self.server = server
         self.base_url = f"http://{host}:{port}"
-        self._uv = uvicorn.Server(uvicorn.Config(server.app, host=host, port=port, log_level="error"))
+        self._uv = _Uvicorn(server, grace_s, host=host, port=port, log_level="error")
         self._thread = threading.Thread(target=self._uv.run, name="la-edge-http", daemon=True)
         self._thread.start()
         deadline = time.time() + 30
@@ -327,16 +274,28 @@ class BackgroundServer:
                 raise RuntimeError(f"server did not start on {self.base_url}")
             time.sleep(0.02)
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop accepting, give open requests the grace period, cancel the rest (the aligner stays open)."""
         self._uv.should_exit = True
-        self._thread.join(timeout=10)
+        self._thread.join(timeout=timeout)
+        self.server.close()
 
 
 def serve(aligner: Aligner, host: str = "127.0.0.1", port: int = 8080, model_name: str = "la-edge",
-          api_key: Optional[str] = None, log_level: str = "warning") -> None:
-    """Run the server until interrupted."""
-    import uvicorn
-
-    aligner.engine.start()
+          api_key: Optional[str] = None, log_level: str = "warning", grace_s: float = SHUTDOWN_GRACE_S) -> None:
+    """Serve until SIGTERM or Ctrl-C; open requests then get `grace_s` seconds. Closes the aligner."""
     server = Server(aligner, model_name=model_name, api_key=api_key)
-    uvicorn.run(server.app, host=host, port=port, log_level=log_level)
+    main = threading.current_thread() is threading.main_thread()
+    # uvicorn re-raises the SIGTERM it caught after its graceful shutdown: exit cleanly on it.
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if main else None
+    try:
+        _Uvicorn(server, grace_s, host=host, port=port, log_level=log_level).run()
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
+        server.close()
+        aligner.close()
+
+
+def _exit_on_sigterm(signum, frame):
+    raise SystemExit(0)

@@ -19,9 +19,8 @@ PRINCIPLES = ["Answer in French.", "Be extremely brief.", "Answer like a pirate.
 
 @pytest.fixture(scope="module")
 def server(model_path):
-    la = Aligner.load(model_path, n_ctx=1024, max_requests=8)
-    la.engine.max_queue = 4
-    la.engine.start()
+    # One llama.cpp thread: spinning thread pools slow down 10x on a shared, busy CPU.
+    la = Aligner.load(model_path, n_ctx=1024, max_requests=8, max_queue=4, n_threads=1)
     srv = Server(la, model_name="smollm2")
     http = BackgroundServer(srv)
     srv.base = http.base_url

@@ -1,0 +1,214 @@
+"""The server's request side: raw body -> checked JSON -> request model -> Aligner.submit arguments.
+
+Bodies are strict JSON (no NaN/Infinity), at most MAX_DEPTH deep, with no lone surrogates in any
+string. Wrong types are 422 (pydantic, strict: no "1" for 1); wrong values are 400. Generation
+fields come from flags.PARAMS, the one table of HTTP names, and become GenerationParams through
+flags.params_from_fields.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Dict, List, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+
+from ..decoding.params import GenerationParams
+from ..errors import InvalidParameterError
+from ..runtime.prompts import raw_pair, validate_principle
+from .flags import PARAMS, params_from_fields
+
+MAX_BODY_BYTES = 1 << 20
+MAX_DEPTH = 16  # a chat body needs 6 (body > messages > message > content > part > value)
+PART_SEPARATOR = "\n"  # text parts of one message are joined with a newline
+
+
+class RequestError(InvalidParameterError):
+    """A request the server refuses before generating: `status` (400, 413, 422), `param`, `code`."""
+
+    def __init__(self, message: str, status: int = 400, param: Optional[str] = None, code: str = "invalid_value"):
+        super().__init__(message)
+        self.status, self.param, self.code = status, param, code
+
+
+# ---- body ------------------------------------------------------------------------------------
+def _not_json(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def load_body(body: bytes) -> Dict[str, Any]:
+    """The body as a JSON object, checked for depth and lone surrogates."""
+    try:
+        data = json.loads(body, parse_constant=_not_json)
+    except RecursionError:
+        raise RequestError(f"request body nests deeper than {MAX_DEPTH} levels", code="invalid_json") from None
+    except ValueError:  # UnicodeDecodeError included
+        raise RequestError("request body is not valid JSON (UTF-8, no NaN or Infinity)", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise RequestError("request body must be a JSON object", code="invalid_json")
+    _check_tree(data)
+    return data
+
+
+def _check_tree(data: Any) -> None:
+    # Iterative walk (no recursion): depth bound and valid Unicode in every key and string.
+    stack = [(data, 1, None, "")]
+    while stack:
+        value, depth, parent, key = stack.pop()
+        if depth > MAX_DEPTH:
+            raise RequestError(f"request body nests deeper than {MAX_DEPTH} levels", code="invalid_json")
+        if isinstance(value, dict):
+            for k, v in value.items():
+                _check_text(k, lambda: _path(parent, key))
+                stack.append((v, depth + 1, (parent, key), k))
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1, (parent, key), i) for i, v in enumerate(value))
+        elif isinstance(value, str):
+            _check_text(value, lambda: _path(parent, key))
+
+
+def _check_text(text: str, where) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        path = where()
+        raise RequestError(f"{path or 'a key'}: text is not valid Unicode (lone surrogate at index {exc.start})",
+                           param=path or None) from None
+
+
+def _path(parent, key) -> str:
+    parts = []
+    while parent is not None:
+        parts.append(f"[{key}]" if isinstance(key, int) else f".{key}")
+        parent, key = parent
+    return "".join(reversed(parts)).lstrip(".")
+
+
+# ---- models ----------------------------------------------------------------------------------
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+
+class StreamOptions(_Strict):
+    include_usage: bool = False
+
+
+class Message(_Strict):
+    role: str
+    content: Union[str, List[Dict[str, Any]]]  # a string or OpenAI content parts (text only)
+
+
+class _Envelope(_Strict):
+    """OpenAI fields that are not generation parameters, plus the `principle` extension."""
+
+    model: Optional[str] = None
+    n: int = 1
+    stream: bool = False
+    stream_options: Optional[StreamOptions] = None
+    stop: Optional[Union[str, List[str]]] = None
+    user: Optional[str] = None
+    principle: Optional[str] = None
+
+
+# Generation parameters: one optional field per flags.PARAMS entry with an HTTP name.
+_WithParams = create_model("_WithParams", __base__=_Envelope,
+                           **{p.http: (Optional[p.type], None) for p in PARAMS if p.http})
+
+
+class _Request(_WithParams):
+    def generation_params(self, default_max_tokens: int, top_logprobs: int,
+                          max_tokens: Optional[int] = None) -> GenerationParams:
+        """The validated parameters; max_tokens (when given) overrides the body's."""
+        if self.n != 1:
+            raise RequestError(f"only n=1 is supported, got {self.n}", param="n")
+        if max_tokens is None:
+            max_tokens = self.max_tokens if self.max_tokens is not None else default_max_tokens
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+        return params_from_fields(dict(self), max_tokens=max_tokens, top_logprobs=top_logprobs, stop=stop)
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+class ChatRequest(_Request):
+    messages: List[Message] = Field(min_length=1)
+    max_completion_tokens: Optional[int] = None
+    logprobs: Optional[bool] = None
+    top_logprobs: Optional[int] = None
+
+    @property
+    def want_logprobs(self) -> bool:
+        return bool(self.logprobs)
+
+    def params(self, default_max_tokens: int) -> GenerationParams:
+        n_top = (self.top_logprobs or 0) if self.logprobs else 0
+        return self.generation_params(default_max_tokens, n_top, self.max_completion_tokens)
+
+    def submit_args(self) -> Dict[str, Any]:
+        """Aligner.submit keyword arguments: the messages (text parts joined) and the principle."""
+        messages = [{"role": m.role, "content": _content(m, i)} for i, m in enumerate(self.messages)]
+        return {"messages": messages, "principle": self.principle}
+
+
+class CompletionRequest(_Request):
+    prompt: str
+    logprobs: Optional[int] = None  # alternatives per token
+    principled_prompt: Optional[str] = None  # raw mode: the principled branch verbatim
+
+    @property
+    def want_logprobs(self) -> bool:
+        return self.logprobs is not None
+
+    def params(self, default_max_tokens: int) -> GenerationParams:
+        return self.generation_params(default_max_tokens, self.logprobs or 0)
+
+    def submit_args(self) -> Dict[str, Any]:
+        """Aligner.submit(pair=...): `prompt` is the plain branch; the principled branch is
+        `principled_prompt` if given, else the principle and the prompt joined by a blank line."""
+        if not self.prompt:
+            raise RequestError("prompt must be a non-empty string", param="prompt")
+        principle = _field("principle", validate_principle, self.principle)
+        if self.principled_prompt is not None:
+            if not self.principled_prompt.strip():
+                raise RequestError("principled_prompt must be a non-empty string (omit it to build it from "
+                                   "the principle)", param="principled_prompt")
+            return {"pair": raw_pair(self.principled_prompt, self.prompt)}
+        if principle is None:
+            return {"pair": raw_pair(self.prompt, None)}
+        return {"pair": raw_pair(f"{principle}\n\n{self.prompt}", self.prompt)}
+
+
+def _field(name: str, check, value):
+    try:
+        return check(value)
+    except InvalidParameterError as exc:
+        raise RequestError(str(exc), param=name) from None
+
+
+def _content(m: Message, i: int) -> str:
+    if isinstance(m.content, str):
+        return m.content
+    texts = []
+    for j, part in enumerate(m.content):
+        where = f"messages[{i}].content[{j}]"
+        kind = part.get("type")
+        if kind != "text":
+            shown = repr(kind) if isinstance(kind, str) and len(kind) <= 40 else "another type"
+            raise RequestError(f"{where}: only text content parts are supported (type 'text'), got {shown}",
+                               param=where, code="unsupported_content")
+        if not isinstance(part.get("text"), str):
+            raise RequestError(f"{where}: a text part needs a string field 'text'", param=where)
+        texts.append(part["text"])
+    return PART_SEPARATOR.join(texts)
+
+
+def parse(body: bytes, model_cls):
+    """A validated request model from a raw body; raises RequestError (400 or 422)."""
+    data = load_body(body)
+    try:
+        return model_cls.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = ".".join(str(p) for p in first.get("loc", ()))
+        raise RequestError(f"{param}: {first.get('msg')}", status=422, param=param, code="invalid_type") from None

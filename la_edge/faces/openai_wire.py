@@ -1,0 +1,144 @@
+"""The server's response side: OpenAI JSON built once from a Chunk or a GenerationResult, and errors.
+
+Logprobs that are not finite (-inf where the aligned distribution underflows, e.g. at
+alignment_ratio 100) are sent as LOGPROB_FLOOR = -9999.0, the floor OpenAI itself uses, so every
+body is valid JSON. Every 5xx carries `Connection: close`. Errors map to statuses in `failure` only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from typing import Any, Dict, Iterable, List, Optional, Tuple
+
+from fastapi.responses import JSONResponse
+
+from ..errors import (BusyError, ChatTemplateError, ContextOverflowError, EngineUnavailableError,
+                      InvalidParameterError, LaEdgeError, StepFailedError)
+from .openai_schema import RequestError
+
+LOGPROB_FLOOR = -9999.0
+log = logging.getLogger("la_edge.server")
+
+
+# ---- errors ----------------------------------------------------------------------------------
+def error_body(message: str, type_: str = "invalid_request_error", code: Optional[str] = None,
+               param: Optional[str] = None) -> Dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def error(status: int, message: str, type_: str = "invalid_request_error", code: Optional[str] = None,
+          param: Optional[str] = None, headers: Optional[Dict[str, str]] = None) -> JSONResponse:
+    """An OpenAI-style error response; a 5xx also closes the connection."""
+    headers = dict(headers or {})
+    if status >= 500:
+        headers["Connection"] = "close"
+    return JSONResponse(error_body(message, type_, code, param), status_code=status, headers=headers)
+
+
+def failure(exc: BaseException, retry_after_s: int = 1) -> JSONResponse:
+    """The one mapping of exceptions to HTTP statuses."""
+    if isinstance(exc, RequestError):
+        return error(exc.status, str(exc), code=exc.code, param=exc.param)
+    if isinstance(exc, BusyError):
+        return error(429, f"{exc}; retry later", type_="rate_limit_error", code="busy",
+                     headers={"Retry-After": str(retry_after_s)})
+    if isinstance(exc, ContextOverflowError):
+        return error(400, str(exc), code="context_length_exceeded")
+    if isinstance(exc, (InvalidParameterError, ChatTemplateError)):
+        return error(400, str(exc), code="invalid_value")
+    if isinstance(exc, EngineUnavailableError):
+        return error(503, f"{exc}; the server cannot generate", type_="server_error", code="engine_unavailable")
+    if isinstance(exc, StepFailedError):
+        return error(500, f"generation failed: {exc}", type_="server_error", code="step_failed")
+    if isinstance(exc, LaEdgeError):
+        return error(500, str(exc), type_="server_error", code=type(exc).__name__)
+    log.error("internal error", exc_info=exc)
+    return error(500, "internal error", type_="server_error")
+
+
+def stream_error(exc: BaseException) -> str:
+    """The error event of a stream that already answered 200 (then the stream ends)."""
+    if isinstance(exc, LaEdgeError):
+        return event(error_body(str(exc), "server_error", code=type(exc).__name__))
+    log.error("internal error in a stream", exc_info=exc)
+    return event(error_body("internal error", "server_error"))
+
+
+# ---- bodies ----------------------------------------------------------------------------------
+def finite(logprob: Optional[float]) -> Optional[float]:
+    return logprob if logprob is None or math.isfinite(logprob) else LOGPROB_FLOOR
+
+
+def finish(reason: Optional[str]) -> Optional[str]:
+    return {"cancelled": "stop", "error": "stop"}.get(reason, reason)
+
+
+def event(obj: Dict[str, Any]) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False, allow_nan=False)}\n\n"
+
+
+class Wire:
+    """Builds one request's OpenAI objects; `la` gives token text and bytes."""
+
+    def __init__(self, la, base: Dict[str, Any], chat: bool, logprobs: bool):
+        self.la, self.base, self.chat, self.logprobs = la, base, chat, logprobs
+        self.offset = 0  # text_offset of the next token (completions logprobs)
+
+    def _token(self, token: int, logprob: Optional[float]) -> Dict[str, Any]:
+        return {"token": self.la.token_text(token), "logprob": finite(logprob),
+                "bytes": list(self.la.token_bytes(token))}
+
+    def _logprobs(self, steps: Iterable[Tuple[int, Optional[float], Iterable[Tuple[int, float]]]]):
+        """steps: (token, logprob, top) -> chat {"content": [...]} or the completions columns."""
+        if self.chat:
+            return {"content": [{**self._token(t, lp), "top_logprobs": [self._token(a, alp) for a, alp in top]}
+                                for t, lp, top in steps]}
+        out: Dict[str, List[Any]] = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+        for t, lp, top in steps:
+            text = self.la.token_text(t)
+            out["tokens"].append(text)
+            out["token_logprobs"].append(finite(lp))
+            out["top_logprobs"].append({self.la.token_text(a): finite(alp) for a, alp in top})
+            out["text_offset"].append(self.offset)
+            self.offset += len(text)
+        return out
+
+    def chunk(self, c) -> str:
+        """The SSE event of one Chunk."""
+        lp = None
+        if self.logprobs and c.token is not None:
+            lp = self._logprobs([(c.token, c.logprob, c.top)])
+        fin = finish(c.finish_reason)
+        if self.chat:
+            choice = {"index": 0, "delta": {"content": c.text} if c.text else {}, "finish_reason": fin, "logprobs": lp}
+            return event({**self.base, "object": "chat.completion.chunk", "choices": [choice]})
+        choice = {"index": 0, "text": c.text, "finish_reason": fin, "logprobs": lp}
+        return event({**self.base, "object": "text_completion", "choices": [choice]})
+
+    def role(self) -> str:
+        """The first event of a chat stream."""
+        choice = {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+        return event({**self.base, "object": "chat.completion.chunk", "choices": [choice]})
+
+    def usage_event(self, usage: Dict[str, int]) -> str:
+        obj = "chat.completion.chunk" if self.chat else "text_completion"
+        return event({**self.base, "object": obj, "choices": [], "usage": _usage(usage)})
+
+    def result(self, r) -> Dict[str, Any]:
+        """The non-streaming body of a GenerationResult."""
+        lp = None
+        if self.logprobs:
+            lp = self._logprobs((d["token"], d["logprob"], [(a["token"], a["logprob"]) for a in d["top"]])
+                                for d in r.logprobs)
+        if self.chat:
+            choice = {"index": 0, "message": {"role": "assistant", "content": r.text},
+                      "finish_reason": finish(r.finish_reason), "logprobs": lp}
+            return {**self.base, "object": "chat.completion", "choices": [choice], "usage": _usage(r.usage)}
+        choice = {"index": 0, "text": r.text, "finish_reason": finish(r.finish_reason), "logprobs": lp}
+        return {**self.base, "object": "text_completion", "choices": [choice], "usage": _usage(r.usage)}
+
+
+def _usage(u: Dict[str, int]) -> Dict[str, int]:
+    return {k: u[k] for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
