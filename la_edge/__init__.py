@@ -11,7 +11,7 @@ from .runtime.prompts import PromptPair
 __version__ = "0.1.0"
 
 __all__ = [
-    "Aligner", "GenerationParams", "PromptPair", "LaEdgeError", "InvalidParameterError",
+    "Aligner", "Request", "GenerationParams", "PromptPair", "LaEdgeError", "InvalidParameterError",
     "ModelNotFoundError", "ModelLoadError", "ChatTemplateError", "ContextOverflowError",
     "NonFiniteLogitsError", "BusyError", "DecodeError", "NoKvSlotError", "DecodeAbortedError",
     "InvalidBatchError", "FatalDecodeError", "EngineUnavailableError", "StepFailedError",
@@ -24,4 +24,8 @@ def __getattr__(name):
         from .runtime.aligner import Aligner
 
         return Aligner
+    if name == "Request":
+        from .runtime.request import Request
+
+        return Request
     raise AttributeError(name)

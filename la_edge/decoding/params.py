@@ -79,7 +79,7 @@ class GenerationParams:
                 raise InvalidParameterError(
                     f"plausibility_temperature must be in (0, {TEMPERATURE_MAX:g}], got {tm:g}")
             set_("plausibility_temperature", tm)
-        set_("top_k", _integer("top_k", self.top_k, 0))
+        set_("top_k", _integer("top_k", self.top_k, 0, 2**31 - 1))  # the C sampler's int32
         set_("top_p", self._unit_open("top_p", self.top_p))
         mp = _finite("min_p", self.min_p)
         if not 0.0 <= mp <= 1.0:

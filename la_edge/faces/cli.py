@@ -83,7 +83,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ..backends.models import model_name
 
     name = args.model_name or (args.model and model_name(la.backend.path)) or "smollm2-135m-instruct"
-    serve(la, host=args.host, port=args.port, model_name=name, api_key=args.api_key)
+    serve(la, host=args.host, port=args.port, model_name=name, api_key=args.api_key, web=not args.no_web)
     return 0
 
 
@@ -159,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-requests", type=int, default=8, help="concurrent requests decoded together")
     s.add_argument("--max-queue", type=int, default=32, help="waiting requests beyond which 429 is returned")
     s.add_argument("--model-name", default=None, help="id reported by /v1/models")
+    s.add_argument("--no-web", action="store_true", help="do not serve the chat page at / (API only)")
     add_model_flags(s, n_ctx=2048)
     s.set_defaults(func=cmd_serve)
 

@@ -282,9 +282,10 @@ class BackgroundServer:
 
 
 def serve(aligner: Aligner, host: str = "127.0.0.1", port: int = 8080, model_name: str = "la-edge",
-          api_key: Optional[str] = None, log_level: str = "warning", grace_s: float = SHUTDOWN_GRACE_S) -> None:
+          api_key: Optional[str] = None, log_level: str = "warning", grace_s: float = SHUTDOWN_GRACE_S,
+          web: bool = True) -> None:
     """Serve until SIGTERM or Ctrl-C; open requests then get `grace_s` seconds. Closes the aligner."""
-    server = Server(aligner, model_name=model_name, api_key=api_key)
+    server = Server(aligner, model_name=model_name, api_key=api_key, web=web)
     main = threading.current_thread() is threading.main_thread()
     # uvicorn re-raises the SIGTERM it caught after its graceful shutdown: exit cleanly on it.
     previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if main else None

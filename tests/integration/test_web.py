@@ -67,8 +67,6 @@ def browser():
 def server(browser, model_path):
     la = Aligner.load(model_path, n_ctx=1024, max_requests=2, max_queue=2, n_threads=1)
     srv = Server(la, model_name="smollm2", api_key=API_KEY)
-    if not any(getattr(r, "path", None) == "/" for r in srv.app.routes):  # until the server mounts it itself
-        mount_web(srv.app)
     http = BackgroundServer(srv)
     srv.base = http.base_url
     yield srv
@@ -291,3 +289,13 @@ def test_compare_screenshot(page):
     send(page, "Why is the sky blue?")
     wait_done(page, 2)
     page.screenshot(path=os.environ["LA_EDGE_WEB_SCREENSHOT"])
+
+
+def test_no_web_serves_only_the_api(model_path):
+    from fastapi.testclient import TestClient
+
+    with Aligner.load(model_path, n_ctx=256, n_threads=1) as la:
+        for web, status in ((False, 404), (True, 200)):
+            client = TestClient(Server(la, model_name="m", web=web).app)
+            assert client.get("/").status_code == status
+            assert client.get("/health").status_code == 200
