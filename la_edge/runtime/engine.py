@@ -1,8 +1,10 @@
-"""The engine: owns requests and their two KV-cache sequences; one decode per step for all of them.
+"""The engine: a small runner over the Scheduler (scheduler.py) and one backend context.
 
-A request with a principle and r != 0 runs two sequences, A (principled) and B (plain), whose
-shared prompt prefix is decoded once in A and copied to B. All final tokens of a step go in one
-batch; their logits rows are combined and sampled in place.
+The scheduler plans each batch under the lock; the runner decodes it, reads the logits rows and
+samples with the lock released ("in flight"), then applies the results under the lock. Cancels
+during a decode free their sequences after it. A failure while decoding or sampling ends only the
+requests of that batch; if the runner itself breaks, every open and later request gets
+EngineUnavailableError instead of waiting.
 """
 
 from __future__ import annotations
@@ -12,13 +14,54 @@ import itertools
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Deque, Dict, List, Optional, Sequence, Tuple
+from typing import Deque, Dict, List, Optional, Tuple
 
-from ..backends.base import BatchEntry
-from ..errors import BusyError, ContextOverflowError, DecodeError, LaEdgeError
+from ..errors import (BusyError, ContextOverflowError, EngineUnavailableError, LaEdgeError,
+                      StepFailedError)
 from ..decoding.params import GenerationParams
-from .prompts import PromptPair, tokenize_pair, tokenize_text
 from ..decoding.rng import SplitMix64
+from .prompts import PromptPair, tokenize_pair, tokenize_text
+from .scheduler import Action, Batch, Job, Phase, Scheduler, common_prefix
+
+__all__ = ["Engine", "RequestHandle", "StepEvent", "common_prefix"]
+
+_WAIT_S = 0.5  # every wait on the condition is bounded by this and then re-checks its predicate
+_CANCEL_WAIT_S = 2.0  # a cancel() that cannot take the lock this fast is queued instead
+
+
+class _OwnedLock:
+    """A plain (non-reentrant) lock that knows which thread holds it.
+
+    A cancel() can run inside the engine's own locked code: a garbage-collected generator's
+    `finally` calls it in whatever thread collects. The engine then queues the cancel instead.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.owner: Optional[int] = None
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        ok = self._lock.acquire(blocking, timeout)
+        if ok:
+            self.owner = threading.get_ident()
+        return ok
+
+    def release(self) -> None:
+        self.owner = None
+        self._lock.release()
+
+    def locked(self) -> bool:
+        return self._lock.locked()
+
+    def _is_owned(self) -> bool:  # used by threading.Condition
+        return self.owner == threading.get_ident()
+
+    def __enter__(self):
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
 
 
 @dataclass(frozen=True)
@@ -32,57 +75,26 @@ class StepEvent:
     finish_reason: Optional[str] = None
 
 
-@dataclass
-class _Seq:
-    seq_id: int
-    pending: List[int]
-    n_past: int = 0
-    final_index: int = -1
-
-
-@dataclass
+@dataclass(eq=False)
 class _Request:
     rid: int
     pair: PromptPair
     params: GenerationParams
-    tokens_p: List[int]
-    tokens_0: Optional[List[int]]
-    shared: int
-    cells: int
+    job: Job
     rng: SplitMix64
     seed: int
-    seqs: List[_Seq] = field(default_factory=list)
-    phase: str = "queued"  # queued -> shared -> rest -> done
     history: List[int] = field(default_factory=list)
-    events: Deque[object] = field(default_factory=collections.deque)
-    finish_reason: Optional[str] = None
+    events: Deque[StepEvent] = field(default_factory=collections.deque)
+    finish_reason: Optional[str] = None  # set once: the request is over
     error: Optional[BaseException] = None
     t_submit: float = 0.0
     t_start: float = 0.0
     t_first: float = 0.0
     t_end: float = 0.0
 
-    @property
-    def aligned(self) -> bool:
-        return self.tokens_0 is not None
-
-
-def _is_decoding(req: _Request) -> bool:
-    """Past its prompt: each sequence waits for at most its one next token."""
-    return req.phase == "rest" and all(len(s.pending) <= 1 for s in req.seqs)
-
-
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    """Length of the common prefix, leaving at least one token of each for the logits."""
-    n = min(len(a), len(b)) - 1
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return max(i, 0)
-
 
 class RequestHandle:
-    """A submitted request: iterate it for StepEvents; cancel() frees its sequences at once."""
+    """A submitted request: iterate it for StepEvents; cancel() frees its sequences."""
 
     def __init__(self, engine: "Engine", req: _Request):
         self._engine = engine
@@ -90,15 +102,16 @@ class RequestHandle:
 
     @property
     def prompt_tokens(self) -> int:
-        return len(self._req.tokens_p)
+        return len(self._req.job.tokens_p)
 
     @property
     def plain_prompt_tokens(self) -> int:
-        return len(self._req.tokens_0) if self._req.tokens_0 is not None else 0
+        t0 = self._req.job.tokens_0
+        return len(t0) if t0 is not None else 0
 
     @property
     def shared_prefix_tokens(self) -> int:
-        return self._req.shared
+        return self._req.job.shared
 
     @property
     def seed(self) -> int:
@@ -136,8 +149,15 @@ class RequestHandle:
             yield ev
 
 
+def _step_error(exc: BaseException) -> BaseException:
+    """Typed errors (DecodeError and the rest of LaEdgeError) stay; anything else is wrapped."""
+    if isinstance(exc, LaEdgeError):
+        return exc
+    return StepFailedError(f"step failed: {type(exc).__name__}: {exc}", cause=exc)
+
+
 class Engine:
-    """Schedules requests over one backend context; every step is one decode call."""
+    """Schedules requests over one backend context; every batch is one decode call."""
 
     def __init__(self, backend, max_requests: int = 1, max_queue: int = 16, prefer_native: bool = True,
                  prefill_chunk: int = 256, mix_prefill: bool = False):
@@ -146,219 +166,261 @@ class Engine:
         if max_requests < 1 or 2 * max_requests > backend.n_seq_max:
             raise LaEdgeError(f"max_requests={max_requests} needs n_seq_max >= {2 * max_requests}")
         self.backend = backend
-        self.max_requests = max_requests
         self.max_queue = max_queue
-        self.prefill_chunk = prefill_chunk  # prompt tokens per step while others decode
-        self.mix_prefill = mix_prefill  # one llama_decode per step, at the cost of exactness
         self.chooser = make_chooser(backend.n_vocab, prefer_native=prefer_native)
-        self._lock = threading.RLock()
+        self.scheduler = Scheduler(backend.n_seq_max, max_requests, backend.n_batch, backend.n_ctx_total,
+                                   backend.kv_unified, prefill_chunk, mix_prefill)
+        self._lock = _OwnedLock()  # guards the scheduler and the requests; never held in a decode
         self._cond = threading.Condition(self._lock)
+        self._cancels: Deque[_Request] = collections.deque()  # cancels queued while the lock was busy
         self._ids = itertools.count()
-        self._free_seqs = list(range(backend.n_seq_max - 1, -1, -1))
-        self._queue: Deque[_Request] = collections.deque()
-        self._active: List[_Request] = []
-        self._reserved = 0
-        self._decoding = False  # a decode runs with the lock released
-        self._deferred: List[int] = []
+        self._open: Dict[int, _Request] = {}
         self._background: Optional[threading.Thread] = None
-        self._stopping = False
-        self.steps = 0
+        self._closed = False
+        self._failure: Optional[BaseException] = None
+        self.steps = 0  # decode calls so far
 
-    # ---- submission -------------------------------------------------------------------
+    # ---- configuration (the scheduler holds it) -----------------------------------------
+    @property
+    def max_requests(self) -> int:
+        return self.scheduler.max_requests
+
+    @property
+    def prefill_chunk(self) -> int:
+        """Prompt tokens per batch while others decode."""
+        return self.scheduler.prefill_chunk
+
+    @prefill_chunk.setter
+    def prefill_chunk(self, value: int) -> None:
+        self.scheduler.prefill_chunk = value
+
+    @property
+    def mix_prefill(self) -> bool:
+        """One decode call per step for prompts and decodes together, at the cost of exactness."""
+        return self.scheduler.mix_prefill
+
+    @mix_prefill.setter
+    def mix_prefill(self, value: bool) -> None:
+        self.scheduler.mix_prefill = value
+
+    # ---- state ---------------------------------------------------------------------------
+    @property
+    def alive(self) -> bool:
+        """True until stop() or a failure of the runner itself."""
+        return not self._closed and self._failure is None
+
+    @property
+    def failure(self) -> Optional[BaseException]:
+        """What broke the runner, if anything did."""
+        return self._failure
+
+    @property
+    def decode_in_flight(self) -> bool:
+        """A decode (or its sampling) runs now; the context must not be freed meanwhile."""
+        return self.scheduler.in_flight and self._failure is None
+
+    @property
+    def n_active(self) -> int:
+        return len(self.scheduler.active)
+
+    @property
+    def n_queued(self) -> int:
+        return len(self.scheduler.queue)
+
+    def used_sequences(self) -> List[int]:
+        """Sequences that hold KV cells now (should be empty when idle); waits out a decode in flight."""
+        with self._cond:
+            self._wait_until(lambda: not self.decode_in_flight, 30.0)
+            return [s for s in range(self.backend.n_seq_max) if self.backend.seq_pos_max(s) >= 0]
+
+    # ---- submission ------------------------------------------------------------------------
     def tokenize_prompt(self, text: str) -> List[int]:
         """Tokens of a rendered prompt, with BOS added only where the model wants it and the text lacks it."""
         return tokenize_text(self.backend, text)
 
     def submit(self, pair: PromptPair, params: GenerationParams) -> RequestHandle:
-        """Validate sizes and enqueue; raises ContextOverflowError or BusyError before any decoding."""
+        """Validate sizes and enqueue; raises ContextOverflowError, BusyError or EngineUnavailableError."""
+        with self._cond:
+            self._check_available()
         tokens_p, tokens_0 = tokenize_pair(self.backend, pair)
-        aligned = tokens_0 is not None and params.ratio != 0.0
-        tokens_0 = tokens_0 if aligned else None
-        shared = common_prefix(tokens_p, tokens_0) if aligned else 0
+        if tokens_0 is not None and params.ratio == 0.0:
+            tokens_0 = None  # r = 0: the principled branch alone
+        # A sliding-window cache's seq_copy is not exact: such backends decode both prompts in full.
+        job = Job.for_prompts(tokens_p, tokens_0, params.max_tokens, share_prefix=self.backend.supports_seq_copy)
         longest = max(len(tokens_p), len(tokens_0 or ()))
         n_ctx = self.backend.n_ctx
         if longest + params.max_tokens > n_ctx:
             raise ContextOverflowError(
                 f"prompt ({longest} tokens) + max_tokens ({params.max_tokens}) exceeds the context "
                 f"window n_ctx={n_ctx}; shorten the prompt, lower max_tokens or raise n_ctx")
-        cells = len(tokens_p) + params.max_tokens
-        if aligned:
-            cells += len(tokens_0) - shared + params.max_tokens
         total = self.backend.n_ctx_total
-        if self.backend.kv_unified and cells > total:
+        if self.backend.kv_unified and job.cells > total:
             raise ContextOverflowError(
-                f"both sequences need {cells} KV cells ({len(tokens_p)}+{len(tokens_0)}-{shared} shared prompt "
-                f"tokens + 2x{params.max_tokens} generated) but the unified cache has {total}; lower max_tokens")
+                f"both sequences need {job.cells} KV cells ({len(tokens_p)}+{len(tokens_0 or ())}-{job.shared} "
+                f"shared prompt tokens + 2x{params.max_tokens} generated) but the unified cache has {total}; "
+                f"lower max_tokens")
         seed = params.seed if params.seed is not None else SplitMix64().next_u64()
-        req = _Request(
-            rid=next(self._ids), pair=pair, params=params, tokens_p=tokens_p, tokens_0=tokens_0,
-            shared=shared, cells=cells, rng=SplitMix64(seed), seed=seed, t_submit=time.perf_counter())
+        req = _Request(rid=next(self._ids), pair=pair, params=params, job=job, rng=SplitMix64(seed), seed=seed,
+                       t_submit=time.perf_counter())
+        job.owner = req
         with self._cond:
+            self._check_available()
+            self._drain_cancels()
             self._admit()
-            if len(self._queue) >= self.max_queue:
-                raise BusyError(f"engine busy: {len(self._active)} running, {len(self._queue)} queued")
-            self._queue.append(req)
-            self._admit()  # takes a free slot now, even while a decode runs
+            if len(self.scheduler.queue) >= self.max_queue:
+                raise BusyError(f"engine busy: {self.n_active} running, {self.n_queued} queued")
+            self.scheduler.enqueue(job)
+            self._open[req.rid] = req
+            self._admit()  # takes free sequences now, even while a decode runs
             self._cond.notify_all()
         return RequestHandle(self, req)
 
-    # ---- lifecycle --------------------------------------------------------------------
-    def cancel(self, req: _Request) -> None:
-        with self._cond:
-            if req.phase == "done":
-                return
-            if req in self._queue:
-                self._queue.remove(req)
-            self._finish(req, "cancelled")
-
-    def _finish(self, req: _Request, reason: str, error: Optional[BaseException] = None) -> None:
-        req.finish_reason = reason
-        req.error = error
-        req.phase = "done"
-        req.t_end = time.perf_counter()
-        if req in self._active:
-            self._active.remove(req)
-            self._reserved -= req.cells
-        for s in req.seqs:
-            if self._decoding:  # the context is busy in another thread: free after that decode
-                self._deferred.append(s.seq_id)
-            else:
-                self._release_seq(s.seq_id)
-        req.seqs = []
-        self._cond.notify_all()
-
-    def _release_seq(self, seq_id: int) -> None:
-        self.backend.seq_remove(seq_id)
-        self._free_seqs.append(seq_id)
+    def _check_available(self) -> None:
+        if self._failure is not None:
+            raise EngineUnavailableError(f"engine failed: {self._failure!r}", cause=self._failure)
+        if self._closed:
+            raise EngineUnavailableError("engine stopped")
 
     def _admit(self) -> None:
-        while self._queue and len(self._active) < self.max_requests:
-            req = self._queue[0]
-            unified = self.backend.kv_unified
-            if unified and self._reserved + req.cells > self.backend.n_ctx_total and self._active:
-                return  # wait for KV cells to free up
-            self._queue.popleft()
-            self._reserved += req.cells
-            a = _Seq(self._free_seqs.pop(), list(req.tokens_p))
-            req.seqs = [a]
-            if req.aligned:
-                b = _Seq(self._free_seqs.pop(), list(req.tokens_0[req.shared:]))
-                req.seqs.append(b)
-            req.phase = "shared" if req.shared else "rest"
-            req.t_start = time.perf_counter()
-            self._active.append(req)
+        for job in self.scheduler.admit():
+            job.owner.t_start = time.perf_counter()
 
-    @property
-    def n_active(self) -> int:
-        return len(self._active)
+    # ---- lifecycle -------------------------------------------------------------------------
+    def cancel(self, req: _Request) -> None:
+        """End a request now; sequences in a decode in flight are freed right after it.
 
-    @property
-    def n_queued(self) -> int:
-        return len(self._queue)
+        From inside the engine's locked code (a finalizer) or when the lock stays busy, the cancel
+        is queued and done at the engine's next locked section instead: it never deadlocks.
+        """
+        if self._lock.owner == threading.get_ident() or not self._lock.acquire(timeout=_CANCEL_WAIT_S):
+            self._cancels.append(req)
+            return
+        try:
+            self._drain_cancels()
+            self._finish(req, "cancelled")
+        finally:
+            self._lock.release()
 
-    def used_sequences(self) -> List[int]:
-        """Sequences that hold KV cells now (should be empty when idle)."""
-        return [s for s in range(self.backend.n_seq_max) if self.backend.seq_pos_max(s) >= 0]
+    def _drain_cancels(self) -> None:
+        """Do the queued cancels (lock held)."""
+        while self._cancels:
+            self._finish(self._cancels.popleft(), "cancelled")
 
-    # ---- one step ----------------------------------------------------------------------
-    def _plan(self, req: _Request, entries: List[BatchEntry], budget: int) -> Optional[str]:
-        """Append this request's tokens to the batch; return the post-decode action."""
-        seqs = req.seqs
-        if req.phase == "shared":
-            a = seqs[0]
-            n = min(budget, req.shared - a.n_past)
-            for k in range(n):
-                entries.append(BatchEntry(a.pending[k], a.n_past + k, (a.seq_id,)))
-            del a.pending[:n]
-            a.n_past += n
-            return "copy" if a.n_past == req.shared else None
-        for s in seqs:
-            n = max(0, min(budget, len(s.pending) - 1))
-            for k in range(n):
-                entries.append(BatchEntry(s.pending[k], s.n_past + k, (s.seq_id,)))
-            del s.pending[:n]
-            s.n_past += n
-            budget -= n
-        if budget >= len(seqs) and all(len(s.pending) == 1 for s in seqs):
-            for s in seqs:
-                s.final_index = len(entries)
-                entries.append(BatchEntry(s.pending[0], s.n_past, (s.seq_id,), logits=True))
-                s.pending = []
-                s.n_past += 1
-            return "sample"
-        return None
+    def _finish(self, req: _Request, reason: str, error: Optional[BaseException] = None) -> None:
+        if req.finish_reason is not None:
+            return
+        req.finish_reason = reason
+        req.error = error
+        req.t_end = time.perf_counter()
+        self._open.pop(req.rid, None)
+        self._clear(self.scheduler.finish(req.job))
+        self._cond.notify_all()
 
+    def _clear(self, seq_ids: List[int]) -> None:
+        for s in seq_ids:
+            self.backend.seq_remove(s)
+
+    def _wait_until(self, ready, timeout: float) -> bool:
+        """Wait on the condition (lock held) in bounded slices until ready() or the timeout."""
+        deadline = time.monotonic() + timeout
+        while not ready():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self._cond.wait(min(left, _WAIT_S))
+        return True
+
+    # ---- one step --------------------------------------------------------------------------
     def step(self) -> bool:
-        """One scheduling step; False when there is nothing to do.
+        """One scheduling round; False when there was nothing to decode.
 
         Running requests decode together in one batch. A newcomer's prompt (at most
         prefill_chunk tokens per step while others run) goes in that same batch when
         mix_prefill is on; by default it gets its own call, which keeps every request's
         logits bit-identical to running alone (see README, "Batching and numerics").
         """
-        with self._cond:
-            self._admit()
-            decoding = [r for r in self._active if _is_decoding(r)]
-            prefilling = [r for r in self._active if r not in decoding]
-            chunk = self.prefill_chunk if decoding else self.backend.n_batch
-            if self.mix_prefill:
-                return self._run(decoding + prefilling, chunk)
-            ran = self._run(decoding, 0)
-            return self._run(prefilling[:1], chunk) or ran
-
-    def _run(self, requests: List[_Request], prefill_budget: int) -> bool:
-        """Decode one batch over `requests` (decoders first) and apply the post-decode actions."""
-        entries: List[BatchEntry] = []
-        plans = []
-        limit = None
-        for req in requests:
-            is_prefill = not _is_decoding(req)
-            if is_prefill and limit is None:
-                limit = min(self.backend.n_batch, len(entries) + prefill_budget)
-            budget = (limit if is_prefill else self.backend.n_batch) - len(entries)
-            if budget <= 0:
-                break
-            plans.append((req, self._plan(req, entries, budget)))
-        if not entries:
-            return False
-        # Decode without the lock so consumers can take events (and cancel) meanwhile.
-        error: Optional[DecodeError] = None
-        self._decoding = True
-        self._lock.release()
         try:
-            self.backend.decode(entries)
-        except DecodeError as exc:
+            return self._step()
+        except Exception as exc:  # a bug outside the per-batch guards: the engine is unusable
+            self._die(exc)
+            raise EngineUnavailableError(f"engine failed: {exc!r}", cause=exc) from exc
+
+    def _step(self) -> bool:
+        ran = False
+        while True:
+            with self._cond:
+                # Another thread's batch must finish first; a stopped engine plans nothing.
+                while self.scheduler.in_flight and self.alive:
+                    self._cond.wait(_WAIT_S)
+                if not self.alive:
+                    return ran
+                self._drain_cancels()
+                if not ran:
+                    self._admit()
+                batch = self.scheduler.plan()
+                if batch is None:
+                    return ran
+            self._execute(batch)
+            ran = True
+
+    def _execute(self, batch: Batch) -> None:
+        """Decode and sample without the lock, then apply the results and end the batch under it."""
+        error: Optional[BaseException] = None
+        choices: Dict[int, object] = {}
+        try:
+            self.backend.decode(batch.entries)
+        except BaseException as exc:  # an interrupt fails this batch, then propagates
             error = exc
-        finally:
-            self._lock.acquire()
-            self._decoding = False
-        self.steps += 1
-        for req, action in plans:
-            if req.phase == "done":
-                continue  # cancelled during the decode
-            if error is not None:
-                self._finish(req, "error", error)
-            elif action == "copy":
-                b = req.seqs[1]
-                # A holds exactly the shared prefix now; a whole-sequence copy works in split caches too.
-                self.backend.seq_copy(req.seqs[0].seq_id, b.seq_id, -1, -1)
-                b.n_past = req.shared
-                req.phase = "rest"
-            elif action == "sample":
-                self._sample(req)
-        while self._deferred:
-            self._release_seq(self._deferred.pop())
-        return True
+        if error is None:
+            for i, p in enumerate(batch.planned):
+                if p.action is Action.SAMPLE and p.job.phase is not Phase.DONE:
+                    choices[i] = self._choose(p.job.owner, p.rows)
+        interrupt = error if error is not None and not isinstance(error, Exception) else None
+        with self._cond:
+            try:
+                self.steps += 1
+                for i, p in enumerate(batch.planned):
+                    req = p.job.owner
+                    if req.finish_reason is not None:
+                        continue  # cancelled during the decode
+                    if error is not None:
+                        self._finish(req, "error", _step_error(error))
+                    elif p.action is Action.COPY:
+                        self._copy(req)
+                    elif p.action is Action.SAMPLE:
+                        out = choices[i]
+                        if isinstance(out, BaseException):
+                            interrupt = interrupt or (None if isinstance(out, Exception) else out)
+                            self._finish(req, "error", _step_error(out))
+                        else:
+                            self._emit(req, out)
+            finally:
+                self._drain_cancels()  # queued during the decode or the loop above
+                self._clear(self.scheduler.end_batch())
+                self._cond.notify_all()
+        if interrupt is not None:
+            raise interrupt
 
-    def _sample(self, req: _Request) -> None:
-        a = req.seqs[0]
-        zp = self.backend.logits_row(a.final_index)
-        z0 = self.backend.logits_row(req.seqs[1].final_index) if req.aligned else None
+    def _choose(self, req: _Request, rows: Tuple[int, ...]):
+        """The sampled choice for one request, or the exception that stopped it."""
         try:
-            choice = self.chooser.choose(zp, z0, req.params, req.rng, req.history)
-        except LaEdgeError as exc:
-            self._finish(req, "error", exc)
+            zp = self.backend.logits_row(rows[0])
+            z0 = self.backend.logits_row(rows[1]) if len(rows) > 1 else None
+            return self.chooser.choose(zp, z0, req.params, req.rng, req.history)
+        except BaseException as exc:  # reported per request by _execute
+            return exc
+
+    def _copy(self, req: _Request) -> None:
+        a, b = req.job.seqs
+        try:
+            # A holds exactly the shared prefix now; a whole-sequence copy works in split caches too.
+            self.backend.seq_copy(a.seq_id, b.seq_id, -1, -1)
+        except Exception as exc:
+            self._finish(req, "error", _step_error(exc))
             return
+        self.scheduler.copied(req.job)
+
+    def _emit(self, req: _Request, choice) -> None:
         tok = choice.token
         req.history.append(tok)
         if len(req.history) == 1:
@@ -372,51 +434,101 @@ class Engine:
         if reason:
             self._finish(req, reason)
         else:
-            for s in req.seqs:
-                s.pending = [tok]
+            self.scheduler.sampled(req.job, tok)
+
+    # ---- failure ---------------------------------------------------------------------------
+    def _die(self, exc: BaseException) -> None:
+        with self._cond:
+            self._record_failure(exc)
+
+    def _record_failure(self, exc: BaseException) -> None:
+        """The runner broke: fail every open request at once and clear the cache (no decode runs now)."""
+        if self._failure is not None:
+            return
+        self._failure = exc
+        err = EngineUnavailableError(f"engine failed: {exc!r}", cause=exc)
+        for req in list(self._open.values()):
+            req.finish_reason, req.error, req.t_end = "error", err, time.perf_counter()
+        self._open.clear()
+        for s in range(self.backend.n_seq_max):
+            try:
+                self.backend.seq_remove(s)
+            except Exception:  # best effort: the engine is already marked failed
+                pass
         self._cond.notify_all()
 
-    # ---- consumption -------------------------------------------------------------------
+    # ---- consumption -----------------------------------------------------------------------
     def next_event(self, req: _Request) -> Optional[StepEvent]:
-        """The request's next event; drives step() itself unless a background loop runs."""
-        with self._cond:
-            while True:
-                if req.events:
-                    return req.events.popleft()
-                if req.phase == "done":
-                    if req.error is not None and req.finish_reason == "error":
-                        err, req.error = req.error, None
-                        raise err
-                    return None
-                if self._background is not None:
-                    self._cond.wait(0.5)
-                else:
-                    self.step()
+        """The request's next event (None at its end); drives step() itself unless a background loop runs."""
+        while True:
+            with self._cond:
+                while True:
+                    self._drain_cancels()
+                    if req.events:
+                        return req.events.popleft()
+                    if req.finish_reason is not None:
+                        if req.error is not None and req.finish_reason == "error":
+                            err, req.error = req.error, None
+                            raise err
+                        return None
+                    t = self._background
+                    if t is not None and not t.is_alive() and self.alive:
+                        self._record_failure(RuntimeError("the engine thread exited"))
+                        continue
+                    if t is None and not self.scheduler.in_flight and self.alive:
+                        break  # no runner: drive a step from this thread
+                    self._cond.wait(_WAIT_S)
+            try:
+                ran = self.step()
+            except EngineUnavailableError:
+                continue  # the request now holds the error; raise it above, once
+            if not ran:
+                with self._cond:
+                    self._cond.wait(0.01)  # nothing could run; do not spin
 
     def start(self) -> None:
         """Run steps in a background thread (for servers and concurrent callers)."""
         with self._cond:
+            self._check_available()
             if self._background is not None:
                 return
-            self._stopping = False
             self._background = threading.Thread(target=self._loop, name="la-edge-engine", daemon=True)
             self._background.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 10.0) -> bool:
+        """Stop the engine for good; open requests end as "cancelled" and later submits raise.
+
+        Waits (at most `timeout` seconds) for the background thread and the decode in flight. Returns
+        True when no decode is in flight any more, so the context may be freed.
+        """
+        deadline = time.monotonic() + timeout
         with self._cond:
-            self._stopping = True
+            self._closed = True
             self._cond.notify_all()
-        if self._background is not None:
-            self._background.join(timeout=10)
-            self._background = None
+            t = self._background
+        if t is not None and t is not threading.current_thread():
+            t.join(max(0.0, deadline - time.monotonic()))
+        with self._cond:
+            self._wait_until(lambda: not self.decode_in_flight, max(0.0, deadline - time.monotonic()))
+            self._cancels.clear()  # every open request ends here anyway
+            for req in list(self._open.values()):
+                self._finish(req, "cancelled")
+            return not self.decode_in_flight and not (t is not None and t.is_alive())
 
     def _loop(self) -> None:
-        while True:
-            with self._cond:
-                if self._stopping:
-                    return
-                if not self._active and not self._queue:
-                    self._cond.wait(0.5)
-                    continue
-            if not self.step():
-                time.sleep(0.001)  # nothing could run this step; do not spin
+        try:
+            while True:
+                with self._cond:
+                    if not self.alive:
+                        return
+                    self._drain_cancels()
+                    if not self.scheduler.has_work:
+                        self._cond.wait(_WAIT_S)
+                        continue
+                if not self.step():
+                    with self._cond:
+                        self._cond.wait(0.001)  # nothing could run this round; do not spin
+        except EngineUnavailableError:
+            return  # step() recorded the failure
+        except BaseException as exc:  # whatever ends this thread is recorded
+            self._die(exc)

@@ -1,9 +1,13 @@
 """The engine on the real embedded model against independent slow paths."""
 
+import threading
+import time
+
 import numpy as np
 import pytest
 
-from la_edge import Aligner, GenerationParams
+from la_edge import Aligner, EngineUnavailableError, GenerationParams
+from la_edge.runtime.engine import Engine
 from tests.integration.reference import SeparateContext, aligned_greedy
 
 PROMPTS = [
@@ -144,3 +148,125 @@ def test_raw_prompt_mode(la):
                           GenerationParams(temperature=0.0, max_tokens=8))
     assert res.prompts == {"principled": "Q: Name a colour. Be brief.\nA:", "plain": "Q: Name a colour.\nA:"}
     assert res.tokens
+
+
+class BlockingBackend:
+    """The real backend; decode call number `block_at` waits (bounded) until `release` is set."""
+
+    def __init__(self, inner, block_at):
+        self.inner, self.block_at, self.calls = inner, block_at, 0
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def decode(self, entries):
+        self.calls += 1
+        if self.calls == self.block_at:
+            self.entered.set()
+            self.release.wait(60)
+        return self.inner.decode(entries)
+
+
+def drain(handle, timeout=120):
+    """The handle's tokens, read in a thread so that a hang fails the test."""
+    out = []
+    t = threading.Thread(target=lambda: out.extend(e.token for e in handle), daemon=True)
+    t.start()
+    t.join(timeout)
+    assert not t.is_alive(), "consumer still waiting"
+    return out
+
+
+def test_cancel_during_decode_then_submit_waits_for_the_freed_sequences(la):
+    """The race that crashed the server: ids freed after the decode, a newcomer admitted before it."""
+    params = GenerationParams(temperature=0.0, ratio=2.0, max_tokens=16)
+    first, second = la.prompts(PROMPTS[0], PRINCIPLE), la.prompts(PROMPTS[1], PRINCIPLE)
+    alone = la.generate(params=params, pair=second).tokens
+    backend = BlockingBackend(la.backend, block_at=3)  # the first request's first decode step
+    engine = Engine(backend, max_requests=1)  # one request: both sequence ids are in use
+    engine.start()
+    try:
+        h1 = engine.submit(first, params)
+        assert backend.entered.wait(60)
+        h1.cancel()
+        assert h1.finish_reason == "cancelled" and engine.n_active == 0
+        h2 = engine.submit(second, params)  # before the fix: IndexError, pop from an empty free list
+        assert engine.n_queued == 1  # waits for the sequences the decode in flight still uses
+        backend.release.set()
+        assert drain(h2) == alone and h2.finish_reason in ("stop", "length")
+        assert len(drain(h1)) <= 1  # the token sampled before the cancel, if any; then it ends
+        assert engine.used_sequences() == [] and engine.n_active == engine.n_queued == 0
+    finally:
+        backend.release.set()
+        assert engine.stop(10)
+
+
+def test_stop_waits_for_the_decode_in_flight_and_cancels_open_requests(la):
+    params = GenerationParams(temperature=0.0, ratio=2.0, max_tokens=16)
+    backend = BlockingBackend(la.backend, block_at=3)
+    engine = Engine(backend, max_requests=1)
+    engine.start()
+    h1 = engine.submit(la.prompts(PROMPTS[0], PRINCIPLE), params)
+    assert backend.entered.wait(60)
+    h2 = engine.submit(la.prompts(PROMPTS[1], PRINCIPLE), params)  # queued behind h1
+    t0 = time.monotonic()
+    assert engine.stop(timeout=0.3) is False  # bounded: the decode is still in flight
+    assert time.monotonic() - t0 < 5 and engine.decode_in_flight and not engine.alive
+    assert h1.finish_reason == h2.finish_reason == "cancelled"
+    with pytest.raises(EngineUnavailableError):
+        engine.submit(la.prompts(PROMPTS[2]), params)
+    backend.release.set()
+    assert engine.stop(10) is True and not engine.decode_in_flight
+    assert drain(h2) == [] and len(drain(h1)) <= 1
+    assert engine.used_sequences() == []
+
+
+def test_consumer_driven_threads_share_one_runner(la):
+    """Without start(), every consumer drives steps itself; none decodes while another does."""
+    params = GenerationParams(temperature=0.0, ratio=2.0, max_tokens=12)
+    pair = la.prompts(PROMPTS[3], PRINCIPLE)
+    alone = la.generate(params=params, pair=pair).tokens
+    handles = [la.engine.submit(pair, params) for _ in range(2)]  # max_requests=1: one waits
+    outs = [None, None]
+
+    def read(i):
+        outs[i] = [e.token for e in handles[i]]
+
+    threads = [threading.Thread(target=read, args=(i,), daemon=True) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not any(t.is_alive() for t in threads)
+    assert outs == [alone, alone]
+    assert la.engine.used_sequences() == []
+
+
+def test_cancel_from_inside_the_engines_locked_code_does_not_deadlock(la):
+    """A finalizer (a collected generator's `finally: cancel()`) can run in the engine thread while it
+    holds the lock; the cancel is queued and done at the next locked section instead of deadlocking."""
+    params = GenerationParams(temperature=0.0, ratio=2.0, max_tokens=16)
+    pair = la.prompts(PROMPTS[2], PRINCIPLE)
+    alone = la.generate(params=params, pair=pair).tokens
+    engine = Engine(la.backend, max_requests=1)
+    real_plan, victim = engine.scheduler.plan, []
+
+    def plan_with_finalizer():
+        if victim:
+            victim.pop().cancel()  # what a garbage-collected stream does, here under the lock
+        return real_plan()
+
+    engine.scheduler.plan = plan_with_finalizer
+    engine.start()
+    try:
+        h1 = engine.submit(pair, params)
+        it = iter(h1)
+        first = next(it).token
+        victim.append(h1)
+        rest = drain(h1, timeout=60)
+        assert h1.finish_reason == "cancelled" and [first] + rest != alone
+        assert engine.alive and engine.used_sequences() == []
+        assert drain(engine.submit(pair, params)) == alone
+    finally:
+        assert engine.stop(10)

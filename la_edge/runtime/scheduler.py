@@ -1,0 +1,275 @@
+"""The planner: requests in, batches and post-decode actions out. No model, no threads, no clock.
+
+It owns admission, the sequence ids, KV-cell reservations (unified caches) and which tokens go into
+each batch. A request with two prompts runs two sequences, A (principled) and B (plain): their
+shared prefix is decoded once in A and copied to B. The runner (engine.py) decodes what it plans,
+samples, and reports back with copied(), sampled(), finish() and end_batch().
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+from dataclasses import dataclass, field
+from typing import Deque, List, Optional, Sequence, Tuple
+
+from ..backends.base import BatchEntry
+
+
+class Phase(enum.Enum):
+    """Where a request is: QUEUED -> [SHARED ->] PREFILL -> DECODE -> DONE (DONE from anywhere)."""
+
+    QUEUED = "queued"  # waiting for sequence ids (and KV cells)
+    SHARED = "shared"  # decoding the prefix both prompts share, in A only
+    PREFILL = "prefill"  # the rest of the prompts
+    DECODE = "decode"  # every sequence waits for at most its one next token
+    DONE = "done"
+
+
+class Action(enum.Enum):
+    """What the runner does for a request after a successful decode."""
+
+    COPY = "copy"  # A holds the shared prefix: copy it to B, then call copied()
+    SAMPLE = "sample"  # its logits rows are ready: combine, sample, then call sampled()
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the common prefix, leaving at least one token of each for the logits."""
+    n = min(len(a), len(b)) - 1
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return max(i, 0)
+
+
+@dataclass
+class Seq:
+    """One KV sequence of a job: its id, the tokens still to decode, and how many are in the cache."""
+
+    seq_id: int
+    pending: List[int]
+    n_past: int = 0
+
+
+@dataclass(eq=False)  # identity: two equal prompts are still two jobs
+class Job:
+    """A request as the planner sees it; `owner` is whatever the runner wants back (its request)."""
+
+    tokens_p: List[int]
+    tokens_0: Optional[List[int]] = None  # None: one sequence only
+    shared: int = 0
+    cells: int = 0  # KV cells both sequences may fill (prompts + max_tokens each)
+    owner: object = None
+    phase: Phase = Phase.QUEUED
+    seqs: List[Seq] = field(default_factory=list)
+
+    @classmethod
+    def for_prompts(cls, tokens_p: List[int], tokens_0: Optional[List[int]], max_tokens: int,
+                    owner: object = None, share_prefix: bool = True) -> "Job":
+        """A job with its shared prefix and KV-cell need computed.
+
+        share_prefix=False (a backend whose seq_copy is not exact) decodes both prompts in full.
+        """
+        shared = common_prefix(tokens_p, tokens_0) if tokens_0 is not None and share_prefix else 0
+        cells = len(tokens_p) + max_tokens
+        if tokens_0 is not None:
+            cells += len(tokens_0) - shared + max_tokens
+        return cls(list(tokens_p), None if tokens_0 is None else list(tokens_0), shared, cells, owner)
+
+    @property
+    def n_seqs(self) -> int:
+        return 1 if self.tokens_0 is None else 2
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A job with tokens in a batch; `rows` are the batch indices of its logits rows (A, then B)."""
+
+    job: Job
+    action: Optional[Action]
+    rows: Tuple[int, ...] = ()
+
+
+@dataclass
+class Batch:
+    """One decode call: the entries and, per job in it, what to do once it decoded."""
+
+    entries: List[BatchEntry]
+    planned: List[Planned]
+
+
+class Scheduler:
+    """Admission, sequence ids and batch planning for one context.
+
+    Rounds: by default a round is one batch of all decoding jobs, then one batch with the prompt of
+    one newcomer (its own decode call keeps logits bit-identical to running alone); with mix_prefill
+    a round is one batch of both. plan() returns the round's batches one by one, then None.
+    A batch is "in flight" from plan() to end_batch(): sequences freed meanwhile return only then.
+    """
+
+    def __init__(self, n_seq_max: int, max_requests: int, n_batch: int, n_ctx_total: int = 0,
+                 kv_unified: bool = False, prefill_chunk: int = 256, mix_prefill: bool = False):
+        self.n_seq_max = n_seq_max
+        self.max_requests = max_requests
+        self.n_batch = n_batch
+        self.n_ctx_total = n_ctx_total
+        self.kv_unified = kv_unified
+        self.prefill_chunk = prefill_chunk  # prompt tokens per batch while others decode
+        self.mix_prefill = mix_prefill
+        self.queue: Deque[Job] = collections.deque()
+        self.active: List[Job] = []
+        self.free: List[int] = list(range(n_seq_max - 1, -1, -1))  # pop() hands out 0, 1, ...
+        self.reserved = 0  # KV cells held by admitted jobs and by frees waiting for end_batch()
+        self.in_flight = False
+        self._deferred: List[Tuple[List[int], int]] = []
+        self._round: Optional[List[Optional[Phase]]] = None
+        self._chunk = n_batch
+
+    # ---- admission ---------------------------------------------------------------------
+    def enqueue(self, job: Job) -> None:
+        job.phase = Phase.QUEUED
+        self.queue.append(job)
+
+    def admit(self) -> List[Job]:
+        """Move queued jobs to active, in order, while slots, free sequence ids and KV cells allow."""
+        admitted = []
+        while self.queue and len(self.active) < self.max_requests:
+            job = self.queue[0]
+            if len(self.free) < job.n_seqs:
+                break  # ids still held by a batch in flight: wait for end_batch()
+            if self.kv_unified and self.reserved and self.reserved + job.cells > self.n_ctx_total:
+                break  # wait for KV cells (a job alone always fits: the runner checks at submit)
+            self.queue.popleft()
+            self.reserved += job.cells
+            job.seqs = [Seq(self.free.pop(), list(job.tokens_p))]
+            if job.tokens_0 is not None:
+                job.seqs.append(Seq(self.free.pop(), list(job.tokens_0[job.shared:])))
+            if job.shared:
+                job.phase = Phase.SHARED
+            else:
+                self._settle(job)
+            self.active.append(job)
+            admitted.append(job)
+        return admitted
+
+    # ---- planning ----------------------------------------------------------------------
+    def plan(self) -> Optional[Batch]:
+        """The next batch of the current round (it is then in flight), or None when the round is over."""
+        if self.in_flight:
+            raise RuntimeError("plan() while a batch is in flight; call end_batch() first")
+        if self._round is None:
+            decoding = any(j.phase is Phase.DECODE for j in self.active)
+            self._chunk = self.prefill_chunk if decoding else self.n_batch
+            self._round = [None] if self.mix_prefill else [Phase.DECODE, Phase.PREFILL]
+        while self._round:
+            batch = self._build(self._round.pop(0))
+            if batch is not None:
+                self.in_flight = True
+                return batch
+        self._round = None
+        return None
+
+    def _build(self, stage: Optional[Phase]) -> Optional[Batch]:
+        decoding = [j for j in self.active if j.phase is Phase.DECODE]
+        prefilling = [j for j in self.active if j.phase in (Phase.SHARED, Phase.PREFILL)]
+        if stage is Phase.DECODE:
+            jobs = decoding
+        elif stage is Phase.PREFILL:
+            jobs = prefilling[:1]
+        else:
+            jobs = decoding + prefilling
+        entries: List[BatchEntry] = []
+        planned: List[Planned] = []
+        limit = None
+        for job in jobs:
+            if job.phase is not Phase.DECODE and limit is None:
+                limit = min(self.n_batch, len(entries) + self._chunk)  # prompts share this budget
+            budget = (self.n_batch if job.phase is Phase.DECODE else limit) - len(entries)
+            if budget <= 0:
+                break
+            before = len(entries)
+            action = self._take(job, entries, budget)
+            if len(entries) > before:  # a job without tokens here is not part of this batch
+                n = len(entries)
+                rows = tuple(range(n - job.n_seqs, n)) if action is Action.SAMPLE else ()
+                planned.append(Planned(job, action, rows))
+        return Batch(entries, planned) if entries else None
+
+    def _take(self, job: Job, entries: List[BatchEntry], budget: int) -> Optional[Action]:
+        """Append up to `budget` of the job's tokens; return its post-decode action."""
+        if job.phase is Phase.SHARED:
+            a = job.seqs[0]
+            n = min(budget, job.shared - a.n_past)
+            entries.extend(BatchEntry(a.pending[k], a.n_past + k, (a.seq_id,)) for k in range(n))
+            del a.pending[:n]
+            a.n_past += n
+            return Action.COPY if a.n_past == job.shared else None
+        for s in job.seqs:  # prompt tokens before the last one of each sequence
+            n = max(0, min(budget, len(s.pending) - 1))
+            entries.extend(BatchEntry(s.pending[k], s.n_past + k, (s.seq_id,)) for k in range(n))
+            del s.pending[:n]
+            s.n_past += n
+            budget -= n
+        action = None
+        if budget >= len(job.seqs) and all(len(s.pending) == 1 for s in job.seqs):
+            for s in job.seqs:  # the last tokens, with logits: A's row first
+                entries.append(BatchEntry(s.pending[0], s.n_past, (s.seq_id,), logits=True))
+                s.pending = []
+                s.n_past += 1
+            action = Action.SAMPLE
+        self._settle(job)
+        return action
+
+    def _settle(self, job: Job) -> None:
+        job.phase = Phase.DECODE if all(len(s.pending) <= 1 for s in job.seqs) else Phase.PREFILL
+
+    # ---- reports from the runner -------------------------------------------------------
+    def copied(self, job: Job) -> None:
+        """The runner copied A's cells to B: B now holds the shared prefix too."""
+        job.seqs[1].n_past = job.shared
+        self._settle(job)
+
+    def sampled(self, job: Job, token: int) -> None:
+        """The next token goes to every sequence of the job."""
+        for s in job.seqs:
+            s.pending = [token]
+
+    def finish(self, job: Job) -> List[int]:
+        """End a job; returns the sequence ids to clear in the KV cache now (none while in flight)."""
+        if job.phase is Phase.DONE:
+            return []
+        if job.phase is Phase.QUEUED:
+            self.queue.remove(job)
+            job.phase = Phase.DONE
+            return []
+        self.active.remove(job)
+        ids = [s.seq_id for s in job.seqs]
+        job.seqs = []
+        job.phase = Phase.DONE
+        if self.in_flight:  # the context is decoding: free after end_batch()
+            self._deferred.append((ids, job.cells))
+            return []
+        return self._release(ids, job.cells)
+
+    def end_batch(self) -> List[int]:
+        """The batch in flight is done; returns the deferred sequence ids to clear now."""
+        self.in_flight = False
+        ids: List[int] = []
+        for seq_ids, cells in self._deferred:
+            ids += self._release(seq_ids, cells)
+        self._deferred = []
+        return ids
+
+    def _release(self, ids: List[int], cells: int) -> List[int]:
+        self.free.extend(ids)
+        self.reserved -= cells
+        return ids
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.queue or self.active)
+
+    @property
+    def releasing(self) -> List[int]:
+        """Sequence ids of finished jobs that return to the free list at end_batch()."""
+        return [i for ids, _ in self._deferred for i in ids]
