@@ -58,14 +58,13 @@ def test_chat_by_template_name(gemma_path):
         assert r.tokens and r.usage["shared_prefix_tokens"] == 0
 
 
-@pytest.mark.parametrize("ratio", [1.0, 2.0])
-def test_aligned_greedy_equals_two_context_reference(la, ratio):
-    is_eog = la.backend.is_eog
-    for prompt in PROMPTS:
-        pair = raw_pair(PRINCIPLE + prompt, prompt)
-        got = la.generate(params=GenerationParams(temperature=0.0, ratio=ratio, max_tokens=32), pair=pair).tokens
-        tp, t0 = la.engine.tokenize_prompt(pair.principled), la.engine.tokenize_prompt(pair.plain)
-        assert got == aligned_greedy(la.backend.model.handle, tp, t0, ratio, 32, is_eog), prompt
+@pytest.mark.parametrize("prompt", PROMPTS[:3])
+def test_aligned_greedy_equals_two_context_reference(la, prompt):
+    # Before backends reported supports_seq_copy, the shared-prefix copy made this fail at token 0.
+    pair = raw_pair(PRINCIPLE + prompt, prompt)
+    got = la.generate(params=GenerationParams(temperature=0.0, ratio=2.0, max_tokens=24), pair=pair).tokens
+    tp, t0 = la.engine.tokenize_prompt(pair.principled), la.engine.tokenize_prompt(pair.plain)
+    assert got == aligned_greedy(la.backend.model.handle, tp, t0, 2.0, 24, la.backend.is_eog)
 
 
 def test_native_and_numpy_samplers_agree_on_gemma_rows(la):
