@@ -72,6 +72,7 @@ class Backend(Protocol):
     n_seq_max: int
     n_threads: int
     supports_seq_copy: bool  # seq_copy gives exactly the logits of decoding the same tokens again
+    n_swa: int  # sliding-window size of the KV cache (0: none); cells outside the window are forgotten
 
     def tokenize(self, text: str, add_special: bool = True, parse_special: bool = True) -> List[int]:
         """Token ids; with parse_special=False control-token strings stay plain text."""
@@ -94,7 +95,8 @@ class Backend(Protocol):
 
     def seq_copy(self, src: int, dst: int, p0: int, p1: int) -> None: ...
 
-    def seq_remove(self, seq: int, p0: int = -1, p1: int = -1) -> None: ...
+    def seq_remove(self, seq: int, p0: int = -1, p1: int = -1) -> bool:
+        """Remove the sequence's cells in [p0, p1) (-1: open end); False if the cache cannot."""
 
     def seq_pos_max(self, seq: int) -> int: ...
 

@@ -254,7 +254,8 @@ class LlamaCppBackend(VocabMixin):
         self.flash_attn = flash_attn
         # Measured: with a sliding-window (iSWA) cache, llama_memory_seq_cp leaves the copy's logits
         # off by up to 0.72 (Gemma-3, split streams), so such models prefill each sequence in full.
-        self.supports_seq_copy = llama_cpp.llama_model_n_swa(self.model.handle) == 0
+        self.n_swa = llama_cpp.llama_model_n_swa(self.model.handle)
+        self.supports_seq_copy = self.n_swa == 0
         self._batch = LlamaBatch(self.n_batch, self.n_seq_max)
 
     @classmethod
@@ -278,8 +279,9 @@ class LlamaCppBackend(VocabMixin):
     def seq_copy(self, src: int, dst: int, p0: int, p1: int) -> None:
         llama_cpp.llama_memory_seq_cp(self._mem, src, dst, p0, p1)
 
-    def seq_remove(self, seq: int, p0: int = -1, p1: int = -1) -> None:
-        llama_cpp.llama_memory_seq_rm(self._mem, seq, p0, p1)
+    def seq_remove(self, seq: int, p0: int = -1, p1: int = -1) -> bool:
+        """False when this cache cannot remove part of a sequence (recurrent models)."""
+        return bool(llama_cpp.llama_memory_seq_rm(self._mem, seq, p0, p1))
 
     def seq_pos_max(self, seq: int) -> int:
         return llama_cpp.llama_memory_seq_pos_max(self._mem, seq)

@@ -200,6 +200,7 @@ class OnnxBackend(VocabMixin):
         self.n_ctx, self.n_batch, self.n_seq_max = n_ctx, n_batch, n_seq_max
         self.n_ctx_total, self.kv_unified = n_ctx * n_seq_max, False
         self.supports_seq_copy = True
+        self.n_swa = 0
         self.path = model_file
         self.clear()
 
@@ -217,7 +218,7 @@ class OnnxBackend(VocabMixin):
         s = self._seqs.get(seq)
         return int(s[1].max()) if s is not None else -1
 
-    def seq_remove(self, seq: int, p0: int = -1, p1: int = -1) -> None:
+    def seq_remove(self, seq: int, p0: int = -1, p1: int = -1) -> bool:
         lo, hi = max(p0, 0), (p1 if p1 >= 0 else np.iinfo(np.int64).max)
         for s in list(self._seqs) if seq < 0 else [seq]:
             if s not in self._seqs:
@@ -228,6 +229,7 @@ class OnnxBackend(VocabMixin):
                 self._seqs[s] = (row, pos)
             else:
                 del self._seqs[s]
+        return True
 
     def seq_copy(self, src: int, dst: int, p0: int, p1: int) -> None:
         if src not in self._seqs or src == dst:

@@ -88,6 +88,9 @@ def add_model_flags(p: argparse.ArgumentParser, n_ctx: int = 4096) -> None:
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--flash-attn", action="store_true", help="enable flash attention")
     p.add_argument("--numpy-sampler", action="store_true", help="use the NumPy reference sampler")
+    p.add_argument("--no-prompt-cache", action="store_true",
+                   help="prefill every prompt in full (by default finished requests stay in the KV cache and a "
+                        "prompt that starts the same way, like a conversation's next turn, reuses them)")
     p.add_argument("--chat-template", default=None, metavar="NAME",
                    help="a llama.cpp built-in chat template (chatml, llama3, gemma, ...; `la-edge doctor --json` "
                         "lists them) instead of the GGUF's own; needed for GGUFs that ship none")
@@ -100,7 +103,8 @@ def load_options(args: argparse.Namespace, max_requests: int = 1) -> Dict[str, A
     return dict(n_ctx=args.n_ctx, n_gpu_layers=args.n_gpu_layers, n_threads=args.threads,
                 flash_attn=args.flash_attn, kv_unified=args.kv_unified, prefer_native=not args.numpy_sampler,
                 verbose=args.verbose, backend=args.backend, max_requests=max_requests,
-                chat_template=args.chat_template, chat_template_file=args.chat_template_file)
+                chat_template=args.chat_template, chat_template_file=args.chat_template_file,
+                prompt_cache=not args.no_prompt_cache)
 
 
 def load_aligner(args: argparse.Namespace, max_requests: int = 1):

@@ -46,13 +46,15 @@ class Aligner:
              flash_attn: bool = False, kv_unified: bool = False, prefer_native: bool = True,
              verbose: bool = False, backend: str = "auto", providers: Optional[Sequence[str]] = None,
              max_queue: int = 16, chat_template: Optional[str] = None,
-             chat_template_file: Optional[str] = None) -> "Aligner":
+             chat_template_file: Optional[str] = None, prompt_cache: bool = True) -> "Aligner":
         """Load a model (default: the embedded SmolLM2-135M-Instruct Q4_1 GGUF).
 
         backend: "auto" (ONNX for an exported folder, llama.cpp for a .gguf), "llama.cpp" or "onnx".
         n_ctx is the context of each sequence; a request with a principle uses two sequences.
         chat_template: a llama.cpp built-in template name (or Jinja text) instead of the model's own;
         chat_template_file: a Jinja template file.
+        prompt_cache: keep finished requests' sequences in the KV cache and reuse their longest common
+        token prefix (a conversation's next turn prefills only the new tokens); False turns it off.
         """
         from ..backends import BackendOptions, load_backend
 
@@ -61,7 +63,8 @@ class Aligner:
                                  verbose=verbose, providers=tuple(providers) if providers else None)
         b = load_backend(model_path, backend, options)
         try:
-            engine = Engine(b, max_requests=max_requests, max_queue=max_queue, prefer_native=prefer_native)
+            engine = Engine(b, max_requests=max_requests, max_queue=max_queue, prefer_native=prefer_native,
+                            prompt_cache=prompt_cache)
             return cls(engine, chat_template=chat_template, chat_template_file=chat_template_file)
         except BaseException:
             b.close()
@@ -136,11 +139,12 @@ class Aligner:
         return self.engine.alive
 
     def status(self) -> Dict[str, object]:
-        """Engine state for health checks: alive, failure (text or None), active, queued, sampler."""
+        """Engine state for health checks: alive, failure (text or None), active, queued, sampler, prompt_cache."""
         e = self.engine
         failure = e.failure
         return {"alive": e.alive, "failure": repr(failure) if failure is not None else None,
-                "active": e.n_active, "queued": e.n_queued, "sampler": e.chooser.path}
+                "active": e.n_active, "queued": e.n_queued, "sampler": e.chooser.path,
+                "prompt_cache": e.cache_stats()}
 
     def start(self) -> None:
         """Run the engine in a background thread (servers and concurrent callers); idempotent."""

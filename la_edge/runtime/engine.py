@@ -21,7 +21,7 @@ from ..errors import (BusyError, ContextOverflowError, EngineUnavailableError, L
 from ..decoding.params import GenerationParams
 from ..decoding.rng import SplitMix64
 from .prompts import PromptPair, tokenize_pair, tokenize_text
-from .scheduler import Action, Batch, Job, Phase, Scheduler, common_prefix
+from .scheduler import Action, Batch, Job, KvOp, Phase, Scheduler, common_prefix
 
 __all__ = ["Engine", "RequestHandle", "StepEvent", "common_prefix"]
 
@@ -114,6 +114,11 @@ class RequestHandle:
         return self._req.job.shared
 
     @property
+    def cached_tokens(self) -> Tuple[int, int]:
+        """Prompt tokens taken from the prompt cache: (principled, plain)."""
+        return self._req.job.cached
+
+    @property
     def seed(self) -> int:
         return self._req.seed
 
@@ -160,7 +165,7 @@ class Engine:
     """Schedules requests over one backend context; every batch is one decode call."""
 
     def __init__(self, backend, max_requests: int = 1, max_queue: int = 16, prefer_native: bool = True,
-                 prefill_chunk: int = 256, mix_prefill: bool = False):
+                 prefill_chunk: int = 256, mix_prefill: bool = False, prompt_cache: bool = True):
         from ..decoding.native import make_chooser
 
         if max_requests < 1 or 2 * max_requests > backend.n_seq_max:
@@ -168,8 +173,10 @@ class Engine:
         self.backend = backend
         self.max_queue = max_queue
         self.chooser = make_chooser(backend.n_vocab, prefer_native=prefer_native)
+        # A sliding-window cache forgets cells outside its window: cut back only sequences within it.
         self.scheduler = Scheduler(backend.n_seq_max, max_requests, backend.n_batch, backend.n_ctx_total,
-                                   backend.kv_unified, prefill_chunk, mix_prefill)
+                                   backend.kv_unified, prefill_chunk, mix_prefill, prompt_cache=prompt_cache,
+                                   trim_limit=getattr(backend, "n_swa", 0) or None)
         self._lock = _OwnedLock()  # guards the scheduler and the requests; never held in a decode
         self._cond = threading.Condition(self._lock)
         self._cancels: Deque[_Request] = collections.deque()  # cancels queued while the lock was busy
@@ -220,6 +227,11 @@ class Engine:
         return self.scheduler.in_flight and self._failure is None
 
     @property
+    def prompt_cache(self) -> bool:
+        """Finished requests park their sequences for later prompts that start the same way."""
+        return self.scheduler.prompt_cache
+
+    @property
     def n_active(self) -> int:
         return len(self.scheduler.active)
 
@@ -232,6 +244,36 @@ class Engine:
         with self._cond:
             self._wait_until(lambda: not self.decode_in_flight, 30.0)
             return [s for s in range(self.backend.n_seq_max) if self.backend.seq_pos_max(s) >= 0]
+
+    def parked_sequences(self) -> List[int]:
+        """Sequences the prompt cache holds for later requests (least recently used first)."""
+        with self._cond:
+            return list(self.scheduler.parked)
+
+    def leaked_sequences(self) -> List[int]:
+        """Sequences holding KV cells that no request runs on and the cache does not hold (should be [])."""
+        with self._cond:
+            self._wait_until(lambda: not self.decode_in_flight, 30.0)
+            held = {s.seq_id for j in self.scheduler.active for s in j.seqs} | set(self.scheduler.parked)
+            return [s for s in range(self.backend.n_seq_max) if self.backend.seq_pos_max(s) >= 0 and s not in held]
+
+    def cache_stats(self) -> Dict[str, object]:
+        """The prompt cache: on or off, parked sequences and tokens, and its bound (sequences, KV cells)."""
+        with self._cond:
+            sch = self.scheduler
+            return {"enabled": sch.prompt_cache, "parked_sequences": len(sch.parked),
+                    "parked_tokens": sch.parked_tokens, "max_sequences": sch.n_seq_max,
+                    "kv_cells": self.backend.n_ctx_total, "trim_limit": sch.trim_limit}
+
+    def clear_cache(self) -> int:
+        """Drop every parked sequence now (waits out a decode in flight); returns how many."""
+        with self._cond:
+            self._wait_until(lambda: not self.scheduler.in_flight, 30.0)
+            if self.scheduler.in_flight:
+                return 0
+            ids = self.scheduler.drop_parked()
+            self._clear(ids)
+            return len(ids)
 
     # ---- submission ------------------------------------------------------------------------
     def tokenize_prompt(self, text: str) -> List[int]:
@@ -271,7 +313,7 @@ class Engine:
                 raise BusyError(f"engine busy: {self.n_active} running, {self.n_queued} queued")
             self.scheduler.enqueue(job)
             self._open[req.rid] = req
-            self._admit()  # takes free sequences now, even while a decode runs
+            self._admit()  # takes free sequences now (without the prompt cache, even while a decode runs)
             self._cond.notify_all()
         return RequestHandle(self, req)
 
@@ -282,8 +324,16 @@ class Engine:
             raise EngineUnavailableError("engine stopped")
 
     def _admit(self) -> None:
+        """Admit queued jobs and make their KV preparations (lock held, no decode in flight)."""
         for job in self.scheduler.admit():
             job.owner.t_start = time.perf_counter()
+            for p in job.prep:
+                if p.op is KvOp.CLEAR:
+                    self.backend.seq_remove(p.seq_id)
+                elif self.backend.seq_remove(p.seq_id, p.pos, -1) is False:  # this cache cannot cut a tail
+                    self.backend.seq_remove(p.seq_id)
+                    self.scheduler.cold(job, p.seq_id)
+            job.prep = []
 
     # ---- lifecycle -------------------------------------------------------------------------
     def cancel(self, req: _Request) -> None:
@@ -313,7 +363,8 @@ class Engine:
         req.error = error
         req.t_end = time.perf_counter()
         self._open.pop(req.rid, None)
-        self._clear(self.scheduler.finish(req.job))
+        # Only a request that ended normally parks its sequences: nothing half-written is kept.
+        self._clear(self.scheduler.finish(req.job, park=reason in ("stop", "length")))
         self._cond.notify_all()
 
     def _clear(self, seq_ids: List[int]) -> None:
@@ -450,6 +501,7 @@ class Engine:
         for req in list(self._open.values()):
             req.finish_reason, req.error, req.t_end = "error", err, time.perf_counter()
         self._open.clear()
+        self.scheduler.drop_parked()
         for s in range(self.backend.n_seq_max):
             try:
                 self.backend.seq_remove(s)

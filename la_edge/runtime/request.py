@@ -204,11 +204,14 @@ class Request:
 
     @property
     def usage(self) -> Dict[str, int]:
-        """Token counts: prompt, completion (so far), total, plain prompt, shared prefix."""
+        """Token counts: prompt, completion (so far), total, plain prompt, shared prefix, and the
+        prompt tokens taken from the prompt cache (cached_tokens: principled, plain_cached_tokens)."""
         h, n = self._handle, len(self._rec.tokens)
+        cached_p, cached_0 = h.cached_tokens
         return {
             "prompt_tokens": h.prompt_tokens, "completion_tokens": n, "total_tokens": h.prompt_tokens + n,
             "plain_prompt_tokens": h.plain_prompt_tokens, "shared_prefix_tokens": h.shared_prefix_tokens,
+            "cached_tokens": cached_p, "plain_cached_tokens": cached_0,
         }
 
     def timings(self) -> Dict[str, float]:

@@ -1,17 +1,25 @@
 """The planner: requests in, batches and post-decode actions out. No model, no threads, no clock.
 
-It owns admission, the sequence ids, KV-cell reservations (unified caches) and which tokens go into
-each batch. A request with two prompts runs two sequences, A (principled) and B (plain): their
-shared prefix is decoded once in A and copied to B. The runner (engine.py) decodes what it plans,
-samples, and reports back with copied(), sampled(), finish() and end_batch().
+It owns admission, the sequence ids, KV-cell reservations (unified caches), the prompt cache and
+which tokens go into each batch. A request with two prompts runs two sequences, A (principled) and
+B (plain): their shared prefix is decoded once in A and copied to B. The runner (engine.py) does
+each admitted job's KV preparations (`Job.prep`), decodes what it plans, samples, and reports back
+with copied(), sampled(), finish() and end_batch().
+
+Prompt cache: a job that ends normally parks its sequences with their prompt tokens. A new job's
+branch adopts the parked sequence with the longest common prefix (its tail trimmed) and prefills
+only the rest; parked sequences are evicted least recently used when ids or cells run short.
+Generated tokens are never reused and at least 2 prompt tokens are always decoded: llama.cpp
+rounds a token decoded alone differently from one in a prompt batch (README, "Prompt cache").
 """
 
 from __future__ import annotations
 
 import collections
 import enum
+from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Deque, List, Optional, Sequence, Tuple
+from typing import Deque, Dict, List, Optional, Sequence, Tuple
 
 from ..backends.base import BatchEntry
 
@@ -33,6 +41,37 @@ class Action(enum.Enum):
     SAMPLE = "sample"  # its logits rows are ready: combine, sample, then call sampled()
 
 
+class KvOp(enum.Enum):
+    """A KV-cache change the runner makes before a newly admitted job decodes."""
+
+    CLEAR = "clear"  # evict a parked sequence: remove all its cells
+    TRIM = "trim"  # adopt a parked sequence: remove its cells from `pos` on
+
+
+@dataclass(frozen=True)
+class Parked:
+    """A finished job's sequence kept in the KV cache: its prompt tokens (reusable) and its cells."""
+
+    tokens: List[int]
+    cells: int
+
+
+@dataclass(frozen=True)
+class Prep:
+    op: KvOp
+    seq_id: int
+    pos: int = -1
+
+
+def matched(cached: Sequence[int], tokens: Sequence[int]) -> int:
+    """Tokens of `tokens` a cached sequence already holds, leaving at least two to decode."""
+    n = min(len(cached), len(tokens) - 2)
+    i = 0
+    while i < n and cached[i] == tokens[i]:
+        i += 1
+    return max(i, 0)
+
+
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     """Length of the common prefix, leaving at least one token of each for the logits."""
     n = min(len(a), len(b)) - 1
@@ -49,6 +88,7 @@ class Seq:
     seq_id: int
     pending: List[int]
     n_past: int = 0
+    tokens: List[int] = field(default_factory=list)  # what its KV cells hold, in order
 
 
 @dataclass(eq=False)  # identity: two equal prompts are still two jobs
@@ -62,6 +102,8 @@ class Job:
     owner: object = None
     phase: Phase = Phase.QUEUED
     seqs: List[Seq] = field(default_factory=list)
+    cached: Tuple[int, int] = (0, 0)  # prompt tokens taken from the prompt cache (A, B)
+    prep: List[Prep] = field(default_factory=list)  # KV changes to make before its first batch
 
     @classmethod
     def for_prompts(cls, tokens_p: List[int], tokens_0: Optional[List[int]], max_tokens: int,
@@ -108,7 +150,8 @@ class Scheduler:
     """
 
     def __init__(self, n_seq_max: int, max_requests: int, n_batch: int, n_ctx_total: int = 0,
-                 kv_unified: bool = False, prefill_chunk: int = 256, mix_prefill: bool = False):
+                 kv_unified: bool = False, prefill_chunk: int = 256, mix_prefill: bool = False,
+                 prompt_cache: bool = False, trim_limit: Optional[int] = None):
         self.n_seq_max = n_seq_max
         self.max_requests = max_requests
         self.n_batch = n_batch
@@ -121,9 +164,12 @@ class Scheduler:
         self.free: List[int] = list(range(n_seq_max - 1, -1, -1))  # pop() hands out 0, 1, ...
         self.reserved = 0  # KV cells held by admitted jobs and by frees waiting for end_batch()
         self.in_flight = False
-        self._deferred: List[Tuple[List[int], int]] = []
+        self._deferred: List[Tuple[List[int], List[Tuple[int, Parked]], int]] = []  # (clear, park, cells)
         self._round: Optional[List[Optional[Phase]]] = None
         self._chunk = n_batch
+        self.prompt_cache = prompt_cache
+        self.trim_limit = trim_limit  # sliding-window caches: only sequences this short can be cut back
+        self.parked: "OrderedDict[int, Parked]" = OrderedDict()  # least recently used first
 
     # ---- admission ---------------------------------------------------------------------
     def enqueue(self, job: Job) -> None:
@@ -131,26 +177,109 @@ class Scheduler:
         self.queue.append(job)
 
     def admit(self) -> List[Job]:
-        """Move queued jobs to active, in order, while slots, free sequence ids and KV cells allow."""
-        admitted = []
+        """Move queued jobs to active, in order, while slots, sequence ids and KV cells allow.
+
+        With the prompt cache on, nothing is admitted while a batch is in flight: admission may
+        evict or trim parked sequences (`Job.prep`), which the runner does before the next decode.
+        """
+        admitted: List[Job] = []
+        if self.in_flight and self.prompt_cache:
+            return admitted
         while self.queue and len(self.active) < self.max_requests:
             job = self.queue[0]
-            if len(self.free) < job.n_seqs:
-                break  # ids still held by a batch in flight: wait for end_batch()
-            if self.kv_unified and self.reserved and self.reserved + job.cells > self.n_ctx_total:
-                break  # wait for KV cells (a job alone always fits: the runner checks at submit)
+            choice = self._choose(job)
+            if choice is None:
+                break  # ids or cells still held by running jobs (or a batch in flight)
             self.queue.popleft()
-            self.reserved += job.cells
-            job.seqs = [Seq(self.free.pop(), list(job.tokens_p))]
-            if job.tokens_0 is not None:
-                job.seqs.append(Seq(self.free.pop(), list(job.tokens_0[job.shared:])))
-            if job.shared:
-                job.phase = Phase.SHARED
-            else:
-                self._settle(job)
+            self._commit(job, *choice)
             self.active.append(job)
             admitted.append(job)
         return admitted
+
+    def _prompts(self, job: Job) -> List[List[int]]:
+        return [job.tokens_p] if job.tokens_0 is None else [job.tokens_p, job.tokens_0]
+
+    def _choose(self, job: Job):
+        """Which parked sequence each branch adopts, whether B copies A's prefix, what to evict."""
+        taken: Dict[int, int] = {}  # parked id -> tokens it gives
+        reuse: List[Optional[int]] = []
+        free_left = len(self.free)
+        for tokens in self._prompts(job):
+            sid, n = self._best(tokens, taken) if self.prompt_cache else (None, 0)
+            # A weak match only takes a parked sequence when no free id is left.
+            if sid is not None and (2 * n >= len(self.parked[sid].tokens) or free_left == 0):
+                taken[sid] = n
+                reuse.append(sid)
+            else:
+                reuse.append(None)
+                free_left -= 1
+        copy = job.shared > 0 and all(r is None or taken[r] < job.shared for r in reuse)
+        if copy and reuse[1] is not None:
+            del taken[reuse[1]]  # B will be a copy of A's prefix: start it clean
+            reuse[1] = None
+        cells = job.cells + (0 if copy else job.shared)
+        evictable = [sid for sid in self.parked if sid not in taken]
+        n_evict = max(0, sum(r is None for r in reuse) - len(self.free))
+        if n_evict > len(evictable):
+            return None
+        evict = evictable[:n_evict]
+        if self.kv_unified:
+            rest = evictable[n_evict:]
+            held = sum(self.parked[sid].cells for sid in rest)
+            while rest and self.reserved + cells + held > self.n_ctx_total:
+                sid = rest.pop(0)
+                evict.append(sid)
+                held -= self.parked[sid].cells
+            if self.reserved and self.reserved + cells + held > self.n_ctx_total:
+                return None  # wait for KV cells (a job alone always fits: the runner checks at submit)
+        return reuse, taken, copy, evict, cells
+
+    def _best(self, tokens: List[int], taken: Dict[int, int]) -> Tuple[Optional[int], int]:
+        """The parked sequence holding the most of `tokens` (the most recently used on ties)."""
+        best, best_n = None, 0
+        for sid, p in reversed(self.parked.items()):
+            if sid in taken or (self.trim_limit is not None and p.cells > self.trim_limit):
+                continue
+            n = matched(p.tokens, tokens)
+            if n > best_n:
+                best, best_n = sid, n
+        return best, best_n
+
+    def _commit(self, job: Job, reuse, taken, copy, evict, cells) -> None:
+        job.prep = []
+        for sid in evict:
+            del self.parked[sid]
+            self.free.append(sid)
+            job.prep.append(Prep(KvOp.CLEAR, sid))
+        if not copy:
+            job.shared = 0
+        job.cells = cells
+        self.reserved += cells
+        job.seqs = []
+        for tokens, sid in zip(self._prompts(job), reuse):
+            n = 0
+            if sid is None:
+                sid = self.free.pop()
+            else:
+                n = taken[sid]
+                self.parked.pop(sid)
+                job.prep.append(Prep(KvOp.TRIM, sid, n))  # also drops what it generated
+            start = job.shared if copy and job.seqs else n  # B after the copy starts at the prefix
+            job.seqs.append(Seq(sid, list(tokens[start:]), n, list(tokens[:n])))
+        job.cached = (job.seqs[0].n_past, job.seqs[1].n_past if len(job.seqs) > 1 else 0)
+        if copy:
+            job.phase = Phase.SHARED
+        else:
+            self._settle(job)
+
+    def cold(self, job: Job, seq_id: int) -> None:
+        """A parked sequence could not be trimmed (the runner cleared it): prefill that branch in full."""
+        for s, tokens in zip(job.seqs, self._prompts(job)):
+            if s.seq_id == seq_id:
+                s.pending, s.n_past, s.tokens = list(tokens), 0, []
+        job.cached = (job.seqs[0].n_past, job.seqs[1].n_past if len(job.seqs) > 1 else 0)
+        if job.phase is not Phase.SHARED:
+            self._settle(job)
 
     # ---- planning ----------------------------------------------------------------------
     def plan(self) -> Optional[Batch]:
@@ -201,12 +330,14 @@ class Scheduler:
             a = job.seqs[0]
             n = min(budget, job.shared - a.n_past)
             entries.extend(BatchEntry(a.pending[k], a.n_past + k, (a.seq_id,)) for k in range(n))
+            a.tokens += a.pending[:n]
             del a.pending[:n]
             a.n_past += n
             return Action.COPY if a.n_past == job.shared else None
         for s in job.seqs:  # prompt tokens before the last one of each sequence
             n = max(0, min(budget, len(s.pending) - 1))
             entries.extend(BatchEntry(s.pending[k], s.n_past + k, (s.seq_id,)) for k in range(n))
+            s.tokens += s.pending[:n]
             del s.pending[:n]
             s.n_past += n
             budget -= n
@@ -214,6 +345,7 @@ class Scheduler:
         if budget >= len(job.seqs) and all(len(s.pending) == 1 for s in job.seqs):
             for s in job.seqs:  # the last tokens, with logits: A's row first
                 entries.append(BatchEntry(s.pending[0], s.n_past, (s.seq_id,), logits=True))
+                s.tokens.append(s.pending[0])
                 s.pending = []
                 s.n_past += 1
             action = Action.SAMPLE
@@ -227,6 +359,7 @@ class Scheduler:
     def copied(self, job: Job) -> None:
         """The runner copied A's cells to B: B now holds the shared prefix too."""
         job.seqs[1].n_past = job.shared
+        job.seqs[1].tokens = job.tokens_p[:job.shared]
         self._settle(job)
 
     def sampled(self, job: Job, token: int) -> None:
@@ -234,8 +367,12 @@ class Scheduler:
         for s in job.seqs:
             s.pending = [token]
 
-    def finish(self, job: Job) -> List[int]:
-        """End a job; returns the sequence ids to clear in the KV cache now (none while in flight)."""
+    def finish(self, job: Job, park: bool = False) -> List[int]:
+        """End a job; returns the sequence ids to clear in the KV cache now (none while in flight).
+
+        park=True (a job that ended normally, with the prompt cache on) keeps its sequences and
+        their tokens for later jobs instead of clearing them.
+        """
         if job.phase is Phase.DONE:
             return []
         if job.phase is Phase.QUEUED:
@@ -243,27 +380,44 @@ class Scheduler:
             job.phase = Phase.DONE
             return []
         self.active.remove(job)
-        ids = [s.seq_id for s in job.seqs]
+        park = park and self.prompt_cache
+        parks = [(s.seq_id, Parked(s.tokens[:len(t)], len(s.tokens)))
+                 for s, t in zip(job.seqs, self._prompts(job)) if park and s.tokens]
+        ids = [s.seq_id for s in job.seqs if not (park and s.tokens)]
         job.seqs = []
         job.phase = Phase.DONE
         if self.in_flight:  # the context is decoding: free after end_batch()
-            self._deferred.append((ids, job.cells))
+            self._deferred.append((ids, parks, job.cells))
             return []
-        return self._release(ids, job.cells)
+        return self._release(ids, parks, job.cells)
 
     def end_batch(self) -> List[int]:
         """The batch in flight is done; returns the deferred sequence ids to clear now."""
         self.in_flight = False
         ids: List[int] = []
-        for seq_ids, cells in self._deferred:
-            ids += self._release(seq_ids, cells)
+        for seq_ids, parks, cells in self._deferred:
+            ids += self._release(seq_ids, parks, cells)
         self._deferred = []
         return ids
 
-    def _release(self, ids: List[int], cells: int) -> List[int]:
+    def _release(self, ids: List[int], parks, cells: int) -> List[int]:
         self.free.extend(ids)
+        for sid, p in parks:
+            self.parked[sid] = p  # the most recently used, last
         self.reserved -= cells
         return ids
+
+    def drop_parked(self) -> List[int]:
+        """Forget every parked sequence; returns their ids, to clear in the KV cache."""
+        ids = list(self.parked)
+        self.parked.clear()
+        self.free.extend(ids)
+        return ids
+
+    @property
+    def parked_tokens(self) -> int:
+        """KV cells the parked sequences hold."""
+        return sum(p.cells for p in self.parked.values())
 
     @property
     def has_work(self) -> bool:
@@ -271,5 +425,5 @@ class Scheduler:
 
     @property
     def releasing(self) -> List[int]:
-        """Sequence ids of finished jobs that return to the free list at end_batch()."""
-        return [i for ids, _ in self._deferred for i in ids]
+        """Sequence ids of finished jobs that are freed or parked at end_batch()."""
+        return [i for ids, parks, _ in self._deferred for i in ids + [sid for sid, _ in parks]]
