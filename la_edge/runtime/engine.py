@@ -262,6 +262,7 @@ class Engine:
         with self._cond:
             sch = self.scheduler
             return {"enabled": sch.prompt_cache, "parked_sequences": len(sch.parked),
+                    "running_sequences": sum(len(j.seqs) for j in sch.active),
                     "parked_tokens": sch.parked_tokens, "max_sequences": sch.n_seq_max,
                     "kv_cells": self.backend.n_ctx_total, "trim_limit": sch.trim_limit}
 

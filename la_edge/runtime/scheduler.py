@@ -73,8 +73,8 @@ def matched(cached: Sequence[int], tokens: Sequence[int]) -> int:
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    """Length of the common prefix, leaving at least one token of each for the logits."""
-    n = min(len(a), len(b)) - 1
+    """Length of the common prefix, leaving at least two tokens of each to decode after the copy."""
+    n = min(len(a), len(b)) - 2
     i = 0
     while i < n and a[i] == b[i]:
         i += 1
@@ -206,8 +206,10 @@ class Scheduler:
         free_left = len(self.free)
         for tokens in self._prompts(job):
             sid, n = self._best(tokens, taken) if self.prompt_cache else (None, 0)
-            # A weak match only takes a parked sequence when no free id is left.
-            if sid is not None and (2 * n >= len(self.parked[sid].tokens) or free_left == 0):
+            # While free ids last, a parked sequence is adopted only if little of it is cut away
+            # (a conversation's next turn, the same prompt again), not for a shared system prompt.
+            lost = len(self.parked[sid].tokens) - n if sid is not None else 0
+            if sid is not None and (lost <= max(2, n // 8) or free_left == 0):
                 taken[sid] = n
                 reuse.append(sid)
             else:
@@ -334,15 +336,23 @@ class Scheduler:
             del a.pending[:n]
             a.n_past += n
             return Action.COPY if a.n_past == job.shared else None
+        takes, left = [], budget
         for s in job.seqs:  # prompt tokens before the last one of each sequence
-            n = max(0, min(budget, len(s.pending) - 1))
+            takes.append(max(0, min(left, len(s.pending) - 1)))
+            left -= takes[-1]
+        last = left >= len(job.seqs) and all(len(s.pending) - n == 1 for s, n in zip(job.seqs, takes))
+        if not last and budget >= 2 * len(job.seqs):
+            # Never leave a last prompt token alone for the next call: llama.cpp rounds a sequence's
+            # single-token step differently from a prompt batch (README, "Batching and numerics").
+            takes = [n - 1 if n and len(s.pending) - n == 1 else n for s, n in zip(job.seqs, takes)]
+        for s, n in zip(job.seqs, takes):
             entries.extend(BatchEntry(s.pending[k], s.n_past + k, (s.seq_id,)) for k in range(n))
             s.tokens += s.pending[:n]
             del s.pending[:n]
             s.n_past += n
             budget -= n
         action = None
-        if budget >= len(job.seqs) and all(len(s.pending) == 1 for s in job.seqs):
+        if last:
             for s in job.seqs:  # the last tokens, with logits: A's row first
                 entries.append(BatchEntry(s.pending[0], s.n_past, (s.seq_id,), logits=True))
                 s.tokens.append(s.pending[0])

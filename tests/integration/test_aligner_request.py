@@ -39,7 +39,7 @@ def test_cancel_from_another_thread_ends_result_at_once(la):
     res = req.result()
     assert time.perf_counter() - t0 < 10
     assert res.finish_reason == "cancelled" and len(res.tokens) < 400
-    assert la.engine.used_sequences() == []
+    assert la.engine.leaked_sequences() == []
 
 
 def test_a_dropped_stream_cancels_its_request(la):
@@ -49,7 +49,7 @@ def test_a_dropped_stream_cancels_its_request(la):
     end = time.time() + 5
     while la.status()["active"] and time.time() < end:
         time.sleep(0.01)
-    assert la.status()["active"] == 0 and la.engine.used_sequences() == []
+    assert la.status()["active"] == 0 and la.engine.leaked_sequences() == []
 
 
 def test_cancel_all_and_status(la):

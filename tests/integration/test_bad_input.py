@@ -16,7 +16,7 @@ def la(model_path):
 def healthy(la):
     res = la.generate("Say hi.", "Be brief.", GenerationParams(temperature=0.0, max_tokens=4))
     assert res.tokens
-    assert la.engine.used_sequences() == []
+    assert la.engine.leaked_sequences() == []
 
 
 @pytest.mark.parametrize("prompt, principle", [("", "x"), ("   ", "x"), ("hi", ""), ("hi", "  ")])

@@ -116,7 +116,7 @@ def test_principle_changes_the_answer_and_kv_is_freed(la):
     aligned = la.generate(PROMPTS[0], "Answer in French.", p)
     assert plain.text != aligned.text
     assert plain.prompts["plain"] is None and aligned.prompts["plain"] is not None
-    assert la.engine.used_sequences() == []
+    assert la.engine.leaked_sequences() == []
 
 
 def test_stop_string_spanning_tokens_ends_the_answer(la):
@@ -128,7 +128,7 @@ def test_stop_string_spanning_tokens_ends_the_answer(la):
     cut = la.generate(PROMPTS[0], PRINCIPLE, p.with_(stop=(stop,)))
     assert cut.finish_reason == "stop"
     assert cut.text == full[: full.index(stop)]
-    assert la.engine.used_sequences() == []
+    assert la.engine.leaked_sequences() == []
 
 
 def test_stream_concatenates_to_generate_and_early_close_frees_kv(la):
@@ -140,7 +140,7 @@ def test_stream_concatenates_to_generate_and_early_close_frees_kv(la):
     it = la.stream(PROMPTS[2], PRINCIPLE, p)
     next(it)
     it.close()
-    assert la.engine.used_sequences() == []
+    assert la.engine.leaked_sequences() == []
 
 
 def test_raw_prompt_mode(la):
@@ -196,7 +196,7 @@ def test_cancel_during_decode_then_submit_waits_for_the_freed_sequences(la):
         backend.release.set()
         assert drain(h2) == alone and h2.finish_reason in ("stop", "length")
         assert len(drain(h1)) <= 1  # the token sampled before the cancel, if any; then it ends
-        assert engine.used_sequences() == [] and engine.n_active == engine.n_queued == 0
+        assert engine.leaked_sequences() == [] and engine.n_active == engine.n_queued == 0
     finally:
         backend.release.set()
         assert engine.stop(10)
@@ -219,7 +219,7 @@ def test_stop_waits_for_the_decode_in_flight_and_cancels_open_requests(la):
     backend.release.set()
     assert engine.stop(10) is True and not engine.decode_in_flight
     assert drain(h2) == [] and len(drain(h1)) <= 1
-    assert engine.used_sequences() == []
+    assert engine.leaked_sequences() == []
 
 
 def test_consumer_driven_threads_share_one_runner(la):
@@ -240,7 +240,7 @@ def test_consumer_driven_threads_share_one_runner(la):
         t.join(120)
     assert not any(t.is_alive() for t in threads)
     assert outs == [alone, alone]
-    assert la.engine.used_sequences() == []
+    assert la.engine.leaked_sequences() == []
 
 
 def test_cancel_from_inside_the_engines_locked_code_does_not_deadlock(la):
@@ -266,7 +266,7 @@ def test_cancel_from_inside_the_engines_locked_code_does_not_deadlock(la):
         victim.append(h1)
         rest = drain(h1, timeout=60)
         assert h1.finish_reason == "cancelled" and [first] + rest != alone
-        assert engine.alive and engine.used_sequences() == []
+        assert engine.alive and engine.leaked_sequences() == []
         assert drain(engine.submit(pair, params)) == alone
     finally:
         assert engine.stop(10)

@@ -146,7 +146,7 @@ def test_onnx_batched_aligned_greedy_equals_separate_transformers_runs(art, hf):
         pair = la.prompts(PROMPTS[0], PRINCIPLE)
         res = la.generate(params=params, pair=pair)
         tp, t0 = la.engine.tokenize_prompt(pair.principled), la.engine.tokenize_prompt(pair.plain)
-        assert la.engine.used_sequences() == []
+        assert la.engine.leaked_sequences() == []
     ref = []
     for _ in range(len(res.tokens)):
         zp, z0 = hf_logits(model, tp + ref)[-1], hf_logits(model, t0 + ref)[-1]
@@ -166,7 +166,7 @@ def test_onnx_concurrent_requests_equal_single_requests(art):
         first = [next(it1).token for _ in range(3)]
         h2 = la.engine.submit(pairs[1], params)
         together = [first + [e.token for e in it1], [e.token for e in h2]]
-        assert la.engine.used_sequences() == []
+        assert la.engine.leaked_sequences() == []
     assert together == alone
 
 

@@ -122,9 +122,9 @@ def check_isolated(la, engine, pairs, alone, out, n_failed, error_type):
             assert isinstance(err, error_type) and reason == "error", (i, err)
             assert tokens == alone[i][:len(tokens)], i  # what it streamed before the fault was right
     assert engine.alive and engine.failure is None
-    assert engine.used_sequences() == []
+    assert engine.leaked_sequences() == []
     assert run_concurrently(engine, pairs[:1]) == [(alone[0], None, "length")]  # the next request works
-    assert engine.used_sequences() == []
+    assert engine.leaked_sequences() == []
     assert engine.stop(10)
 
 

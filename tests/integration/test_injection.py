@@ -137,4 +137,4 @@ def test_the_engine_decodes_the_content_as_text(la):
 def test_bad_content_or_roles_are_invalid_parameters(la, kwargs):
     with pytest.raises(InvalidParameterError):
         la.generate(params=GenerationParams(temperature=0.0, max_tokens=2), **kwargs)
-    assert la.engine.used_sequences() == []
+    assert la.engine.leaked_sequences() == []

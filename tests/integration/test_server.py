@@ -38,7 +38,7 @@ def wait_idle(server, timeout=20):
     end = time.time() + timeout
     while time.time() < end:
         e = server.la.engine
-        if e.n_active == 0 and e.n_queued == 0 and e.used_sequences() == []:
+        if e.n_active == 0 and e.n_queued == 0 and e.leaked_sequences() == []:
             return True
         time.sleep(0.05)
     return False
@@ -204,4 +204,4 @@ def test_soak_mixed_requests_with_cancellations(server, client):
             assert wait_idle(server)
             rss.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
     assert rss[2] - rss[1] < 64 * 1024, rss  # flat memory: < 64 MiB growth over the last 100
-    assert server.la.engine.used_sequences() == []
+    assert server.la.engine.leaked_sequences() == []

@@ -159,4 +159,4 @@ def test_server_is_healthy_after_the_fuzzing(fuzz_server):
     assert seen["examples"] >= EXAMPLES // 2
     r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
     assert r.status_code == 200
-    assert la.status()["active"] == 0 and la.engine.used_sequences() == []
+    assert la.status()["active"] == 0 and la.engine.leaked_sequences() == []

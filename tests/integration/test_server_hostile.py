@@ -45,7 +45,7 @@ def wait_idle(la, timeout=20):
     end = time.time() + timeout
     while time.time() < end:
         s = la.status()
-        if s["active"] == 0 and s["queued"] == 0 and la.engine.used_sequences() == []:
+        if s["active"] == 0 and s["queued"] == 0 and la.engine.leaked_sequences() == []:
             return True
         time.sleep(0.05)
     return False
@@ -186,7 +186,7 @@ def test_abandoned_non_streaming_requests_are_cancelled(server):
     assert r.status_code == 200
     assert steps < 300, steps  # not 600+: the normal request did not wait for an abandoned one to finish
     assert wait_idle(server.la, timeout=2)
-    assert server.la.engine.used_sequences() == []
+    assert server.la.engine.leaked_sequences() == []
 
 
 # ---- dead engine and shutdown ------------------------------------------------------------------
@@ -315,7 +315,7 @@ def test_cancellation_race_with_a_long_prefill(model_path):
         assert codes == {**{k: 200 for k in codes}}, codes
         assert len(codes) == 7, codes
         assert wait_idle(la, timeout=10)
-        assert la.engine.used_sequences() == []
+        assert la.engine.leaked_sequences() == []
         assert httpx.post(base + CHAT, json=user("hi"), timeout=60).status_code == 200
     finally:
         http.stop()

@@ -78,7 +78,7 @@ def wait_idle(server, timeout=20):
     end = time.time() + timeout
     while time.time() < end:
         e = server.la.engine
-        if e.n_active == 0 and e.n_queued == 0 and e.used_sequences() == []:
+        if e.n_active == 0 and e.n_queued == 0 and e.leaked_sequences() == []:
             return True
         time.sleep(0.05)
     return False
@@ -194,9 +194,9 @@ def test_stop_cancels_the_stream_and_frees_the_engine(page, server):
     answer = saved(page)["turns"][0]["answers"][0]
     assert answer["stopped"] and "usage" not in answer
     end = time.time() + 10
-    while server.la.engine.used_sequences() != [] and time.time() < end:
+    while server.la.engine.leaked_sequences() != [] and time.time() < end:
         time.sleep(0.05)
-    assert server.la.engine.used_sequences() == []
+    assert server.la.engine.leaked_sequences() == []
 
 
 def test_reload_keeps_the_conversation_and_export_downloads_it(page):

@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from la_edge.runtime.scheduler import Action, Job, Phase, Scheduler, common_prefix
+from la_edge.runtime.scheduler import Action, Job, KvOp, Phase, Scheduler, common_prefix, matched
 
 
 def sched(**kw):
@@ -18,7 +18,7 @@ def job(p, q=None, max_tokens=4):
 
 
 def held(s):
-    return sorted([x.seq_id for j in s.active for x in j.seqs] + s.releasing)
+    return sorted([x.seq_id for j in s.active for x in j.seqs] + s.releasing + list(s.parked))
 
 
 def run_round(s, sample_token=7):
@@ -35,15 +35,15 @@ def run_round(s, sample_token=7):
     return out
 
 
-@pytest.mark.parametrize("a, b, n", [([1, 2, 3], [1, 2, 3], 2), ([1, 2, 3], [1, 9], 1), ([5], [5], 0),
-                                     ([1, 2], [3, 4], 0), ([], [1], 0)])
-def test_common_prefix_leaves_a_token_for_the_logits(a, b, n):
+@pytest.mark.parametrize("a, b, n", [([1, 2, 3], [1, 2, 3], 1), ([1, 2, 3, 4], [1, 2, 9], 1), ([5], [5], 0),
+                                     ([1, 2, 3, 4], [1, 2, 3, 4, 5], 2), ([1, 2], [3, 4], 0), ([], [1], 0)])
+def test_common_prefix_leaves_two_tokens_of_each_prompt(a, b, n):
     assert common_prefix(a, b) == n
 
 
 def test_job_cells_count_the_shared_prefix_once():
-    j = job([1, 2, 3, 4, 5], [1, 2, 3, 9], max_tokens=10)
-    assert (j.shared, j.cells, j.n_seqs) == (3, 5 + 10 + 1 + 10, 2)
+    j = job([1, 2, 3, 4, 5], [1, 2, 3, 9, 8], max_tokens=10)
+    assert (j.shared, j.cells, j.n_seqs) == (3, 5 + 10 + 2 + 10, 2)
     assert job([1, 2], max_tokens=3).cells == 5
     full = Job.for_prompts([1, 2, 3, 4, 5], [1, 2, 3, 9], 10, share_prefix=False)  # no exact seq_copy
     assert (full.shared, full.cells) == (0, 5 + 10 + 4 + 10)
@@ -63,7 +63,7 @@ def test_without_a_shared_prefix_both_prompts_decode_in_full():
 
 def test_shared_prefix_then_copy_then_decode():
     s = sched()
-    j = job([1, 2, 3, 4, 5], [1, 2, 3, 9])
+    j = job([1, 2, 3, 4, 5], [1, 2, 3, 9, 8])
     s.enqueue(j)
     assert s.admit() == [j] and j.phase is Phase.SHARED
     a, b = (x.seq_id for x in j.seqs)
@@ -77,14 +77,14 @@ def test_shared_prefix_then_copy_then_decode():
     assert s.plan() is None  # the round is over (its prefill batch was the shared prefix)
     batch = s.plan()  # the rest of both prompts, with the two logits rows last
     assert [(e.token, e.pos, e.seq_ids, e.logits) for e in batch.entries] == [
-        (4, 3, (a,), False), (5, 4, (a,), True), (9, 3, (b,), True)]
-    assert batch.planned[0].action is Action.SAMPLE and batch.planned[0].rows == (1, 2)
+        (4, 3, (a,), False), (9, 3, (b,), False), (5, 4, (a,), True), (8, 4, (b,), True)]
+    assert batch.planned[0].action is Action.SAMPLE and batch.planned[0].rows == (2, 3)
     assert j.phase is Phase.DECODE
     s.end_batch()
     s.sampled(j, 42)
     assert s.plan() is None
     batch = s.plan()
-    assert [(e.token, e.pos, e.seq_ids, e.logits) for e in batch.entries] == [(42, 5, (a,), True), (42, 4, (b,), True)]
+    assert [(e.token, e.pos, e.seq_ids, e.logits) for e in batch.entries] == [(42, 5, (a,), True), (42, 5, (b,), True)]
     assert batch.planned[0].rows == (0, 1)
 
 
@@ -126,7 +126,8 @@ def test_chunked_prefill_while_others_decode():
     sizes = []
     for _ in range(4):
         sizes.append([len(b.entries) for b in run_round(s)])
-    assert sizes == [[1, 2], [1, 2], [1, 2], [2]]  # 2+2+2 prompt tokens; the last one decodes with old
+    # 2+2+1 prompt tokens, then the last 2 together: a last token is never decoded alone.
+    assert sizes == [[1, 2], [1, 2], [1, 1], [1, 2]]
     assert new.phase is Phase.DECODE
 
 
@@ -260,3 +261,242 @@ def test_random_operations_keep_every_sequence_id_accounted_for():
         for j in jobs:
             s.finish(j)
         assert s.reserved == 0 and sorted(s.free) == list(range(n_seq)) and not s.active and not s.queue
+
+
+# ---- the prompt cache ---------------------------------------------------------------------------
+
+class FakeKv:
+    """What each KV sequence holds, following the planner's instructions as the runner would."""
+
+    def __init__(self):
+        self.kv = {}
+
+    def prep(self, job):
+        for p in job.prep:
+            held = self.kv.get(p.seq_id, [])
+            self.kv[p.seq_id] = [] if p.op is KvOp.CLEAR else held[:p.pos]
+        job.prep = []
+
+    def decode(self, batch):
+        for e in batch.entries:
+            (sid,) = e.seq_ids
+            seq = self.kv.setdefault(sid, [])
+            assert e.pos == len(seq), "tokens must land right after what the sequence holds"
+            seq.append(e.token)
+
+    def copy(self, job):
+        a, b = job.seqs
+        assert not self.kv.get(b.seq_id), "a copy goes into an empty sequence"
+        self.kv[b.seq_id] = list(self.kv[a.seq_id])
+
+    def clear(self, ids):
+        for i in ids:
+            self.kv[i] = []
+
+
+def admit(s, kv):
+    jobs = s.admit()
+    for j in jobs:
+        kv.prep(j)
+    return jobs
+
+
+def finish_one(s, kv, j, tokens=(7, 8, 9)):
+    """Admit, run to the end with `tokens` sampled, and finish (parked)."""
+    admit(s, kv)
+    out = list(tokens)
+    while out:
+        b = s.plan()
+        if b is None:
+            continue
+        kv.decode(b)
+        for p in b.planned:
+            if p.action is Action.COPY:
+                kv.copy(p.job)
+                s.copied(p.job)
+            elif p.action is Action.SAMPLE:
+                s.sampled(p.job, out.pop(0))
+        kv.clear(s.end_batch())
+    kv.clear(s.finish(j, park=True))
+
+
+def test_matched_leaves_two_tokens_to_decode():
+    assert matched([1, 2, 3, 4], [1, 2, 3, 4, 5, 6]) == 4
+    assert matched([1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 5, 6]) == 4
+    assert matched([1, 9], [1, 2, 3]) == 1 and matched([], [1, 2]) == 0
+
+
+def test_a_finished_job_parks_its_prompts_and_the_next_turn_reuses_them():
+    s, kv = sched(n_seq_max=2, max_requests=1, prompt_cache=True), FakeKv()
+    first = job([1, 2, 3, 4, 5], [1, 2, 9, 5], max_tokens=3)
+    s.enqueue(first)
+    finish_one(s, kv, first)
+    assert {sid: p.tokens for sid, p in s.parked.items()} == {0: [1, 2, 3, 4, 5], 1: [1, 2, 9, 5]}
+    assert s.parked[0].cells == 5 + 2  # its prompt and the 2 generated tokens fed back
+    nxt = job([1, 2, 3, 4, 5, 7, 8, 6, 6], [1, 2, 9, 5, 7, 8, 6, 6], max_tokens=3)
+    s.enqueue(nxt)
+    assert admit(s, kv) == [nxt]
+    assert nxt.cached == (5, 4) and nxt.shared == 0 and nxt.phase is Phase.PREFILL
+    assert kv.kv == {0: [1, 2, 3, 4, 5], 1: [1, 2, 9, 5]}  # the generated tail was trimmed off
+    b = s.plan()
+    kv.decode(b)
+    assert [e.token for e in b.entries] == [7, 8, 6, 7, 8, 6, 6, 6]  # then the last of each, with logits
+
+
+def test_branches_may_come_from_different_parked_sequences():
+    s, kv = sched(n_seq_max=4, max_requests=1, prompt_cache=True), FakeKv()
+    for p, q in (([1, 2, 3, 4], [1, 5, 6, 7]), ([8, 8, 8, 8], [1, 2, 3, 9])):
+        j = job(p, q, max_tokens=1)
+        s.enqueue(j)
+        finish_one(s, kv, j, tokens=(7,))
+    j = job([8, 8, 8, 8, 1, 1], [1, 5, 6, 7, 1, 1], max_tokens=1)
+    s.enqueue(j)
+    admit(s, kv)
+    assert j.cached == (4, 4)
+    assert [kv.kv[x.seq_id] for x in j.seqs] == [[8, 8, 8, 8], [1, 5, 6, 7]]
+
+
+def test_parked_sequences_are_evicted_least_recently_used():
+    s, kv = sched(n_seq_max=2, max_requests=1, prompt_cache=True), FakeKv()
+    for p in ([1, 1, 1], [2, 2, 2]):
+        j = job(p, max_tokens=1)
+        s.enqueue(j)
+        finish_one(s, kv, j, tokens=(7,))
+    assert list(s.parked) == [0, 1]
+    j = job([3, 3, 3], [4, 4, 4], max_tokens=1)  # needs both ids: evicts both
+    s.enqueue(j)
+    admit(s, kv)
+    assert not s.parked and [p.op for p in j.prep] == [] and j.cached == (0, 0)
+    assert kv.kv == {0: [], 1: []}
+    s2, kv2 = sched(n_seq_max=3, max_requests=1, prompt_cache=True), FakeKv()
+    for p in ([1, 1, 1], [2, 2, 2], [5, 5, 5]):
+        j = job(p, max_tokens=1)
+        s2.enqueue(j)
+        finish_one(s2, kv2, j, tokens=(7,))
+    j = job([9, 9, 9], max_tokens=1)
+    s2.enqueue(j)
+    admit(s2, kv2)
+    assert list(s2.parked) == [1, 2] and j.seqs[0].seq_id == 0  # the oldest one went
+
+
+def test_a_weak_match_keeps_the_parked_sequence_while_a_free_id_exists():
+    s, kv = sched(n_seq_max=4, max_requests=1, prompt_cache=True), FakeKv()
+    j = job([1, 2, 3, 4, 5, 6, 7, 8], max_tokens=1)
+    s.enqueue(j)
+    finish_one(s, kv, j, tokens=(7,))
+    other = job([1, 2, 9, 9, 9], max_tokens=1)  # shares 2 of its 8 tokens
+    s.enqueue(other)
+    admit(s, kv)
+    assert other.cached == (0, 0) and 0 in s.parked
+
+
+def test_a_short_match_still_copies_the_shared_prefix():
+    s, kv = sched(n_seq_max=4, max_requests=1, prompt_cache=True), FakeKv()
+    j = job([1, 2, 9, 9], max_tokens=1)
+    s.enqueue(j)
+    finish_one(s, kv, j, tokens=(7,))
+    pair = job([1, 2, 3, 4, 5, 6, 7, 8], [1, 2, 3, 4, 5, 6, 0, 0], max_tokens=1)  # shares 6
+    s.enqueue(pair)
+    finish_one(s, kv, pair, tokens=(7,))
+    assert pair.shared == 6 and kv.kv[1][:6] == [1, 2, 3, 4, 5, 6]
+
+
+def test_cancelled_and_failed_jobs_park_nothing():
+    s, kv = sched(n_seq_max=2, max_requests=1, prompt_cache=True), FakeKv()
+    j = job([1, 2, 3], [1, 2, 4], max_tokens=5)
+    s.enqueue(j)
+    admit(s, kv)
+    s.plan()
+    assert s.finish(j, park=False) == [] and s.end_batch() == [0, 1] and not s.parked
+
+
+def test_without_the_cache_nothing_is_parked():
+    s, kv = sched(n_seq_max=2, max_requests=1), FakeKv()
+    j = job([1, 2, 3], [1, 2, 4], max_tokens=5)
+    s.enqueue(j)
+    admit(s, kv)
+    assert s.finish(j, park=True) == [0, 1] and not s.parked
+
+
+def test_a_sliding_window_cache_cuts_back_only_short_sequences():
+    s, kv = sched(n_seq_max=3, max_requests=1, prompt_cache=True, trim_limit=6), FakeKv()
+    for p, out in (([1, 2, 3, 4], (7, 7)), ([5, 6, 7, 8, 9], (7, 7, 7))):
+        j = job(p, max_tokens=len(out))
+        s.enqueue(j)
+        finish_one(s, kv, j, tokens=out)
+    assert {sid: p.cells for sid, p in s.parked.items()} == {0: 5, 1: 7}
+    a = job([5, 6, 7, 8, 9, 1, 1], max_tokens=1)  # matches the 7-cell sequence: beyond the limit
+    s.enqueue(a)
+    admit(s, kv)
+    assert a.cached == (0, 0)
+    kv.clear(s.finish(a))
+    b = job([1, 2, 3, 4, 1, 1], max_tokens=1)
+    s.enqueue(b)
+    admit(s, kv)
+    assert b.cached == (4, 0)
+
+
+def test_unified_cells_evict_parked_sequences_to_fit():
+    s, kv = sched(n_seq_max=6, max_requests=1, kv_unified=True, n_ctx_total=30, prompt_cache=True), FakeKv()
+    j = job([1] * 10, max_tokens=2)
+    s.enqueue(j)
+    finish_one(s, kv, j, tokens=(7, 7))
+    assert s.parked_tokens == 11
+    big = job([2] * 10, max_tokens=10)  # 20 cells + 11 parked > 30
+    s.enqueue(big)
+    admit(s, kv)
+    assert not s.parked and [p.op for p in big.prep] == [] and kv.kv[0] == []
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_traffic_with_the_cache_feeds_every_sequence_exactly_its_tokens(seed):
+    """Property: before each logits row, the sequence holds exactly its prompt plus the sampled tokens."""
+    rnd = random.Random(seed)
+    n_seq = rnd.choice([2, 4, 6])
+    s = sched(n_seq_max=n_seq, max_requests=n_seq // 2, n_batch=rnd.choice([4, 16, 64]),
+              kv_unified=rnd.random() < 0.5, n_ctx_total=400, prefill_chunk=rnd.choice([2, 8]),
+              prompt_cache=True, trim_limit=rnd.choice([None, 12]))
+    kv, history, jobs = FakeKv(), {}, []
+    base = [[rnd.randrange(5) for _ in range(rnd.randint(2, 10))] for _ in range(3)]
+    for step in range(400):
+        op = rnd.random()
+        if op < 0.2:
+            p = rnd.choice(base) + [rnd.randrange(5) for _ in range(rnd.randint(0, 6))]
+            q = None if rnd.random() < 0.3 else p[:rnd.randint(0, len(p))] + [rnd.randrange(5)]
+            j = job(p, q, max_tokens=rnd.randint(1, 6))
+            history[id(j)] = []
+            jobs.append(j)
+            s.enqueue(j)
+            if rnd.random() < 0.3:
+                base.append(p + [rnd.randrange(5)])  # a conversation goes on
+        elif op < 0.35:
+            admit(s, kv)
+        elif op < 0.45 and jobs:
+            j = rnd.choice(jobs)
+            kv.clear(s.finish(j, park=rnd.random() < 0.7))
+        else:
+            b = s.plan()
+            if b is None:
+                continue
+            kv.decode(b)
+            for p in b.planned:
+                if p.job.phase is Phase.DONE:
+                    continue
+                if p.action is Action.COPY:
+                    kv.copy(p.job)
+                    s.copied(p.job)
+                elif p.action is Action.SAMPLE:
+                    h = history[id(p.job)]
+                    prompts = [p.job.tokens_p] + ([p.job.tokens_0] if p.job.tokens_0 is not None else [])
+                    for x, prompt in zip(p.job.seqs, prompts):
+                        assert kv.kv[x.seq_id] == prompt + h, (seed, step)
+                    t = rnd.randrange(5)
+                    h.append(t)
+                    s.sampled(p.job, t)
+            kv.clear(s.end_batch())
+        ids = held(s)
+        assert len(ids) == len(set(ids)) and sorted(ids + s.free) == list(range(n_seq))
+        for sid, pk in s.parked.items():
+            assert kv.kv[sid][:len(pk.tokens)] == pk.tokens and len(kv.kv[sid]) == pk.cells
+        for i in s.free:
+            assert not kv.kv.get(i), "a free sequence holds nothing"
