@@ -113,7 +113,7 @@ def run(model: Optional[str] = None, quick: bool = False, repetitions: Optional[
     prompts = BENCH_PROMPTS[:2] if quick else BENCH_PROMPTS
     load = dict(load or {})
     load.setdefault("n_ctx", 2048)
-    la = Aligner.load(model, **load)
+    la = Aligner.load(model, **{**load, "prompt_cache": False})  # baselines prefill in full
     params = GenerationParams(temperature=0.0, ratio=ratio, max_tokens=n, ignore_eos=True)
     samples: Dict[str, Dict[str, List[float]]] = {k: {"tokens_per_s": [], "ttft_s": []}
                                                    for k in ("plain", "naive", "aligned")}
@@ -240,7 +240,7 @@ def context_scaling(model: Optional[str] = None, contexts=(64, 512, 1024, 2048),
 
     load = dict(load or {})
     load["n_ctx"] = max(load.get("n_ctx") or 0, max(contexts) + tokens + 64)
-    la = Aligner.load(model, **load)
+    la = Aligner.load(model, **{**load, "prompt_cache": False})  # baselines prefill in full
     params = GenerationParams(temperature=0.0, ratio=ratio, max_tokens=tokens, ignore_eos=True)
     solo = None
     out: Dict[str, object] = {"tokens": tokens, "repetitions": repetitions, "ratio": ratio, "contexts": {}}

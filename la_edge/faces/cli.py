@@ -96,6 +96,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return 0
     from .bench import decode_scaling, plot, run, table
 
+    if args.chat:
+        from .bench_chat import chat_plot, chat_table, run_chat
+
+        result = run_chat(args.model, turns=args.turns, tokens=args.tokens or 80, ratio=args.ratio,
+                          load=load_options(args))
+        if args.plot:
+            chat_plot([result], args.plot)
+        print(json.dumps(result, indent=2) if args.json else chat_table(result))
+        return 0
     if args.context:
         from .bench import context_scaling, context_table
 
@@ -173,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--scaling", action="store_true", help="raw llama_decode time for 1..16 tokens per step")
     b.add_argument("--context", type=int, action="append", default=None, metavar="N",
                    help="aligned / plain decode speed with N tokens already in each branch (repeatable)")
+    b.add_argument("--chat", action="store_true",
+                   help="time to first token per turn of a conversation, with and without the prompt cache")
+    b.add_argument("--turns", type=int, default=8, help="--chat: conversation turns (default: %(default)s)")
     b.add_argument("--plot", default=None, help="write a PNG chart here (needs matplotlib)")
     add_model_flags(b, n_ctx=2048)
     b.set_defaults(func=cmd_bench)

@@ -37,7 +37,7 @@ def report(model=None) -> dict:
 
         info["model"] = resolve_model(path)
         info["model_backend"] = detect_kind(info["model"], getattr(model, "backend", "auto"))
-        info["chat_template"] = _template_report(info["model"], model)
+        info["chat_template"], info["prompt_cache"] = _model_report(info["model"], model)
     from ..runtime.prompts import builtin_templates
 
     info["builtin_chat_templates"] = builtin_templates()
@@ -46,18 +46,26 @@ def report(model=None) -> dict:
     return info
 
 
-def _template_report(path: str, args) -> dict:
-    """Which chat template the model would use and where the principle goes (or why none works)."""
+def _model_report(path: str, args):
+    """Which chat template the model would use and where the principle goes (or why none works), and
+    how its prompt cache behaves."""
     from ..backends import BackendOptions, load_backend
     from ..errors import LaEdgeError
     from ..runtime.prompts import select_template
 
     backend = load_backend(path, getattr(args, "backend", "auto"), BackendOptions(n_ctx=64, n_seq_max=1))
+    n_swa = getattr(backend, "n_swa", 0)
+    n_ctx = getattr(args, "n_ctx", 4096)
+    cache = {"enabled": not getattr(args, "no_prompt_cache", False),
+             "reuse": (f"prefixes of parked sequences up to {n_swa} tokens (sliding-window cache)" if n_swa
+                       else "any common token prefix"),
+             "max_sequences": 2, "kv_cells_per_sequence": n_ctx,
+             "memory": "none beyond the KV cache allocated at load: parked sequences use its cells"}
     try:
         t = select_template(backend, getattr(args, "chat_template", None), getattr(args, "chat_template_file", None))
-        return {"source": t.source, "principle_placement": t.placement, "supports_system": t.supports_system,
-                "default_system": t.default_system}
+        return ({"source": t.source, "principle_placement": t.placement, "supports_system": t.supports_system,
+                 "default_system": t.default_system}, cache)
     except LaEdgeError as exc:
-        return {"source": None, "error": str(exc)}
+        return {"source": None, "error": str(exc)}, cache
     finally:
         backend.close()

@@ -186,6 +186,8 @@ class Engine:
         self._closed = False
         self._failure: Optional[BaseException] = None
         self.steps = 0  # decode calls so far
+        for s in range(backend.n_seq_max):  # the engine owns the KV cache: start from an empty one
+            backend.seq_remove(s)
 
     # ---- configuration (the scheduler holds it) -----------------------------------------
     @property
@@ -331,7 +333,8 @@ class Engine:
             for p in job.prep:
                 if p.op is KvOp.CLEAR:
                     self.backend.seq_remove(p.seq_id)
-                elif self.backend.seq_remove(p.seq_id, p.pos, -1) is False:  # this cache cannot cut a tail
+                elif (self.backend.seq_pos_max(p.seq_id) + 1 < p.pos  # cleared behind the engine's back
+                      or self.backend.seq_remove(p.seq_id, p.pos, -1) is False):  # a cache that cannot cut
                     self.backend.seq_remove(p.seq_id)
                     self.scheduler.cold(job, p.seq_id)
             job.prep = []
@@ -566,7 +569,10 @@ class Engine:
             self._cancels.clear()  # every open request ends here anyway
             for req in list(self._open.values()):
                 self._finish(req, "cancelled")
-            return not self.decode_in_flight and not (t is not None and t.is_alive())
+            idle = not self.decode_in_flight and not (t is not None and t.is_alive())
+            if idle:
+                self._clear(self.scheduler.drop_parked())  # a stopped engine leaves the KV cache empty
+            return idle
 
     def _loop(self) -> None:
         try:

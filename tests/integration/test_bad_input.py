@@ -84,6 +84,7 @@ def test_native_decode_codes_become_typed_exceptions(la):
     from la_edge.backends.base import BatchEntry
 
     b = la.backend
+    la.engine.clear_cache()  # this test drives the context directly
     b.decode([BatchEntry(1, 0, (0,))])
     with pytest.raises(InvalidBatchError) as e:  # position gap: llama.cpp rejects the batch (-1)
         b.decode([BatchEntry(1, 5, (0,), True)])

@@ -170,6 +170,26 @@ def test_onnx_concurrent_requests_equal_single_requests(art):
     assert together == alone
 
 
+def test_onnx_prompt_cache_gives_the_tokens_of_cold_runs(art):
+    """The ONNX backend supports the prompt cache: a 3-turn conversation, warm and cold, same tokens."""
+    params = GenerationParams(temperature=0.0, ratio=2.0, max_tokens=12)
+    runs = []
+    for cache in (True, False):
+        with Aligner.load(art["onnx"], backend="onnx", n_ctx=1024, prompt_cache=cache) as la:
+            msgs, out = [], []
+            for text in PROMPTS[:3]:
+                msgs.append({"role": "user", "content": text})
+                r = la.generate(messages=msgs, principle=PRINCIPLE, params=params)
+                out.append((r.tokens, r.usage["cached_tokens"] > 0, r.usage["plain_cached_tokens"] > 0))
+                msgs.append({"role": "assistant", "content": r.text})
+            assert la.engine.leaked_sequences() == []
+        runs.append(out)
+    warm, cold = runs
+    assert [t for t, _, _ in warm] == [t for t, _, _ in cold]
+    assert [c for _, *c in warm] == [[False, False], [True, True], [True, True]]
+    assert not any(a or b for _, a, b in cold)
+
+
 def test_aligned_greedy_onnx_vs_llama_cpp_f16(art):
     """Same tokens, or a first divergence only where the fp32 aligned top-2 margin is within f16 error."""
     params = GenerationParams(temperature=0.0, ratio=1.0, max_tokens=32)
