@@ -100,6 +100,9 @@ class Backend(Protocol):
 
     def seq_pos_max(self, seq: int) -> int: ...
 
+    def seq_pos_min(self, seq: int) -> int:
+        """The oldest position still held (-1: none); above 0 once a sliding window forgot cells."""
+
     def close(self) -> None: ...
 
 

@@ -286,6 +286,10 @@ class LlamaCppBackend(VocabMixin):
     def seq_pos_max(self, seq: int) -> int:
         return llama_cpp.llama_memory_seq_pos_max(self._mem, seq)
 
+    def seq_pos_min(self, seq: int) -> int:
+        """The oldest position the cache still holds for the sequence (-1: none); a sliding window forgets."""
+        return llama_cpp.llama_memory_seq_pos_min(self._mem, seq)
+
     def clear(self) -> None:
         llama_cpp.llama_memory_clear(self._mem, True)
 

@@ -218,6 +218,10 @@ class OnnxBackend(VocabMixin):
         s = self._seqs.get(seq)
         return int(s[1].max()) if s is not None else -1
 
+    def seq_pos_min(self, seq: int) -> int:
+        s = self._seqs.get(seq)
+        return int(s[1][s[1] >= 0].min()) if s is not None else -1
+
     def seq_remove(self, seq: int, p0: int = -1, p1: int = -1) -> bool:
         lo, hi = max(p0, 0), (p1 if p1 >= 0 else np.iinfo(np.int64).max)
         for s in list(self._seqs) if seq < 0 else [seq]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import platform
-from typing import Optional
 
 
 def report(model=None) -> dict:

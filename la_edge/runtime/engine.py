@@ -173,10 +173,8 @@ class Engine:
         self.backend = backend
         self.max_queue = max_queue
         self.chooser = make_chooser(backend.n_vocab, prefer_native=prefer_native)
-        # A sliding-window cache forgets cells outside its window: cut back only sequences within it.
         self.scheduler = Scheduler(backend.n_seq_max, max_requests, backend.n_batch, backend.n_ctx_total,
-                                   backend.kv_unified, prefill_chunk, mix_prefill, prompt_cache=prompt_cache,
-                                   trim_limit=getattr(backend, "n_swa", 0) or None)
+                                   backend.kv_unified, prefill_chunk, mix_prefill, prompt_cache=prompt_cache)
         self._lock = _OwnedLock()  # guards the scheduler and the requests; never held in a decode
         self._cond = threading.Condition(self._lock)
         self._cancels: Deque[_Request] = collections.deque()  # cancels queued while the lock was busy
@@ -266,7 +264,7 @@ class Engine:
             return {"enabled": sch.prompt_cache, "parked_sequences": len(sch.parked),
                     "running_sequences": sum(len(j.seqs) for j in sch.active),
                     "parked_tokens": sch.parked_tokens, "max_sequences": sch.n_seq_max,
-                    "kv_cells": self.backend.n_ctx_total, "trim_limit": sch.trim_limit}
+                    "kv_cells": self.backend.n_ctx_total}
 
     def clear_cache(self) -> int:
         """Drop every parked sequence now (waits out a decode in flight); returns how many."""
@@ -334,10 +332,16 @@ class Engine:
                 if p.op is KvOp.CLEAR:
                     self.backend.seq_remove(p.seq_id)
                 elif (self.backend.seq_pos_max(p.seq_id) + 1 < p.pos  # cleared behind the engine's back
+                      or self._window_lost(p.seq_id, p.pos)
                       or self.backend.seq_remove(p.seq_id, p.pos, -1) is False):  # a cache that cannot cut
                     self.backend.seq_remove(p.seq_id)
                     self.scheduler.cold(job, p.seq_id)
             job.prep = []
+
+    def _window_lost(self, seq_id: int, pos: int) -> bool:
+        """A sliding-window cache no longer holds the window before `pos` (llama.cpp's own server test)."""
+        n_swa = getattr(self.backend, "n_swa", 0)
+        return bool(n_swa) and self.backend.seq_pos_min(seq_id) > max(0, pos - n_swa)
 
     # ---- lifecycle -------------------------------------------------------------------------
     def cancel(self, req: _Request) -> None:

@@ -151,7 +151,7 @@ class Scheduler:
 
     def __init__(self, n_seq_max: int, max_requests: int, n_batch: int, n_ctx_total: int = 0,
                  kv_unified: bool = False, prefill_chunk: int = 256, mix_prefill: bool = False,
-                 prompt_cache: bool = False, trim_limit: Optional[int] = None):
+                 prompt_cache: bool = False):
         self.n_seq_max = n_seq_max
         self.max_requests = max_requests
         self.n_batch = n_batch
@@ -168,7 +168,6 @@ class Scheduler:
         self._round: Optional[List[Optional[Phase]]] = None
         self._chunk = n_batch
         self.prompt_cache = prompt_cache
-        self.trim_limit = trim_limit  # sliding-window caches: only sequences this short can be cut back
         self.parked: "OrderedDict[int, Parked]" = OrderedDict()  # least recently used first
 
     # ---- admission ---------------------------------------------------------------------
@@ -240,7 +239,7 @@ class Scheduler:
         """The parked sequence holding the most of `tokens` (the most recently used on ties)."""
         best, best_n = None, 0
         for sid, p in reversed(self.parked.items()):
-            if sid in taken or (self.trim_limit is not None and p.cells > self.trim_limit):
+            if sid in taken:
                 continue
             n = matched(p.tokens, tokens)
             if n > best_n:

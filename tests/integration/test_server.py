@@ -10,8 +10,7 @@ import httpx
 import openai
 import pytest
 
-from la_edge import Aligner
-from la_edge.faces.server import BackgroundServer, Server
+from serving import running_server, wait_idle
 
 PRINCIPLES = ["Answer in French.", "Be extremely brief.", "Answer like a pirate.", "Use a bullet list.",
               "Explain it to a child.", "Be very formal.", "Mention the ocean.", "Answer in one sentence."]
@@ -20,28 +19,13 @@ PRINCIPLES = ["Answer in French.", "Be extremely brief.", "Answer like a pirate.
 @pytest.fixture(scope="module")
 def server(model_path):
     # One llama.cpp thread: spinning thread pools slow down 10x on a shared, busy CPU.
-    la = Aligner.load(model_path, n_ctx=1024, max_requests=8, max_queue=4, n_threads=1)
-    srv = Server(la, model_name="smollm2")
-    http = BackgroundServer(srv)
-    srv.base = http.base_url
-    yield srv
-    http.stop()
-    la.close()
+    with running_server(model_path, n_ctx=1024, max_requests=8, max_queue=4, n_threads=1) as srv:
+        yield srv
 
 
 @pytest.fixture()
 def client(server):
     return openai.OpenAI(base_url=server.base + "/v1", api_key="unused", max_retries=0, timeout=120)
-
-
-def wait_idle(server, timeout=20):
-    end = time.time() + timeout
-    while time.time() < end:
-        e = server.la.engine
-        if e.n_active == 0 and e.n_queued == 0 and e.leaked_sequences() == []:
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def chat(client, content, principle=None, **kw):
@@ -70,7 +54,7 @@ def test_chat_non_streaming_and_streaming_agree(server, client):
             usage = ev.usage
     assert "".join(parts) == r.choices[0].message.content
     assert usage.completion_tokens == r.usage.completion_tokens
-    assert wait_idle(server)
+    assert wait_idle(server.la)
 
 
 def test_principle_changes_output(client):
@@ -97,7 +81,7 @@ def test_eight_concurrent_equal_one_by_one(server, client):
     with cf.ThreadPoolExecutor(8) as ex:
         together = list(ex.map(lambda p: chat(client, q, p, max_tokens=32).choices[0].message.content, PRINCIPLES))
     assert together == alone
-    assert wait_idle(server)
+    assert wait_idle(server.la)
 
 
 def test_client_disconnect_mid_stream_frees_sequences(server):
@@ -109,7 +93,7 @@ def test_client_disconnect_mid_stream_frees_sequences(server):
             lines += line.startswith("data:")
             if lines >= 3:
                 break
-    assert wait_idle(server)
+    assert wait_idle(server.la)
 
 
 @pytest.mark.parametrize("payload, status", [
@@ -163,7 +147,7 @@ def test_over_capacity_burst_gets_429_and_server_recovers(server, client):
     with cf.ThreadPoolExecutor(24) as ex:
         codes = list(ex.map(one, range(24)))
     assert codes.count(429) > 0 and codes.count(200) >= 8
-    assert wait_idle(server)
+    assert wait_idle(server.la)
     assert chat(client, "hi", max_tokens=2).choices[0].message.content is not None
 
 
@@ -201,7 +185,7 @@ def test_soak_mixed_requests_with_cancellations(server, client):
         for batch in range(3):
             codes = list(ex.map(one, range(batch * 100, batch * 100 + 100)))
             assert set(codes) <= {200}, codes
-            assert wait_idle(server)
+            assert wait_idle(server.la)
             rss.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
     assert rss[2] - rss[1] < 64 * 1024, rss  # flat memory: < 64 MiB growth over the last 100
     assert server.la.engine.leaked_sequences() == []

@@ -2,7 +2,6 @@
 
 import concurrent.futures as cf
 import json
-import os
 import random
 import signal
 import socket
@@ -16,6 +15,7 @@ import pytest
 
 from la_edge import Aligner
 from la_edge.faces.server import BackgroundServer, Server
+from serving import running_server, wait_idle
 
 CHAT, COMPLETIONS = "/v1/chat/completions", "/v1/completions"
 THREADS = 1  # one llama.cpp thread: spinning thread pools slow down 10x on a shared, busy CPU
@@ -32,23 +32,8 @@ def strict_json(text):
 
 @pytest.fixture(scope="module")
 def server(model_path):
-    la = Aligner.load(model_path, n_ctx=1024, max_requests=8, max_queue=4, n_threads=THREADS)
-    srv = Server(la, model_name="smollm2")
-    http = BackgroundServer(srv)
-    srv.base = http.base_url
-    yield srv
-    http.stop()
-    la.close()
-
-
-def wait_idle(la, timeout=20):
-    end = time.time() + timeout
-    while time.time() < end:
-        s = la.status()
-        if s["active"] == 0 and s["queued"] == 0 and la.engine.leaked_sequences() == []:
-            return True
-        time.sleep(0.05)
-    return False
+    with running_server(model_path, n_ctx=1024, max_requests=8, max_queue=4, n_threads=THREADS) as srv:
+        yield srv
 
 
 def post(server, path, body, **kw):

@@ -18,8 +18,9 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from la_edge import Aligner
-from la_edge.faces.server import BackgroundServer, Server
+from la_edge.faces.server import Server
 from la_edge.faces.web import ASSETS, mount_web
+from serving import running_server, wait_idle
 
 CHROMIUM = "/usr/bin/chromium"
 API_KEY = "web-secret"
@@ -65,28 +66,14 @@ def browser():
 
 @pytest.fixture(scope="module")
 def server(browser, model_path):
-    la = Aligner.load(model_path, n_ctx=1024, max_requests=2, max_queue=2, n_threads=1)
-    srv = Server(la, model_name="smollm2", api_key=API_KEY)
-    http = BackgroundServer(srv)
-    srv.base = http.base_url
-    yield srv
-    http.stop()
-    la.close()
-
-
-def wait_idle(server, timeout=20):
-    end = time.time() + timeout
-    while time.time() < end:
-        e = server.la.engine
-        if e.n_active == 0 and e.n_queued == 0 and e.leaked_sequences() == []:
-            return True
-        time.sleep(0.05)
-    return False
+    with running_server(model_path, server_kw={"api_key": API_KEY}, n_ctx=1024, max_requests=2, max_queue=2,
+                        n_threads=1) as srv:
+        yield srv
 
 
 @pytest.fixture()
 def page(browser, server):
-    assert wait_idle(server)
+    assert wait_idle(server.la)
     ctx = browser.new_context(viewport={"width": 1280, "height": 800}, accept_downloads=True)
     pg = ctx.new_page()
     errors = []

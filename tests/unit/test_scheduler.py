@@ -418,24 +418,6 @@ def test_without_the_cache_nothing_is_parked():
     assert s.finish(j, park=True) == [0, 1] and not s.parked
 
 
-def test_a_sliding_window_cache_cuts_back_only_short_sequences():
-    s, kv = sched(n_seq_max=3, max_requests=1, prompt_cache=True, trim_limit=6), FakeKv()
-    for p, out in (([1, 2, 3, 4], (7, 7)), ([5, 6, 7, 8, 9], (7, 7, 7))):
-        j = job(p, max_tokens=len(out))
-        s.enqueue(j)
-        finish_one(s, kv, j, tokens=out)
-    assert {sid: p.cells for sid, p in s.parked.items()} == {0: 5, 1: 7}
-    a = job([5, 6, 7, 8, 9, 1, 1], max_tokens=1)  # matches the 7-cell sequence: beyond the limit
-    s.enqueue(a)
-    admit(s, kv)
-    assert a.cached == (0, 0)
-    kv.clear(s.finish(a))
-    b = job([1, 2, 3, 4, 1, 1], max_tokens=1)
-    s.enqueue(b)
-    admit(s, kv)
-    assert b.cached == (4, 0)
-
-
 def test_unified_cells_evict_parked_sequences_to_fit():
     s, kv = sched(n_seq_max=6, max_requests=1, kv_unified=True, n_ctx_total=30, prompt_cache=True), FakeKv()
     j = job([1] * 10, max_tokens=2)
@@ -455,7 +437,7 @@ def test_random_traffic_with_the_cache_feeds_every_sequence_exactly_its_tokens(s
     n_seq = rnd.choice([2, 4, 6])
     s = sched(n_seq_max=n_seq, max_requests=n_seq // 2, n_batch=rnd.choice([4, 16, 64]),
               kv_unified=rnd.random() < 0.5, n_ctx_total=400, prefill_chunk=rnd.choice([2, 8]),
-              prompt_cache=True, trim_limit=rnd.choice([None, 12]))
+              prompt_cache=True)
     kv, history, jobs = FakeKv(), {}, []
     base = [[rnd.randrange(5) for _ in range(rnd.randint(2, 10))] for _ in range(3)]
     for step in range(400):
