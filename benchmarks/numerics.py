@@ -5,7 +5,8 @@
 (a) max |logit difference| of the plain branch after prefill, two sequences in one context
     (split vs unified KV cache) against a private single-sequence context;
 (b) greedy tokens of 8 requests arriving staggered (seeded) vs each run alone, with the
-    newcomer's prefill in its own decode (default) or mixed into the running batch.
+    newcomer's prefill in its own decode (default) or mixed into the running batch;
+(c) `--split [MODEL]`: a prompt decoded in two calls split at k vs one call (README, "Prompt cache").
 """
 
 import json
@@ -69,7 +70,39 @@ def staggered_divergence(mix_prefill: bool, trials: int = 3):
     return out
 
 
+def split_prompt_error(model=None, n_tokens=177, splits=(1, 2, 16, 32, 64, 97, 128, 150, 175, 176)):
+    """(c) max |logit diff| of a prompt's last token when it is decoded in two calls split at k,
+    against one call (one sequence, the backend directly). k = n - 1 leaves the last token alone."""
+    from la_edge.backends import BackendOptions, load_backend
+    from la_edge.backends.base import BatchEntry
+
+    from la_edge.backends.models import default_model_path
+
+    b = load_backend(model or default_model_path(), "auto", BackendOptions(n_ctx=512, n_seq_max=1))
+    try:
+        tokens = b.tokenize("The quick brown fox jumps over the lazy dog and keeps running. " * 30)[:n_tokens]
+        n = len(tokens)
+
+        def last_row(chunks):
+            b.seq_remove(0)
+            pos = 0
+            for c in chunks:
+                b.decode([BatchEntry(t, pos + i, (0,), pos + i == n - 1) for i, t in enumerate(c)])
+                pos += len(c)
+            row = b.logits_row(len(chunks[-1]) - 1)
+            return np.ctypeslib.as_array(row, shape=(b.n_vocab,)).copy() if not isinstance(row, np.ndarray) else row
+
+        whole = last_row([tokens])
+        return {str(k): float(np.abs(last_row([tokens[:k], tokens[k:]]) - whole).max()) for k in splits if k < n}
+    finally:
+        b.close()
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--split"]:  # python benchmarks/numerics.py --split [MODEL.gguf]
+        print(json.dumps({"split_prompt_max_abs_logit_diff": split_prompt_error(sys.argv[2] if len(sys.argv) > 2
+                                                                                 else None)}, indent=2))
+        sys.exit(0)
     print(json.dumps({
         "plain_branch_max_abs_logit_diff": {"split": plain_branch_error(False), "unified": plain_branch_error(True)},
         "first_divergent_token_per_request": {"separate_prefill": staggered_divergence(False),
