@@ -314,7 +314,7 @@ class Engine:
                 raise BusyError(f"engine busy: {self.n_active} running, {self.n_queued} queued")
             self.scheduler.enqueue(job)
             self._open[req.rid] = req
-            self._admit()  # takes free sequences now (without the prompt cache, even while a decode runs)
+            self._admit()  # takes free sequences now, even while a decode runs
             self._cond.notify_all()
         return RequestHandle(self, req)
 
@@ -325,9 +325,13 @@ class Engine:
             raise EngineUnavailableError("engine stopped")
 
     def _admit(self) -> None:
-        """Admit queued jobs and make their KV preparations (lock held, no decode in flight)."""
+        """Admit queued jobs (lock held; a decode may be in flight)."""
         for job in self.scheduler.admit():
             job.owner.t_start = time.perf_counter()
+
+    def _prepare(self) -> None:
+        """Make admitted jobs' KV changes: evict and trim parked sequences (lock held, nothing in flight)."""
+        for job in self.scheduler.active:
             for p in job.prep:
                 if p.op is KvOp.CLEAR:
                     self.backend.seq_remove(p.seq_id)
@@ -416,6 +420,7 @@ class Engine:
                 self._drain_cancels()
                 if not ran:
                     self._admit()
+                self._prepare()
                 batch = self.scheduler.plan()
                 if batch is None:
                     return ran

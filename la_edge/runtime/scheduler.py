@@ -178,12 +178,10 @@ class Scheduler:
     def admit(self) -> List[Job]:
         """Move queued jobs to active, in order, while slots, sequence ids and KV cells allow.
 
-        With the prompt cache on, nothing is admitted while a batch is in flight: admission may
-        evict or trim parked sequences (`Job.prep`), which the runner does before the next decode.
+        Admission may evict or trim parked sequences: the runner makes each job's `prep` changes
+        before the next plan(), when no batch is in flight.
         """
         admitted: List[Job] = []
-        if self.in_flight and self.prompt_cache:
-            return admitted
         while self.queue and len(self.active) < self.max_requests:
             job = self.queue[0]
             choice = self._choose(job)
