@@ -232,8 +232,9 @@ def context_scaling(model: Optional[str] = None, contexts=(64, 512, 1024, 2048),
                     repetitions: int = 2, ratio: float = 2.0, load: Optional[Dict[str, object]] = None):
     """Aligned vs plain decode speed with N prompt tokens already in each branch's KV cache.
 
-    Both run in one process, interleaved per repetition: plain is a private one-sequence backend,
-    aligned the engine's two-sequence request (greedy, ignore_eos, decode only after the first token).
+    All run in one process, interleaved per repetition: plain is a private one-sequence backend,
+    r0 the engine's one-sequence request (principle in the prompt, r = 0), aligned its two-sequence
+    request (greedy, ignore_eos, decode only after the first token).
     """
     from ..runtime.aligner import Aligner
     from ..runtime.prompts import raw_pair
@@ -251,30 +252,34 @@ def context_scaling(model: Optional[str] = None, contexts=(64, 512, 1024, 2048),
             plain_text = b"".join(la.backend.token_bytes(t) for t in filler[:n]).decode("utf-8", "ignore")
             pair = raw_pair("Answer in French. " + plain_text, plain_text)
             tp = la.engine.tokenize_prompt(pair.principled)
-            runs: Dict[str, List[float]] = {"plain": [], "aligned": []}
+            runs: Dict[str, List[float]] = {"plain": [], "r0": [], "aligned": []}
             for _ in range(repetitions):
                 runs["plain"].append(_plain(solo, tp, tokens)["tokens_per_s"])
+                runs["r0"].append(_aligned(la, pair, tokens, params.with_(ratio=0.0))["tokens_per_s"])
                 runs["aligned"].append(_aligned(la, pair, tokens, params)["tokens_per_s"])
             med = {k: statistics.median(v) for k, v in runs.items()}
             out["contexts"][str(n)] = {"prompt_tokens": len(tp), "plain_tokens_per_s": med["plain"],
-                                       "aligned_tokens_per_s": med["aligned"],
-                                       "aligned_vs_plain": med["aligned"] / med["plain"]}
+                                       "r0_tokens_per_s": med["r0"], "aligned_tokens_per_s": med["aligned"],
+                                       "aligned_vs_plain": med["aligned"] / med["plain"],
+                                       "aligned_vs_r0": med["aligned"] / med["r0"]}
     finally:
         if solo is not None:
             solo.close()
         out.update(backend=la.backend.name, kv_unified=la.backend.kv_unified, sampler=la.engine.chooser.path)
         la.close()
-    base = out["contexts"][str(min(contexts))]["aligned_vs_plain"]
+    shortest = out["contexts"][str(min(contexts))]
     for v in out["contexts"].values():
-        v["ratio_vs_shortest"] = v["aligned_vs_plain"] / base
+        v["ratio_vs_shortest"] = v["aligned_vs_plain"] / shortest["aligned_vs_plain"]
+        v["r0_ratio_vs_shortest"] = v["aligned_vs_r0"] / shortest["aligned_vs_r0"]
     return out
 
 
 def context_table(result: Dict[str, object]) -> str:
     """A Markdown table of a context_scaling() result."""
-    lines = ["| context (tokens per branch) | plain tok/s | aligned tok/s | aligned / plain | vs shortest |",
-             "|---:|---:|---:|---:|---:|"]
+    lines = ["| context (tokens per branch) | plain tok/s | r = 0 tok/s | aligned tok/s | aligned / plain "
+             "(vs shortest) | aligned / r = 0 (vs shortest) |", "|---:|---:|---:|---:|---:|---:|"]
     for n, v in result["contexts"].items():
-        lines.append(f"| {n} | {v['plain_tokens_per_s']:.1f} | {v['aligned_tokens_per_s']:.1f} | "
-                     f"{v['aligned_vs_plain']:.2f} | {v['ratio_vs_shortest']:.2f} |")
+        lines.append(f"| {n} | {v['plain_tokens_per_s']:.1f} | {v['r0_tokens_per_s']:.1f} | "
+                     f"{v['aligned_tokens_per_s']:.1f} | {v['aligned_vs_plain']:.2f} ({v['ratio_vs_shortest']:.2f}) | "
+                     f"{v['aligned_vs_r0']:.2f} ({v['r0_ratio_vs_shortest']:.2f}) |")
     return "\n".join(lines)

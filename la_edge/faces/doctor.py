@@ -56,8 +56,8 @@ def _model_report(path: str, args):
     n_swa = getattr(backend, "n_swa", 0)
     n_ctx = getattr(args, "n_ctx", 4096)
     cache = {"enabled": not getattr(args, "no_prompt_cache", False),
-             "reuse": (f"prefixes of parked sequences up to {n_swa} tokens (sliding-window cache)" if n_swa
-                       else "any common token prefix"),
+             "reuse": (f"a common token prefix while the cache still holds the {n_swa}-token window before it "
+                       "(sliding-window cache)" if n_swa else "any common token prefix"),
              "max_sequences": 2, "kv_cells_per_sequence": n_ctx,
              "memory": "none beyond the KV cache allocated at load: parked sequences use its cells"}
     try:

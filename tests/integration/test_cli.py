@@ -57,6 +57,37 @@ def test_bench_quick_json():
     assert out["ratios"]["aligned_vs_plain"] > 0 and out["ratios"]["aligned_vs_naive"] > 0
 
 
+def test_bench_chat_json():
+    r = la_edge("bench", "--chat", "--turns", "2", "--tokens", "4", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert [t["turn"] for t in out["turns"]] == [1, 2]
+    second = out["turns"][1]
+    assert second["aligned, cache"]["cached_tokens"] > 0 and second["aligned, no cache"]["cached_tokens"] == 0
+    assert set(out["last_vs_turn2"]) == {"aligned, cache", "aligned, no cache", "plain, cache", "plain, no cache"}
+
+
+def test_bench_context_json():
+    r = la_edge("bench", "--context", "16", "--context", "64", "--tokens", "4", "--repetitions", "1", "--json")
+    assert r.returncode == 0, r.stderr
+    ctx = json.loads(r.stdout)["contexts"]
+    assert set(ctx) == {"16", "64"} and ctx["16"]["ratio_vs_shortest"] == 1.0
+    assert all(v["aligned_vs_plain"] > 0 and v["aligned_vs_r0"] > 0 for v in ctx.values())
+
+
+def test_doctor_reports_the_prompt_cache(model_path):
+    r = la_edge("doctor", "--json", "--model", model_path, "--no-prompt-cache")
+    assert r.returncode == 0, r.stderr
+    cache = json.loads(r.stdout)["prompt_cache"]
+    assert cache["enabled"] is False and cache["reuse"] == "any common token prefix"
+
+
+def test_generate_without_the_prompt_cache():
+    r = la_edge("generate", "Hi", "--principle", "Be brief.", "--max-tokens", "4", "--temperature", "0",
+                "--no-prompt-cache")
+    assert r.returncode == 0, r.stderr
+
+
 def test_bench_sampler_json():
     r = la_edge("bench", "--sampler", "--quick", "--json")
     assert r.returncode == 0, r.stderr
