@@ -8,6 +8,11 @@ Per filled context N (tokens per sequence), the mean ms of one decode step for:
   two_unified  the same in a unified KV cache                           (--kv-unified)
   one_seq_x2   2 tokens of ONE sequence holding N                       (same work, one stream)
 Ratios two_seq / one_seq etc. come from the same run, interleaved per repetition.
+
+    python benchmarks/long_context.py --spread [--model M]
+
+A two-sequence step in a context of 8 sequences (split KV, 1,024 tokens each) with the pair on
+neighbouring ids (0, 1) vs far apart (0, 7): llama.cpp attends over every stream in between.
 """
 
 import argparse
@@ -35,6 +40,25 @@ def step_ms(b, entries_at, n, steps):
     return 1000 * (time.perf_counter() - t0) / steps
 
 
+def spread(model, n=1024, steps=24, reps=3):
+    b = load_backend(model, "llama.cpp", BackendOptions(n_ctx=n + steps + 64, n_seq_max=8))
+    tokens = b.tokenize(FILL * (n // 8), add_special=False)[:n]
+    out = {}
+    try:
+        for pair in ((0, 1), (0, 7), (0,)):
+            runs = []
+            for _ in range(reps):
+                for s in range(8):
+                    b.seq_remove(s)
+                fill(b, pair, n, tokens)
+                runs.append(step_ms(b, lambda p: [BatchEntry(tokens[1], p, (s,), True) for s in pair], n, steps))
+            out["+".join(map(str, pair))] = round(statistics.median(runs), 3)
+    finally:
+        b.close()
+    out["far/near"] = round(out["0+7"] / out["0+1"], 3)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=None)
@@ -43,7 +67,11 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--flash-attn", action="store_true")
+    ap.add_argument("--spread", action="store_true", help="neighbouring vs distant sequence ids (see above)")
     args = ap.parse_args()
+    if args.spread:
+        print(json.dumps({"step_ms_at_1024": spread(args.model)}, indent=2))
+        return 0
     sizes = [int(x) for x in args.sizes.split(",")]
     n_ctx = max(sizes) + args.steps * args.reps + 64
     opts = BackendOptions(n_ctx=n_ctx, n_seq_max=2, n_threads=args.threads, flash_attn=args.flash_attn)

@@ -255,10 +255,11 @@ class Scheduler:
         job.cells = cells
         self.reserved += cells
         job.seqs = []
-        for tokens, sid in zip(self._prompts(job), reuse):
+        for i, (tokens, sid) in enumerate(zip(self._prompts(job), reuse)):
             n = 0
             if sid is None:
-                sid = self.free.pop()
+                sid = self._free_id(reuse[1 - i] if len(reuse) > 1 and i == 0 else
+                                    job.seqs[0].seq_id if job.seqs else None)
             else:
                 n = taken[sid]
                 self.parked.pop(sid)
@@ -270,6 +271,14 @@ class Scheduler:
             job.phase = Phase.SHARED
         else:
             self._settle(job)
+
+    def _free_id(self, near: Optional[int]) -> int:
+        """A free sequence id, the closest to `near` (the other branch's id): llama.cpp attends over
+        every KV stream between a batch's lowest and highest sequence id (README, "Long context")."""
+        if near is None:
+            return self.free.pop()
+        best = min(range(len(self.free)), key=lambda k: (abs(self.free[k] - near), -k))
+        return self.free.pop(best)
 
     def cold(self, job: Job, seq_id: int) -> None:
         """A parked sequence could not be trimmed (the runner cleared it): prefill that branch in full."""

@@ -482,3 +482,20 @@ def test_random_traffic_with_the_cache_feeds_every_sequence_exactly_its_tokens(s
             assert kv.kv[sid][:len(pk.tokens)] == pk.tokens and len(kv.kv[sid]) == pk.cells
         for i in s.free:
             assert not kv.kv.get(i), "a free sequence holds nothing"
+
+
+def test_a_request_s_two_sequences_get_neighbouring_ids():
+    """llama.cpp attends over every KV stream between a batch's lowest and highest id: keep pairs close."""
+    s, kv = sched(n_seq_max=8, max_requests=4, prompt_cache=True), FakeKv()
+    s.free = [0, 7, 1, 5]  # say ids 2, 3, 4 and 6 are held elsewhere
+    assert s._free_id(7) == 7 and s._free_id(None) == 5 and s._free_id(3) == 1
+    s.free = [0, 1, 2, 3, 4, 5, 6, 7]  # pop() hands out 7 first here
+    for p in ([1, 1, 1, 1], [2, 2, 2, 2]):
+        j = job(p, max_tokens=1)
+        s.enqueue(j)
+        finish_one(s, kv, j, tokens=(7,))
+    assert list(s.parked) == [7, 6]
+    pair = job([1, 1, 1, 1, 5, 5], [9, 9, 9], max_tokens=1)  # A adopts id 7; B takes a free id
+    s.enqueue(pair)
+    admit(s, kv)
+    assert [x.seq_id for x in pair.seqs] == [7, 5]  # 6 is parked: 5 is the closest free id
