@@ -27,6 +27,9 @@ __all__ = ["Engine", "RequestHandle", "StepEvent", "common_prefix"]
 
 _WAIT_S = 0.5  # every wait on the condition is bounded by this and then re-checks its predicate
 _CANCEL_WAIT_S = 2.0  # a cancel() that cannot take the lock this fast is queued instead
+# The prompt cache reuses whole 16-token blocks: llama.cpp's k-quant CPU kernels round a token by
+# its place in 16-row tiles of a decode call, so only such splits match a cold prefill (README).
+REUSE_ALIGN = 16
 
 
 class _OwnedLock:
@@ -174,7 +177,8 @@ class Engine:
         self.max_queue = max_queue
         self.chooser = make_chooser(backend.n_vocab, prefer_native=prefer_native)
         self.scheduler = Scheduler(backend.n_seq_max, max_requests, backend.n_batch, backend.n_ctx_total,
-                                   backend.kv_unified, prefill_chunk, mix_prefill, prompt_cache=prompt_cache)
+                                   backend.kv_unified, prefill_chunk, mix_prefill, prompt_cache=prompt_cache,
+                                   reuse_align=REUSE_ALIGN)
         self._lock = _OwnedLock()  # guards the scheduler and the requests; never held in a decode
         self._cond = threading.Condition(self._lock)
         self._cancels: Deque[_Request] = collections.deque()  # cancels queued while the lock was busy

@@ -63,13 +63,14 @@ class Prep:
     pos: int = -1
 
 
-def matched(cached: Sequence[int], tokens: Sequence[int]) -> int:
-    """Tokens of `tokens` a cached sequence already holds, leaving at least two to decode."""
+def matched(cached: Sequence[int], tokens: Sequence[int], align: int = 1) -> int:
+    """Tokens of `tokens` a cached sequence already holds, in whole blocks of `align`, leaving at
+    least two to decode."""
     n = min(len(cached), len(tokens) - 2)
     i = 0
     while i < n and cached[i] == tokens[i]:
         i += 1
-    return max(i, 0)
+    return max(i - i % align, 0)
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -151,7 +152,7 @@ class Scheduler:
 
     def __init__(self, n_seq_max: int, max_requests: int, n_batch: int, n_ctx_total: int = 0,
                  kv_unified: bool = False, prefill_chunk: int = 256, mix_prefill: bool = False,
-                 prompt_cache: bool = False):
+                 prompt_cache: bool = False, reuse_align: int = 1):
         self.n_seq_max = n_seq_max
         self.max_requests = max_requests
         self.n_batch = n_batch
@@ -168,6 +169,7 @@ class Scheduler:
         self._round: Optional[List[Optional[Phase]]] = None
         self._chunk = n_batch
         self.prompt_cache = prompt_cache
+        self.reuse_align = reuse_align  # reuse whole blocks of this many tokens (see matched())
         self.parked: "OrderedDict[int, Parked]" = OrderedDict()  # least recently used first
 
     # ---- admission ---------------------------------------------------------------------
@@ -206,7 +208,7 @@ class Scheduler:
             # While free ids last, a parked sequence is adopted only if little of it is cut away
             # (a conversation's next turn, the same prompt again), not for a shared system prompt.
             lost = len(self.parked[sid].tokens) - n if sid is not None else 0
-            if sid is not None and (lost <= max(2, n // 8) or free_left == 0):
+            if sid is not None and (lost < max(2, n // 8) + self.reuse_align or free_left == 0):
                 taken[sid] = n
                 reuse.append(sid)
             else:
@@ -239,7 +241,7 @@ class Scheduler:
         for sid, p in reversed(self.parked.items()):
             if sid in taken:
                 continue
-            n = matched(p.tokens, tokens)
+            n = matched(p.tokens, tokens, self.reuse_align)
             if n > best_n:
                 best, best_n = sid, n
         return best, best_n

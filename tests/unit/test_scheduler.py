@@ -324,6 +324,8 @@ def test_matched_leaves_two_tokens_to_decode():
     assert matched([1, 2, 3, 4], [1, 2, 3, 4, 5, 6]) == 4
     assert matched([1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 5, 6]) == 4
     assert matched([1, 9], [1, 2, 3]) == 1 and matched([], [1, 2]) == 0
+    assert matched(list(range(40)), list(range(40)) + [7], align=16) == 32
+    assert matched(list(range(40)), list(range(10)) + [7], align=16) == 0
 
 
 def test_a_finished_job_parks_its_prompts_and_the_next_turn_reuses_them():
