@@ -207,8 +207,12 @@ class Scheduler:
             sid, n = self._best(tokens, taken) if self.prompt_cache else (None, 0)
             # While free ids last, a parked sequence is adopted only if little of it is cut away
             # (a conversation's next turn, the same prompt again), not for a shared system prompt.
-            lost = len(self.parked[sid].tokens) - n if sid is not None else 0
-            if sid is not None and (lost < max(2, n // 8) + self.reuse_align or free_left == 0):
+            adopt = False
+            if sid is not None:
+                held = self.parked[sid].tokens
+                whole = matched(held, tokens)  # before rounding down to whole blocks
+                adopt = len(held) - whole <= max(2, whole // 8) or free_left == 0
+            if adopt:
                 taken[sid] = n
                 reuse.append(sid)
             else:
