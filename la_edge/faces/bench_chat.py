@@ -71,7 +71,8 @@ def run_chat(model: Optional[str] = None, turns: int = 8, tokens: int = 80, rati
 
 def chat_table(result: Dict[str, object]) -> str:
     """A Markdown table of run_chat(): TTFT in ms per turn and variant, prompt and cached tokens."""
-    head = "| turn | prompt tokens (P + plain) | " + " | ".join(f"TTFT {v}" for v in VARIANTS) + " | cached (P + plain) |"
+    head = ("| turn | prompt tokens (P + plain) | " + " | ".join(f"TTFT {v}" for v in VARIANTS)
+            + " | cached (P + plain) |")
     lines = [head, "|---:|---:|" + "---:|" * len(VARIANTS) + "---:|"]
     for row in result["turns"]:
         a = row["aligned, cache"]

@@ -143,5 +143,6 @@ class Wire:
 def _usage(u: Dict[str, int]) -> Dict[str, int]:
     out = {k: u[k] for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
     # As OpenAI reports cache hits; plain_cached_tokens is la_edge's (the plain branch).
-    out["prompt_tokens_details"] = {"cached_tokens": u["cached_tokens"], "plain_cached_tokens": u["plain_cached_tokens"]}
+    out["prompt_tokens_details"] = {"cached_tokens": u["cached_tokens"],
+                                    "plain_cached_tokens": u["plain_cached_tokens"]}
     return out

@@ -262,12 +262,12 @@ class Engine:
             return [s for s in range(self.backend.n_seq_max) if self.backend.seq_pos_max(s) >= 0 and s not in held]
 
     def cache_stats(self) -> Dict[str, object]:
-        """The prompt cache: on or off, parked sequences and tokens, and its bound (sequences, KV cells)."""
+        """The prompt cache: on or off, parked and running sequences, parked cells, the bound."""
         with self._cond:
             sch = self.scheduler
             return {"enabled": sch.prompt_cache, "parked_sequences": len(sch.parked),
                     "running_sequences": sum(len(j.seqs) for j in sch.active),
-                    "parked_tokens": sch.parked_tokens, "max_sequences": sch.n_seq_max,
+                    "parked_cells": sch.parked_cells, "max_sequences": sch.n_seq_max,
                     "kv_cells": self.backend.n_ctx_total}
 
     def clear_cache(self) -> int:

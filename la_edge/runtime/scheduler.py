@@ -209,9 +209,9 @@ class Scheduler:
             # (a conversation's next turn, the same prompt again), not for a shared system prompt.
             adopt = False
             if sid is not None:
-                held = self.parked[sid].tokens
-                whole = matched(held, tokens)  # before rounding down to whole blocks
-                adopt = len(held) - whole <= max(2, whole // 8) or free_left == 0
+                kept = self.parked[sid].tokens
+                whole = matched(kept, tokens)  # before rounding down to whole blocks
+                adopt = len(kept) - whole <= max(2, whole // 8) or free_left == 0
             if adopt:
                 taken[sid] = n
                 reuse.append(sid)
@@ -437,7 +437,7 @@ class Scheduler:
         return ids
 
     @property
-    def parked_tokens(self) -> int:
+    def parked_cells(self) -> int:
         """KV cells the parked sequences hold."""
         return sum(p.cells for p in self.parked.values())
 

@@ -425,7 +425,7 @@ def test_unified_cells_evict_parked_sequences_to_fit():
     j = job([1] * 10, max_tokens=2)
     s.enqueue(j)
     finish_one(s, kv, j, tokens=(7, 7))
-    assert s.parked_tokens == 11
+    assert s.parked_cells == 11
     big = job([2] * 10, max_tokens=10)  # 20 cells + 11 parked > 30
     s.enqueue(big)
     admit(s, kv)
