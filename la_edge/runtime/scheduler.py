@@ -9,8 +9,9 @@ with copied(), sampled(), finish() and end_batch().
 Prompt cache: a job that ends normally parks its sequences with their prompt tokens. A new job's
 branch adopts the parked sequence with the longest common prefix (its tail trimmed) and prefills
 only the rest; parked sequences are evicted least recently used when ids or cells run short.
-Generated tokens are never reused and at least 2 prompt tokens are always decoded: llama.cpp
-rounds a token decoded alone differently from one in a prompt batch (README, "Prompt cache").
+Generated tokens are never reused, reuse comes in whole blocks (16 in the engine) and at least 2
+prompt tokens are always decoded: llama.cpp rounds a token by where it sits in a decode call
+(README, "Prompt cache").
 """
 
 from __future__ import annotations
