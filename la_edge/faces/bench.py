@@ -174,8 +174,8 @@ def table(result: Dict[str, object]) -> str:
     return "\n".join(lines)
 
 
-def plot(result: Dict[str, object], path: str) -> None:
-    """A PNG bar chart of tokens/s per method (needs matplotlib: pip install matplotlib)."""
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend, or exit saying how to install it."""
     try:
         import matplotlib
 
@@ -183,6 +183,12 @@ def plot(result: Dict[str, object], path: str) -> None:
         import matplotlib.pyplot as plt
     except ImportError as exc:
         raise SystemExit(f"--plot needs matplotlib ({exc}); pip install matplotlib") from exc
+    return plt
+
+
+def plot(result: Dict[str, object], path: str) -> None:
+    """A PNG bar chart of tokens/s per method (needs matplotlib: pip install matplotlib)."""
+    plt = pyplot()
     names = list(result["methods"])
     values = [result["methods"][n]["tokens_per_s"] for n in names]
     fig, ax = plt.subplots(figsize=(5, 3))

@@ -89,14 +89,11 @@ def chat_table(result: Dict[str, object]) -> str:
 
 def chat_plot(results: List[Dict[str, object]], path: str) -> None:
     """A PNG of TTFT per turn, one panel per model (needs matplotlib)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as exc:
-        raise SystemExit(f"--plot needs matplotlib ({exc}); pip install matplotlib") from exc
     import os
+
+    from .bench import pyplot
+
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 3.4), squeeze=False)
     styles = {"aligned, cache": ("#36c", "-"), "aligned, no cache": ("#36c", "--"),

@@ -246,8 +246,12 @@ class Engine:
     def used_sequences(self) -> List[int]:
         """Sequences that hold KV cells now (should be empty when idle); waits out a decode in flight."""
         with self._cond:
-            self._wait_until(lambda: not self.decode_in_flight, 30.0)
-            return [s for s in range(self.backend.n_seq_max) if self.backend.seq_pos_max(s) >= 0]
+            return self._used()
+
+    def _used(self) -> List[int]:
+        """used_sequences() with the lock held."""
+        self._wait_until(lambda: not self.decode_in_flight, 30.0)
+        return [s for s in range(self.backend.n_seq_max) if self.backend.seq_pos_max(s) >= 0]
 
     def parked_sequences(self) -> List[int]:
         """Sequences the prompt cache holds for later requests (least recently used first)."""
@@ -257,9 +261,9 @@ class Engine:
     def leaked_sequences(self) -> List[int]:
         """Sequences holding KV cells that no request runs on and the cache does not hold (should be [])."""
         with self._cond:
-            self._wait_until(lambda: not self.decode_in_flight, 30.0)
+            used = self._used()
             held = {s.seq_id for j in self.scheduler.active for s in j.seqs} | set(self.scheduler.parked)
-            return [s for s in range(self.backend.n_seq_max) if self.backend.seq_pos_max(s) >= 0 and s not in held]
+            return [s for s in used if s not in held]
 
     def cache_stats(self) -> Dict[str, object]:
         """The prompt cache: on or off, parked and running sequences, parked cells, the bound."""

@@ -262,18 +262,17 @@ class Scheduler:
         job.cells = cells
         self.reserved += cells
         job.seqs = []
-        for i, (tokens, sid) in enumerate(zip(self._prompts(job), reuse)):
+        for tokens, sid in zip(self._prompts(job), reuse):
             n = 0
-            if sid is None:
-                sid = self._free_id(reuse[1 - i] if len(reuse) > 1 and i == 0 else
-                                    job.seqs[0].seq_id if job.seqs else None)
+            if sid is None:  # near the other branch: B's adopted id for A, A's id for B
+                sid = self._free_id(job.seqs[0].seq_id if job.seqs else reuse[-1])
             else:
                 n = taken[sid]
                 self.parked.pop(sid)
                 job.prep.append(Prep(KvOp.TRIM, sid, n))  # also drops what it generated
             start = job.shared if copy and job.seqs else n  # B after the copy starts at the prefix
             job.seqs.append(Seq(sid, list(tokens[start:]), n, list(tokens[:n])))
-        job.cached = (job.seqs[0].n_past, job.seqs[1].n_past if len(job.seqs) > 1 else 0)
+        self._note_cached(job)
         if copy:
             job.phase = Phase.SHARED
         else:
@@ -287,12 +286,16 @@ class Scheduler:
         best = min(range(len(self.free)), key=lambda k: (abs(self.free[k] - near), -k))
         return self.free.pop(best)
 
+    @staticmethod
+    def _note_cached(job: Job) -> None:
+        job.cached = (job.seqs[0].n_past, job.seqs[1].n_past if len(job.seqs) > 1 else 0)
+
     def cold(self, job: Job, seq_id: int) -> None:
         """A parked sequence could not be trimmed (the runner cleared it): prefill that branch in full."""
         for s, tokens in zip(job.seqs, self._prompts(job)):
             if s.seq_id == seq_id:
                 s.pending, s.n_past, s.tokens = list(tokens), 0, []
-        job.cached = (job.seqs[0].n_past, job.seqs[1].n_past if len(job.seqs) > 1 else 0)
+        self._note_cached(job)
         if job.phase is not Phase.SHARED:
             self._settle(job)
 
