@@ -3,7 +3,7 @@
 from .errors import (
     BusyError, ChatTemplateError, ContextOverflowError, DecodeAbortedError, DecodeError, EngineUnavailableError,
     FatalDecodeError, InvalidBatchError, InvalidParameterError, LaEdgeError, ModelLoadError,
-    ModelNotFoundError, NoKvSlotError, NonFiniteLogitsError, StepFailedError,
+    ModelNotFoundError, NoKvSlotError, NonFiniteLogitsError, RequestTimeoutError, StepFailedError,
 )
 from .decoding.params import GenerationParams
 from .runtime.prompts import PromptPair
@@ -14,7 +14,7 @@ __all__ = [
     "Aligner", "Request", "GenerationParams", "PromptPair", "LaEdgeError", "InvalidParameterError",
     "ModelNotFoundError", "ModelLoadError", "ChatTemplateError", "ContextOverflowError",
     "NonFiniteLogitsError", "BusyError", "DecodeError", "NoKvSlotError", "DecodeAbortedError",
-    "InvalidBatchError", "FatalDecodeError", "EngineUnavailableError", "StepFailedError",
+    "InvalidBatchError", "FatalDecodeError", "EngineUnavailableError", "StepFailedError", "RequestTimeoutError",
 ]
 
 

@@ -43,16 +43,16 @@ class EngineUnavailableError(LaEdgeError):
         super().__init__(message)
 
 
+class RequestTimeoutError(LaEdgeError, TimeoutError):
+    """The request ran past its deadline (GenerationParams.timeout); its sequences are freed."""
+
+
 class StepFailedError(LaEdgeError):
     """An unexpected error while decoding or sampling a batch; only that batch's requests get it."""
 
     def __init__(self, message: str, cause: "BaseException | None" = None):
         self.cause = cause
         super().__init__(message)
-
-
-class CancelledError(LaEdgeError):
-    """The request was cancelled before it finished."""
 
 
 class DecodeError(LaEdgeError):
@@ -77,6 +77,15 @@ class InvalidBatchError(DecodeError):
 
 class FatalDecodeError(DecodeError):
     """Code < -1: a fatal error inside llama.cpp."""
+
+
+def check_unicode(text: str, name: str = "text") -> bytes:
+    """`text` as UTF-8 bytes; InvalidParameterError naming `name` when it holds a lone surrogate."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidParameterError(f"{name} is not valid Unicode (lone surrogate at index {exc.start}); "
+                                    "send UTF-8 text") from None
 
 
 def decode_error(code: int) -> DecodeError:

@@ -14,7 +14,7 @@ from .models import resolve_model
 
 KINDS = ("auto", "llama.cpp", "onnx")
 
-__all__ = ["Backend", "BatchEntry", "BackendOptions", "KINDS", "detect_kind", "load_backend", "resolve_model"]
+__all__ = ["Backend", "BatchEntry", "BackendOptions", "KINDS", "detect_kind", "load_backend"]
 
 
 def detect_kind(path: str, kind: str = "auto") -> str:

@@ -26,7 +26,7 @@ class BatchEntry:
 class BackendOptions:
     """How to open a model; validated once here for every backend.
 
-    n_ctx is the context of each sequence; n_seq_max the number of KV sequences (2 per request).
+    n_ctx is the context of each sequence; n_seq_max the number of KV sequences (max_requests x max_branches).
     """
 
     n_ctx: int = 4096
@@ -64,6 +64,8 @@ class Backend(Protocol):
     """A model runtime that decodes batches over numbered KV-cache sequences."""
 
     name: str
+    path: str  # the model file (or ONNX folder's model.onnx) it was opened from
+    options: BackendOptions  # what it was opened with
     n_vocab: int
     n_ctx: int  # per sequence
     n_ctx_total: int  # KV cells in the whole cache
@@ -73,6 +75,7 @@ class Backend(Protocol):
     n_threads: int
     supports_seq_copy: bool  # seq_copy gives exactly the logits of decoding the same tokens again
     n_swa: int  # sliding-window size of the KV cache (0: none); cells outside the window are forgotten
+    reuse_block: int  # the prompt cache reuses whole blocks of this many tokens (exact only on their edges)
 
     def tokenize(self, text: str, add_special: bool = True, parse_special: bool = True) -> List[int]:
         """Token ids; with parse_special=False control-token strings stay plain text."""
@@ -102,6 +105,9 @@ class Backend(Protocol):
 
     def seq_pos_min(self, seq: int) -> int:
         """The oldest position still held (-1: none); above 0 once a sliding window forgot cells."""
+
+    def clear(self) -> None:
+        """Drop every sequence from the KV cache."""
 
     def close(self) -> None: ...
 

@@ -13,9 +13,9 @@ import llama_cpp
 from llama_cpp import _logger as _llama_logger
 
 from .base import BackendOptions, BatchEntry, VocabMixin
-from ..errors import InvalidParameterError, ModelLoadError, ModelNotFoundError, decode_error
+from .models import GGUF_MAGIC
+from ..errors import InvalidParameterError, ModelLoadError, ModelNotFoundError, check_unicode, decode_error
 
-GGUF_MAGIC = b"GGUF"
 _backend_ready = False
 
 
@@ -94,7 +94,6 @@ class LlamaModel:
         _init_backend(verbose)
         mparams = llama_cpp.llama_model_default_params()
         mparams.n_gpu_layers = n_gpu_layers
-        self.path = path
         self._model = llama_cpp.llama_model_load_from_file(path.encode(), mparams)
         if not self._model:
             arch = gguf_architecture(path)
@@ -104,7 +103,6 @@ class LlamaModel:
             raise ModelLoadError(f"llama.cpp could not load the model: {why}: {path}")
         self._vocab = llama_cpp.llama_model_get_vocab(self._model)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
-        self.n_ctx_train = llama_cpp.llama_model_n_ctx_train(self._model)
         self._piece_cache: dict = {}
 
     @property
@@ -119,22 +117,9 @@ class LlamaModel:
     def __del__(self):
         self.close()
 
-    def description(self) -> str:
-        buf = ctypes.create_string_buffer(256)
-        llama_cpp.llama_model_desc(self._model, buf, len(buf))
-        return buf.value.decode("utf-8", "replace")
-
-    def meta(self, key: str) -> Optional[str]:
-        buf = ctypes.create_string_buffer(4096)
-        n = llama_cpp.llama_model_meta_val_str(self._model, key.encode(), buf, len(buf))
-        return buf.value.decode("utf-8", "replace") if n >= 0 else None
-
     def tokenize(self, text: str, add_special: bool = True, parse_special: bool = True) -> List[int]:
         """Token ids; parse_special=False keeps control-token strings ("<|im_end|>") as plain text."""
-        try:
-            data = text.encode("utf-8")
-        except UnicodeEncodeError as exc:  # lone surrogates
-            raise InvalidParameterError(f"text is not valid Unicode (lone surrogate at {exc.start})") from None
+        data = check_unicode(text)
         cap = len(data) + 8
         buf = (llama_cpp.llama_token * cap)()
         n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, cap, add_special, parse_special)
@@ -213,6 +198,9 @@ class LlamaCppBackend(VocabMixin):
     """One llama.cpp context whose KV cache holds n_seq_max sequences (split streams by default)."""
 
     name = "llama.cpp"
+    # llama.cpp's k-quant CPU kernels round a token by its place in 16-row tiles of a decode call:
+    # only prompt splits on multiples of 16 match a cold prefill (README, "Prompt cache").
+    reuse_block = 16
 
     def __init__(self, model_path: str, n_ctx: int = 4096, n_batch: int = 512, n_seq_max: int = 2,
                  n_threads: Optional[int] = None, n_gpu_layers: int = 0, flash_attn: bool = False,
@@ -251,7 +239,6 @@ class LlamaCppBackend(VocabMixin):
         self.n_seq_max = llama_cpp.llama_n_seq_max(self._ctx)
         self.n_vocab = self.model.n_vocab
         self.n_threads = threads
-        self.flash_attn = flash_attn
         # Measured: with a sliding-window (iSWA) cache, llama_memory_seq_cp leaves the copy's logits
         # off by up to 0.72 (Gemma-3, split streams), so such models prefill each sequence in full.
         self.n_swa = llama_cpp.llama_model_n_swa(self.model.handle)

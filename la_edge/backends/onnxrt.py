@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .base import BackendOptions, BatchEntry, VocabMixin
-from ..errors import InvalidParameterError, ModelLoadError, ModelNotFoundError, decode_error
+from ..errors import InvalidParameterError, ModelLoadError, ModelNotFoundError, check_unicode, decode_error
 
 MODEL_FILE = "model.onnx"
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "coreml": "CoreMLExecutionProvider"}
@@ -91,10 +91,7 @@ class HFTokenizer:
 
     def tokenize(self, text: str, add_special: bool = True, parse_special: bool = True) -> List[int]:
         """Token ids; parse_special=False encodes control-token strings as plain text."""
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise InvalidParameterError(f"text is not valid Unicode (lone surrogate at {exc.start})") from None
+        check_unicode(text)
         self.tok.encode_special_tokens = not parse_special
         try:
             return self.tok.encode(text, add_special_tokens=add_special).ids
@@ -156,6 +153,7 @@ class OnnxBackend(VocabMixin):
     """All sequences of all requests as rows of one batched onnxruntime run per decode."""
 
     name = "onnx"
+    reuse_block = 16  # llama.cpp's block, unmeasured here: warm = cold is tested with it (test_export)
 
     def __init__(self, path: str, n_ctx: int = 4096, n_batch: int = 512, n_seq_max: int = 2,
                  n_threads: Optional[int] = None, providers: Optional[Sequence[str]] = None):
@@ -169,7 +167,7 @@ class OnnxBackend(VocabMixin):
         model_file = path if os.path.isfile(path) else os.path.join(folder, MODEL_FILE)
         if not os.path.exists(model_file):
             raise ModelNotFoundError(f"ONNX model not found: {model_file}")
-        self.tokenizer = self.vocab = HFTokenizer(folder)
+        self.vocab = HFTokenizer(folder)
         self.providers = resolve_providers(providers)
         opts = ort.SessionOptions()
         self.n_threads = n_threads or max(1, os.cpu_count() or 1)
@@ -204,6 +202,11 @@ class OnnxBackend(VocabMixin):
         self.path = model_file
         self.clear()
 
+    @classmethod
+    def from_options(cls, path: str, options: BackendOptions) -> "OnnxBackend":
+        return cls(path, n_ctx=options.n_ctx, n_batch=options.n_batch, n_seq_max=options.n_seq_max,
+                   n_threads=options.n_threads, providers=options.providers)
+
     # KV state: physical rows of self._kv, and per sequence (row, positions of its columns, -1 = empty).
     def clear(self) -> None:
         self._kv: Optional[list] = None
@@ -212,7 +215,6 @@ class OnnxBackend(VocabMixin):
         self._width = 0
         self._logits: Optional[np.ndarray] = None
         self._where: List[Tuple[int, int]] = []
-        self.regathers = 0
 
     def seq_pos_max(self, seq: int) -> int:
         s = self._seqs.get(seq)
@@ -264,7 +266,6 @@ class OnnxBackend(VocabMixin):
             seqs[s] = (r, pos)
         self._kv = [self._ort.OrtValue.ortvalue_from_numpy(a, self._device, 0) for a in new]
         self._rows, self._seqs, self._width = list(order), seqs, width
-        self.regathers += 1
 
     def decode(self, entries: Sequence[BatchEntry]) -> None:
         if not entries:
@@ -343,17 +344,3 @@ def _layer_key(name: str):
     parts = name.split(".")
     return int(parts[1]), parts[2]
 
-
-def load_onnx_backend(path: str, n_ctx: int = 4096, n_seq_max: int = 2, providers: Optional[Sequence[str]] = None,
-                      n_batch: int = 512, n_threads: Optional[int] = None) -> OnnxBackend:
-    """Load an exported ONNX folder (or its model.onnx) as a backend for the engine."""
-    return OnnxBackend(path, n_ctx=n_ctx, n_batch=n_batch, n_seq_max=n_seq_max, n_threads=n_threads,
-                       providers=providers)
-
-
-def _from_options(cls, path: str, options: BackendOptions) -> OnnxBackend:
-    return cls(path, n_ctx=options.n_ctx, n_batch=options.n_batch, n_seq_max=options.n_seq_max,
-               n_threads=options.n_threads, providers=options.providers)
-
-
-OnnxBackend.from_options = classmethod(_from_options)

@@ -39,7 +39,8 @@ class GenerationParams:
     ratio: r in z = z_P + r*(z_P - z_0); 0 is plain principled decoding; bounded to [-1, 100].
     temperature: 0 means greedy. plausibility_top_p / plausibility_temperature define the
     nucleus of softmax(z_P / T_m) that every chosen token must lie in (T_m defaults to T, or 1
-    when T = 0). top_k / top_p / min_p and the penalties default to off.
+    when T = 0). top_k / top_p / min_p and the penalties default to off. timeout: seconds from
+    submission after which the request ends with RequestTimeoutError (None = no deadline).
     """
 
     ratio: float = 2.0
@@ -58,6 +59,7 @@ class GenerationParams:
     stop: Tuple[str, ...] = field(default_factory=tuple)
     top_logprobs: int = 0
     ignore_eos: bool = False
+    timeout: Optional[float] = None
 
     def __post_init__(self) -> None:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
@@ -101,6 +103,12 @@ class GenerationParams:
         set_("top_logprobs", _integer("top_logprobs", self.top_logprobs, 0, 20))
         if not isinstance(self.ignore_eos, bool):
             raise InvalidParameterError("ignore_eos must be true or false")
+        if self.timeout is not None:
+            to = self.timeout
+            if isinstance(to, bool) or not isinstance(to, (int, float)) or not (math.isfinite(to) and to > 0):
+                raise InvalidParameterError(f"timeout must be a finite number of seconds > 0 (omit it, or None, "
+                                            f"for no deadline), got {to!r}")
+            set_("timeout", float(to))
         stop = self.stop
         if isinstance(stop, str):
             stop = (stop,)

@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from ..decoding.params import GenerationParams
-from ..errors import InvalidParameterError
+from ..errors import InvalidParameterError, check_unicode
 from ..runtime.prompts import raw_pair, validate_principle
 from .flags import PARAMS, params_from_fields
 
@@ -69,11 +69,10 @@ def _check_tree(data: Any) -> None:
 
 def _check_text(text: str, where) -> None:
     try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        path = where()
-        raise RequestError(f"{path or 'a key'}: text is not valid Unicode (lone surrogate at index {exc.start})",
-                           param=path or None) from None
+        check_unicode(text)
+    except InvalidParameterError as exc:
+        path = where()  # built only on error: most bodies are valid
+        raise RequestError(f"{path or 'a key'}: {exc}", param=path or None) from None
 
 
 def _path(parent, key) -> str:

@@ -25,7 +25,7 @@ from la_edge import GenerationParams  # noqa: E402
 from la_edge.backends.base import BatchEntry  # noqa: E402
 from la_edge.runtime.aligner import Aligner  # noqa: E402
 from la_edge.backends.llamacpp import LlamaCppBackend  # noqa: E402
-from la_edge.backends.onnxrt import load_onnx_backend  # noqa: E402
+from la_edge.backends.onnxrt import OnnxBackend  # noqa: E402
 from tests.integration.reference import nucleus  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -78,7 +78,7 @@ def backend_logits(backend, ids):
 
 def test_onnx_logits_match_transformers(art, hf):
     model, tok = hf
-    be = load_onnx_backend(art["onnx"], n_ctx=512)
+    be = OnnxBackend(art["onnx"], n_ctx=512)
     for p in RAW:
         ids = tok(p)["input_ids"]
         assert be.tokenize(p, add_special=False) == ids
@@ -102,7 +102,7 @@ def test_gguf_f16_logits_match_transformers(art, hf):
 
 
 def test_onnx_tokenizer_matches_llama_cpp(art):
-    on = load_onnx_backend(art["onnx"], n_ctx=64)
+    on = OnnxBackend(art["onnx"], n_ctx=64)
     ll = LlamaCppBackend(art["f16"], n_ctx=64, n_seq_max=1)
     try:
         assert on.chat_template() == ll.chat_template()

@@ -42,11 +42,22 @@ def test_frozen():
     ({"stop": ("",)}, "stop"),
     ({"top_logprobs": 21}, "top_logprobs"),
     ({"repeat_penalty": 0.0}, "repeat_penalty"),
+    ({"timeout": 0}, "timeout"),
+    ({"timeout": -1.0}, "timeout"),
+    ({"timeout": math.inf}, "timeout"),
+    ({"timeout": math.nan}, "timeout"),
+    ({"timeout": "5"}, "timeout"),
+    ({"timeout": True}, "timeout"),
 ])
 def test_bad_values_are_rejected_with_a_message(kwargs, needle):
     with pytest.raises(InvalidParameterError) as e:
         GenerationParams(**kwargs)
     assert needle in str(e.value)
+
+
+def test_timeout_is_seconds_or_none():
+    assert GenerationParams().timeout is None
+    assert GenerationParams(timeout=2).timeout == 2.0 and GenerationParams(timeout=0.05).timeout == 0.05
 
 
 def test_stop_string_becomes_tuple():
