@@ -6,17 +6,19 @@ result(); stream, generate and the HTTP server are all built on it.
 
 from __future__ import annotations
 
+import threading
 import warnings
 import weakref
-from typing import Dict, Iterator, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
+from .branches import BranchSet, compose
 from .engine import Engine, RequestHandle, StepEvent
 from ..errors import InvalidParameterError
 from ..decoding.params import GenerationParams
-from .prompts import ChatTemplate, PromptPair, raw_pair, select_template
+from .prompts import ChatTemplate, PromptPair, raw_pair, select_template, validate_principle
 from .request import Chunk, GenerationResult, Request
 
-__all__ = ["Aligner", "Chunk", "GenerationResult", "Request"]
+__all__ = ["Aligner", "BranchSet", "Chunk", "GenerationResult", "Request"]
 
 STOP_TIMEOUT_S = 10.0  # close(): how long the engine may take to stop
 STOP_EXTRA_S = 5.0  # then how much longer a decode in flight may run before the model is left unfreed
@@ -38,6 +40,7 @@ class Aligner:
         if chat_template is not None or chat_template_file is not None:
             self.template  # an unknown name or unreadable file fails here, at load
         self._open: "weakref.WeakSet[Request]" = weakref.WeakSet()
+        self._open_lock = threading.Lock()  # server threads add requests while another cancels all
         self._closed = False
 
     @classmethod
@@ -46,11 +49,14 @@ class Aligner:
              flash_attn: bool = False, kv_unified: bool = False, prefer_native: bool = True,
              verbose: bool = False, backend: str = "auto", providers: Optional[Sequence[str]] = None,
              max_queue: int = 16, chat_template: Optional[str] = None,
-             chat_template_file: Optional[str] = None, prompt_cache: bool = True) -> "Aligner":
+             chat_template_file: Optional[str] = None, prompt_cache: bool = True,
+             max_branches: int = 4) -> "Aligner":
         """Load a model (default: the embedded SmolLM2-135M-Instruct Q4_1 GGUF).
 
         backend: "auto" (ONNX for an exported folder, llama.cpp for a .gguf), "llama.cpp" or "onnx".
-        n_ctx is the context of each sequence; a request with a principle uses two sequences.
+        n_ctx is the context of each sequence; a request uses one sequence per branch (two for a
+        principle, one more per extra principle or thing to avoid), at most max_branches, so the
+        context holds max_requests x max_branches sequences.
         chat_template: a llama.cpp built-in template name (or Jinja text) instead of the model's own;
         chat_template_file: a Jinja template file.
         prompt_cache: keep finished requests' sequences in the KV cache and reuse their longest common
@@ -58,13 +64,18 @@ class Aligner:
         """
         from ..backends import BackendOptions, load_backend
 
-        options = BackendOptions(n_ctx=n_ctx, n_batch=n_batch, n_seq_max=2 * max_requests, n_threads=n_threads,
+        if not isinstance(max_branches, int) or isinstance(max_branches, bool) or not 1 <= max_branches <= 16:
+            raise InvalidParameterError(f"max_branches must be an integer in [1, 16], got {max_branches!r}")
+        if not isinstance(max_requests, int) or isinstance(max_requests, bool) or max_requests < 1:
+            raise InvalidParameterError(f"max_requests must be a positive integer, got {max_requests!r}")
+        options = BackendOptions(n_ctx=n_ctx, n_batch=n_batch, n_seq_max=max_requests * max_branches,
+                                 n_threads=n_threads,
                                  n_gpu_layers=n_gpu_layers, flash_attn=flash_attn, kv_unified=kv_unified,
                                  verbose=verbose, providers=tuple(providers) if providers else None)
         b = load_backend(model_path, backend, options)
         try:
             engine = Engine(b, max_requests=max_requests, max_queue=max_queue, prefer_native=prefer_native,
-                            prompt_cache=prompt_cache)
+                            prompt_cache=prompt_cache, max_branches=max_branches)
             return cls(engine, chat_template=chat_template, chat_template_file=chat_template_file)
         except BaseException:
             b.close()
@@ -73,8 +84,31 @@ class Aligner:
     @property
     def template(self) -> ChatTemplate:
         if self._template is None:
-            self._template = select_template(self.backend, *self._template_choice)
+            with self.engine.lease() as b:
+                self._template = select_template(b, *self._template_choice)
         return self._template
+
+    @property
+    def sampler(self) -> str:
+        """The sampler in use: "native" (the C fast path) or "numpy"."""
+        return self.engine.chooser.path
+
+    @property
+    def chooser(self):
+        """The sampler object: choose(rows, combination, params, rng, history) -> Choice."""
+        return self.engine.chooser
+
+    @property
+    def max_branches(self) -> int:
+        return self.engine.max_branches
+
+    def tokenize(self, text: str) -> List[int]:
+        """Tokens of a rendered prompt string, counted as the engine counts a prompt."""
+        return self.engine.tokenize_prompt(text)
+
+    def profile(self, reset: bool = False) -> Dict[str, float]:
+        """Host time per decode step: steps, tokens, decode_s, choose_s, host_s, wall_s and per-step ms."""
+        return self.engine.profile(reset)
 
     def prompts(self, prompt: Optional[str] = None, principle: Optional[str] = None,
                 system: Optional[str] = None, messages: Optional[Sequence[Dict[str, str]]] = None) -> PromptPair:
@@ -86,38 +120,70 @@ class Aligner:
                 {"role": "user", "content": prompt}]
         return self.template.pair(messages, principle)
 
+    def branches(self, prompt: Optional[str] = None, principles: Sequence[str] = (), *,
+                 ratios: Union[float, Sequence[float]] = 2.0, weights: Optional[Sequence[float]] = None,
+                 avoid: Sequence[str] = (), avoid_ratios: Union[float, Sequence[float]] = 2.0,
+                 adaptive: bool = False, system: Optional[str] = None,
+                 messages: Optional[Sequence[Dict[str, str]]] = None) -> BranchSet:
+        """A branch set: one branch per principle and per thing to avoid, and the plain prompt.
+
+        ratios / avoid_ratios: one value for all, or one per principle (per avoid text) in order.
+        z = sum_i w_i [z_Pi + r_i (z_Pi - z_0)] - sum_j s_j (z_Nj - z_0); one principle is Linear
+        Alignment exactly.
+        """
+        principles, avoid = list(principles), list(avoid)
+        if not principles:
+            raise InvalidParameterError("principles must name at least one principle")
+        ratios = _per_item("ratio", ratios, len(principles))
+        avoid_ratios = _per_item("avoid_ratio", avoid_ratios, len(avoid))
+        rendered = [self.prompts(prompt, validate_principle(t), system, messages) for t in principles + avoid]
+        first = rendered[0]
+        return compose([(p.principled, p.principled_parts) for p in rendered[:len(principles)]],
+                       [(p.principled, p.principled_parts) for p in rendered[len(principles):]],
+                       (first.plain, first.plain_parts), ratios, weights, avoid_ratios, adaptive)
+
     # ---- generation --------------------------------------------------------------------------
     def submit(self, prompt: Optional[str] = None, principle: Optional[str] = None,
                params: Optional[GenerationParams] = None, *, system: Optional[str] = None,
-               messages: Optional[Sequence[Dict[str, str]]] = None, pair: Optional[PromptPair] = None) -> Request:
+               messages: Optional[Sequence[Dict[str, str]]] = None, pair: Optional[PromptPair] = None,
+               principles: Optional[Sequence[str]] = None, branches: Optional[BranchSet] = None) -> Request:
         """Start one generation and return its Request (stream it, or wait for its result).
 
-        Give a prompt (with an optional system text), a message list, or a ready PromptPair. Raises
-        InvalidParameterError, ContextOverflowError, BusyError or EngineUnavailableError at once.
+        Give a prompt (with an optional system text) or a message list with one principle (Linear
+        Alignment at params.ratio) or several (`principles`, each at params.ratio, equal weights);
+        or a ready PromptPair or BranchSet (see branches()). Raises InvalidParameterError,
+        ContextOverflowError, BusyError or EngineUnavailableError at once.
         """
         params = params or GenerationParams()
-        pair = pair or self.prompts(prompt, principle, system, messages)
-        handle = self.engine.submit(pair, params)
-        request = Request(handle, pair, params, self.backend, self.engine.chooser.path)
-        self._open.add(request)
+        if principles is not None:
+            if principle is not None:
+                raise InvalidParameterError("give principle or principles, not both")
+            branches = self.branches(prompt, principles, ratios=params.ratio, system=system, messages=messages)
+        if branches is not None:
+            handle, prompts = self.engine.submit(branches, params), branches.describe()
+        else:
+            pair = pair or self.prompts(prompt, principle, system, messages)
+            handle, prompts = self.engine.submit(pair, params), {"principled": pair.principled, "plain": pair.plain}
+        request = Request(handle, prompts, params, self.sampler)
+        with self._open_lock:
+            self._open.add(request)
         return request
 
-    def steps(self, pair: PromptPair, params: GenerationParams) -> Tuple[RequestHandle, Iterator[StepEvent]]:
+    def steps(self, pair: Union[PromptPair, BranchSet],
+              params: GenerationParams) -> Tuple[RequestHandle, Iterator[StepEvent]]:
         """Layer 1: submit and iterate token ids with diagnostics."""
         handle = self.engine.submit(pair, params)
         return handle, iter(handle)
 
     def stream(self, prompt: Optional[str] = None, principle: Optional[str] = None,
-               params: Optional[GenerationParams] = None, *, system: Optional[str] = None,
-               messages=None, pair: Optional[PromptPair] = None) -> Iterator[Chunk]:
-        """Layer 2: stream text chunks of the aligned answer."""
-        return self.submit(prompt, principle, params, system=system, messages=messages, pair=pair).stream()
+               params: Optional[GenerationParams] = None, **kw) -> Iterator[Chunk]:
+        """Layer 2: stream text chunks of the aligned answer (keywords as submit())."""
+        return self.submit(prompt, principle, params, **kw).stream()
 
     def generate(self, prompt: Optional[str] = None, principle: Optional[str] = None,
-                 params: Optional[GenerationParams] = None, *, system: Optional[str] = None,
-                 messages=None, pair: Optional[PromptPair] = None) -> GenerationResult:
-        """Layer 3: the whole aligned answer with prompts, usage and timings."""
-        return self.submit(prompt, principle, params, system=system, messages=messages, pair=pair).result()
+                 params: Optional[GenerationParams] = None, **kw) -> GenerationResult:
+        """Layer 3: the whole aligned answer with prompts, usage and timings (keywords as submit())."""
+        return self.submit(prompt, principle, params, **kw).result()
 
     def generate_raw(self, principled_prompt: str, plain_prompt: Optional[str],
                      params: Optional[GenerationParams] = None) -> GenerationResult:
@@ -126,11 +192,11 @@ class Aligner:
 
     # ---- tokens ------------------------------------------------------------------------------
     def token_text(self, token: int) -> str:
-        return self.backend.token_bytes(token).decode("utf-8", "replace")
+        return self.token_bytes(token).decode("utf-8", "replace")
 
     def token_bytes(self, token: int) -> bytes:
         """The token's own bytes (a piece of a UTF-8 character for some tokens)."""
-        return self.backend.token_bytes(token)
+        return self.engine.token_bytes(token)
 
     # ---- lifecycle ---------------------------------------------------------------------------
     @property
@@ -139,11 +205,13 @@ class Aligner:
         return self.engine.alive
 
     def status(self) -> Dict[str, object]:
-        """Engine state for health checks: alive, failure (text or None), active, queued, sampler, prompt_cache."""
+        """Engine state for health checks: alive, failure (text or None), active, queued, sampler,
+        max_branches, n_seq_max, prompt_cache."""
         e = self.engine
         failure = e.failure
         return {"alive": e.alive, "failure": repr(failure) if failure is not None else None,
                 "active": e.n_active, "queued": e.n_queued, "sampler": e.chooser.path,
+                "max_branches": e.max_branches, "n_seq_max": self.backend.n_seq_max,
                 "prompt_cache": e.cache_stats()}
 
     def start(self) -> None:
@@ -152,7 +220,8 @@ class Aligner:
 
     def cancel_all(self) -> int:
         """Cancel every open request; returns how many were still running."""
-        running = [r for r in list(self._open) if not r.done]
+        with self._open_lock:
+            running = [r for r in list(self._open) if not r.done]
         for r in running:
             r.cancel()
         return len(running)
@@ -160,15 +229,15 @@ class Aligner:
     def close(self, timeout: float = STOP_TIMEOUT_S) -> None:
         """Cancel open requests, stop the engine, then free the model.
 
-        The model is freed only when the engine reports no decode in flight; after a bounded extra
-        wait it is left allocated (a RuntimeWarning says so) rather than freed under a decode.
+        The model is freed only when no decode is in flight and no vocabulary call runs; after a
+        bounded extra wait it is left allocated (a RuntimeWarning says so) rather than freed under one.
         """
         if self._closed:
             return
         self._closed = True
         self.cancel_all()
         clean = self.engine.stop(timeout) or self.engine.stop(STOP_EXTRA_S)
-        if clean:
+        if clean and self.engine.release_backend(STOP_EXTRA_S):
             self.backend.close()
         else:
             warnings.warn(f"la_edge: a decode was still running {timeout + STOP_EXTRA_S:g} s after close(); "
@@ -179,3 +248,13 @@ class Aligner:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _per_item(name: str, value: Union[float, Sequence[float]], n: int) -> List[float]:
+    """One value for all n items, or exactly one per item."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return [float(value)] * n
+    values = [float(v) for v in value]
+    if len(values) != n:
+        raise InvalidParameterError(f"{name}: give one value for all or one per item ({n}), got {len(values)}")
+    return values

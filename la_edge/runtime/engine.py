@@ -1,35 +1,38 @@
-"""The engine: a small runner over the Scheduler (scheduler.py) and one backend context.
+"""The engine: a small runner over the Scheduler (scheduler.py), its SequencePool (pool.py) and
+one backend context.
 
-The scheduler plans each batch under the lock; the runner decodes it, reads the logits rows and
-samples with the lock released ("in flight"), then applies the results under the lock. Cancels
-during a decode free their sequences after it. A failure while decoding or sampling ends only the
-requests of that batch; if the runner itself breaks, every open and later request gets
-EngineUnavailableError instead of waiting.
+The scheduler plans each batch under the lock; the runner makes the pool's pending KV changes,
+decodes the batch, reads each request's K logits rows and samples with the lock released ("in
+flight"), then applies the results under the lock. Cancels during a decode free their sequences
+after it. A failure while decoding or sampling ends only the requests of that batch; if the runner
+itself breaks, every open and later request gets EngineUnavailableError instead of waiting.
+Every vocabulary call holds a lease on the backend, so close() never frees it under one.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import itertools
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Deque, Dict, List, Optional, Tuple
+from typing import Deque, Dict, List, Optional, Tuple, Union
 
-from ..errors import (BusyError, ContextOverflowError, EngineUnavailableError, LaEdgeError,
-                      StepFailedError)
+from ..errors import (BusyError, ContextOverflowError, EngineUnavailableError, InvalidParameterError,
+                      LaEdgeError, RequestTimeoutError, StepFailedError)
 from ..decoding.params import GenerationParams
 from ..decoding.rng import SplitMix64
-from .prompts import PromptPair, tokenize_pair, tokenize_text
-from .scheduler import Action, Batch, Job, KvOp, Phase, Scheduler, common_prefix
+from .branches import BranchSet, tokenize_branches
+from .pool import KvOp, SequencePool
+from .prompts import PromptPair, tokenize_text
+from .scheduler import Action, Batch, Job, Phase, Scheduler
 
-__all__ = ["Engine", "RequestHandle", "StepEvent", "common_prefix"]
+__all__ = ["Engine", "RequestHandle", "StepEvent"]
 
 _WAIT_S = 0.5  # every wait on the condition is bounded by this and then re-checks its predicate
+_IDLE_S = 0.002  # a round that could run nothing waits this long before the next (no spinning)
 _CANCEL_WAIT_S = 2.0  # a cancel() that cannot take the lock this fast is queued instead
-# The prompt cache reuses whole 16-token blocks: llama.cpp's k-quant CPU kernels round a token by
-# its place in 16-row tiles of a decode call, so only such splits match a cold prefill (README).
-REUSE_ALIGN = 16
 
 
 class _OwnedLock:
@@ -69,19 +72,28 @@ class _OwnedLock:
 
 @dataclass(frozen=True)
 class StepEvent:
-    """One generated token and its diagnostics; `finish_reason` is set on the last one."""
+    """One generated token and its diagnostics; `finish_reason` is set on the last one.
+
+    piece: the token's own bytes; eog: it ends generation (its text is then empty);
+    top_pieces: the bytes of each `top` alternative.
+    ratio_scale: the adaptive ratio's factor at this step (1.0 with a fixed ratio).
+    """
 
     token: int
     logprob: Optional[float]
     top: Tuple[Tuple[int, float], ...]
     nucleus_size: int
     finish_reason: Optional[str] = None
+    piece: bytes = b""
+    eog: bool = False
+    top_pieces: Tuple[bytes, ...] = ()
+    ratio_scale: float = 1.0
 
 
 @dataclass(eq=False)
 class _Request:
     rid: int
-    pair: PromptPair
+    branches: BranchSet
     params: GenerationParams
     job: Job
     rng: SplitMix64
@@ -90,6 +102,7 @@ class _Request:
     events: Deque[StepEvent] = field(default_factory=collections.deque)
     finish_reason: Optional[str] = None  # set once: the request is over
     error: Optional[BaseException] = None
+    deadline: Optional[float] = None  # time.monotonic() past which it ends with RequestTimeoutError
     t_submit: float = 0.0
     t_start: float = 0.0
     t_first: float = 0.0
@@ -104,13 +117,23 @@ class RequestHandle:
         self._req = req
 
     @property
+    def branches(self) -> BranchSet:
+        return self._req.branches
+
+    @property
+    def branch_tokens(self) -> Tuple[int, ...]:
+        """Prompt tokens of each branch."""
+        return tuple(len(p) for p in self._req.job.prompts)
+
+    @property
     def prompt_tokens(self) -> int:
-        return len(self._req.job.tokens_p)
+        """Prompt tokens of branch 0 (the principled prompt)."""
+        return len(self._req.job.prompts[0])
 
     @property
     def plain_prompt_tokens(self) -> int:
-        t0 = self._req.job.tokens_0
-        return len(t0) if t0 is not None else 0
+        ref = self._req.branches.combination.ref
+        return 0 if ref is None else len(self._req.job.prompts[ref])
 
     @property
     def shared_prefix_tokens(self) -> int:
@@ -119,7 +142,8 @@ class RequestHandle:
     @property
     def cached_tokens(self) -> Tuple[int, int]:
         """Prompt tokens taken from the prompt cache: (principled, plain)."""
-        return self._req.job.cached
+        job, ref = self._req.job, self._req.branches.combination.ref
+        return job.cached[0], (0 if ref is None else job.cached[ref])
 
     @property
     def seed(self) -> int:
@@ -146,7 +170,12 @@ class RequestHandle:
         }
 
     def cancel(self) -> None:
+        """End the request now, from any thread; nothing of it is kept for the prompt cache."""
         self._engine.cancel(self._req)
+
+    def stop(self) -> None:
+        """End it as finished on a stop string: its prompt sequences are parked like any finished one."""
+        self._engine.cancel(self._req, reason="stop")
 
     def __iter__(self):
         req = self._req
@@ -164,34 +193,76 @@ def _step_error(exc: BaseException) -> BaseException:
     return StepFailedError(f"step failed: {type(exc).__name__}: {exc}", cause=exc)
 
 
+@dataclass
+class _Profile:
+    """Host time per decode step: inside the backend's decode, in the sampler, and the rest."""
+
+    steps: int = 0
+    tokens: int = 0
+    decode_s: float = 0.0
+    choose_s: float = 0.0
+    wall_s: float = 0.0  # from the end of the previous step of a busy stretch (or this decode's start)
+
+    def as_dict(self) -> Dict[str, float]:
+        host = max(self.wall_s - self.decode_s - self.choose_s, 0.0)
+        per = 1000.0 / self.steps if self.steps else 0.0
+        return {"steps": self.steps, "tokens": self.tokens, "decode_s": self.decode_s,
+                "choose_s": self.choose_s, "host_s": host, "wall_s": self.wall_s,
+                "decode_ms_per_step": self.decode_s * per, "choose_ms_per_step": self.choose_s * per,
+                "host_ms_per_step": host * per,
+                "outside_decode_ms_per_step": (self.wall_s - self.decode_s) * per}
+
+
 class Engine:
-    """Schedules requests over one backend context; every batch is one decode call."""
+    """Schedules requests of up to `max_branches` branches over one backend context; every batch
+    is one decode call."""
 
     def __init__(self, backend, max_requests: int = 1, max_queue: int = 16, prefer_native: bool = True,
-                 prefill_chunk: int = 256, mix_prefill: bool = False, prompt_cache: bool = True):
+                 prefill_chunk: int = 256, mix_prefill: bool = False, prompt_cache: bool = True,
+                 max_branches: int = 2):
         from ..decoding.native import make_chooser
 
-        if max_requests < 1 or 2 * max_requests > backend.n_seq_max:
-            raise LaEdgeError(f"max_requests={max_requests} needs n_seq_max >= {2 * max_requests}")
+        if not isinstance(max_branches, int) or max_branches < 1:
+            raise InvalidParameterError(f"max_branches must be a positive integer, got {max_branches!r}")
+        if max_requests < 1 or max_requests * max_branches > backend.n_seq_max:
+            raise InvalidParameterError(
+                f"max_requests={max_requests} x max_branches={max_branches} needs n_seq_max >= "
+                f"{max_requests * max_branches}, the context has {backend.n_seq_max}")
+        # A request's final prompt tokens of every branch share one batch, never a last token alone.
+        need = 2 * max_branches
+        for name, value in (("n_batch", backend.n_batch), ("prefill_chunk", prefill_chunk)):
+            if value < need:
+                raise InvalidParameterError(
+                    f"{name}={value} is too small for max_branches={max_branches}: a request's last "
+                    f"prompt tokens of every branch share one batch; use {name} >= {need}")
+        if backend.n_batch < max_requests * max_branches:
+            raise InvalidParameterError(
+                f"n_batch={backend.n_batch} cannot decode max_requests={max_requests} x "
+                f"max_branches={max_branches} sequences in one step; raise n_batch or lower them")
         self.backend = backend
         self.max_queue = max_queue
+        self.max_branches = max_branches
         self.chooser = make_chooser(backend.n_vocab, prefer_native=prefer_native)
-        self.scheduler = Scheduler(backend.n_seq_max, max_requests, backend.n_batch, backend.n_ctx_total,
-                                   backend.kv_unified, prefill_chunk, mix_prefill, prompt_cache=prompt_cache,
-                                   reuse_align=REUSE_ALIGN)
-        self._lock = _OwnedLock()  # guards the scheduler and the requests; never held in a decode
+        self.pool = SequencePool(backend.n_seq_max, backend.n_ctx_total, backend.kv_unified,
+                                 prompt_cache=prompt_cache, reuse_block=backend.reuse_block)
+        self.scheduler = Scheduler(self.pool, max_requests, backend.n_batch, prefill_chunk, mix_prefill)
+        self._lock = _OwnedLock()  # guards the scheduler, the pool and the requests; never held in a decode
         self._cond = threading.Condition(self._lock)
-        self._cancels: Deque[_Request] = collections.deque()  # cancels queued while the lock was busy
+        self._cancels: Deque[Tuple[_Request, str]] = collections.deque()  # queued while the lock was busy
         self._ids = itertools.count()
         self._open: Dict[int, _Request] = {}
         self._background: Optional[threading.Thread] = None
         self._closed = False
         self._failure: Optional[BaseException] = None
+        self._leases = 0  # vocabulary calls running now (see lease())
+        self._freed = False
+        self._profile = _Profile()
+        self._last_end: Optional[float] = None
         self.steps = 0  # decode calls so far
         for s in range(backend.n_seq_max):  # the engine owns the KV cache: start from an empty one
             backend.seq_remove(s)
 
-    # ---- configuration (the scheduler holds it) -----------------------------------------
+    # ---- configuration -----------------------------------------------------------------------
     @property
     def max_requests(self) -> int:
         return self.scheduler.max_requests
@@ -203,6 +274,8 @@ class Engine:
 
     @prefill_chunk.setter
     def prefill_chunk(self, value: int) -> None:
+        if value < 2 * self.max_branches:
+            raise InvalidParameterError(f"prefill_chunk must be >= {2 * self.max_branches}, got {value}")
         self.scheduler.prefill_chunk = value
 
     @property
@@ -214,7 +287,7 @@ class Engine:
     def mix_prefill(self, value: bool) -> None:
         self.scheduler.mix_prefill = value
 
-    # ---- state ---------------------------------------------------------------------------
+    # ---- state -------------------------------------------------------------------------------
     @property
     def alive(self) -> bool:
         """True until stop() or a failure of the runner itself."""
@@ -233,7 +306,7 @@ class Engine:
     @property
     def prompt_cache(self) -> bool:
         """Finished requests park their sequences for later prompts that start the same way."""
-        return self.scheduler.prompt_cache
+        return self.pool.prompt_cache
 
     @property
     def n_active(self) -> int:
@@ -243,6 +316,14 @@ class Engine:
     def n_queued(self) -> int:
         return len(self.scheduler.queue)
 
+    def profile(self, reset: bool = False) -> Dict[str, float]:
+        """Host time per decode step (see _Profile); reset=True starts a new count after reading."""
+        with self._cond:
+            out = self._profile.as_dict()
+            if reset:
+                self._profile = _Profile()
+            return out
+
     def used_sequences(self) -> List[int]:
         """Sequences that hold KV cells now (should be empty when idle); waits out a decode in flight."""
         with self._cond:
@@ -251,27 +332,28 @@ class Engine:
     def _used(self) -> List[int]:
         """used_sequences() with the lock held."""
         self._wait_until(lambda: not self.decode_in_flight, 30.0)
+        self._apply_changes()
         return [s for s in range(self.backend.n_seq_max) if self.backend.seq_pos_max(s) >= 0]
 
     def parked_sequences(self) -> List[int]:
         """Sequences the prompt cache holds for later requests (least recently used first)."""
         with self._cond:
-            return list(self.scheduler.parked)
+            return list(self.pool.parked)
 
     def leaked_sequences(self) -> List[int]:
         """Sequences holding KV cells that no request runs on and the cache does not hold (should be [])."""
         with self._cond:
             used = self._used()
-            held = {s.seq_id for j in self.scheduler.active for s in j.seqs} | set(self.scheduler.parked)
+            held = {s.seq_id for j in self.scheduler.active for s in j.seqs} | set(self.pool.parked)
             return [s for s in used if s not in held]
 
     def cache_stats(self) -> Dict[str, object]:
         """The prompt cache: on or off, parked and running sequences, parked cells, the bound."""
         with self._cond:
-            sch = self.scheduler
-            return {"enabled": sch.prompt_cache, "parked_sequences": len(sch.parked),
-                    "running_sequences": sum(len(j.seqs) for j in sch.active),
-                    "parked_cells": sch.parked_cells, "max_sequences": sch.n_seq_max,
+            pool = self.pool
+            return {"enabled": pool.prompt_cache, "parked_sequences": len(pool.parked),
+                    "running_sequences": sum(len(j.seqs) for j in self.scheduler.active),
+                    "parked_cells": pool.parked_cells, "max_sequences": pool.n_seq,
                     "kv_cells": self.backend.n_ctx_total}
 
     def clear_cache(self) -> int:
@@ -280,25 +362,60 @@ class Engine:
             self._wait_until(lambda: not self.scheduler.in_flight, 30.0)
             if self.scheduler.in_flight:
                 return 0
-            ids = self.scheduler.drop_parked()
-            self._clear(ids)
-            return len(ids)
+            n = len(self.pool.drop_parked())
+            self._apply_changes()
+            return n
 
-    # ---- submission ------------------------------------------------------------------------
+    # ---- the backend's vocabulary, leased ------------------------------------------------------
+    @contextlib.contextmanager
+    def lease(self):
+        """Hold the backend for a vocabulary call: close() frees it only after every lease ends."""
+        with self._cond:
+            if self._freed or self._closed:
+                raise EngineUnavailableError("engine stopped")
+            self._leases += 1
+        try:
+            yield self.backend
+        finally:
+            with self._cond:
+                self._leases -= 1
+                self._cond.notify_all()
+
     def tokenize_prompt(self, text: str) -> List[int]:
         """Tokens of a rendered prompt, with BOS added only where the model wants it and the text lacks it."""
-        return tokenize_text(self.backend, text)
+        with self.lease() as b:
+            return tokenize_text(b, text)
 
-    def submit(self, pair: PromptPair, params: GenerationParams) -> RequestHandle:
-        """Validate sizes and enqueue; raises ContextOverflowError, BusyError or EngineUnavailableError."""
+    def token_bytes(self, token: int) -> bytes:
+        with self.lease() as b:
+            return b.token_bytes(token)
+
+    def release_backend(self, timeout: float) -> bool:
+        """After stop(): wait (bounded) for leases and the decode in flight, then mark the backend
+        freed; True if the caller may free it now."""
         with self._cond:
-            self._check_available()
-        tokens_p, tokens_0 = tokenize_pair(self.backend, pair)
-        if tokens_0 is not None and params.ratio == 0.0:
-            tokens_0 = None  # r = 0: the principled branch alone
-        # A sliding-window cache's seq_copy is not exact: such backends decode both prompts in full.
-        job = Job.for_prompts(tokens_p, tokens_0, params.max_tokens, share_prefix=self.backend.supports_seq_copy)
-        longest = max(len(tokens_p), len(tokens_0 or ()))
+            ok = self._wait_until(lambda: self._leases == 0 and not self.decode_in_flight, timeout)
+            if ok:
+                self._freed = True
+            return ok
+
+    # ---- submission --------------------------------------------------------------------------
+    def submit(self, branches: Union[BranchSet, PromptPair], params: GenerationParams) -> RequestHandle:
+        """Validate sizes and enqueue; raises ContextOverflowError, BusyError or EngineUnavailableError.
+
+        A PromptPair means Linear Alignment at params.ratio (BranchSet.from_pair).
+        """
+        if isinstance(branches, PromptPair):
+            branches = BranchSet.from_pair(branches, params.ratio)
+        if branches.k > self.max_branches:
+            raise InvalidParameterError(
+                f"the request has {branches.k} branches but the engine allows max_branches="
+                f"{self.max_branches}; use fewer principles or load with a larger max_branches")
+        with self.lease() as b:
+            prompts = tokenize_branches(b, branches)
+        # A sliding-window cache's seq_copy is not exact: such backends decode every prompt in full.
+        job = Job.for_branches(prompts, params.max_tokens, share_prefix=self.backend.supports_seq_copy)
+        longest = max(len(p) for p in prompts)
         n_ctx = self.backend.n_ctx
         if longest + params.max_tokens > n_ctx:
             raise ContextOverflowError(
@@ -307,12 +424,16 @@ class Engine:
         total = self.backend.n_ctx_total
         if self.backend.kv_unified and job.cells > total:
             raise ContextOverflowError(
-                f"both sequences need {job.cells} KV cells ({len(tokens_p)}+{len(tokens_0 or ())}-{job.shared} "
-                f"shared prompt tokens + 2x{params.max_tokens} generated) but the unified cache has {total}; "
+                f"the {job.n_seqs} sequences need {job.cells} KV cells (prompts of "
+                f"{'+'.join(str(len(p)) for p in prompts)} tokens, {job.shared} shared, + "
+                f"{job.n_seqs}x{params.max_tokens} generated) but the unified cache has {total}; "
                 f"lower max_tokens")
         seed = params.seed if params.seed is not None else SplitMix64().next_u64()
-        req = _Request(rid=next(self._ids), pair=pair, params=params, job=job, rng=SplitMix64(seed), seed=seed,
-                       t_submit=time.perf_counter())
+        now = time.perf_counter()
+        timeout = params.timeout
+        req = _Request(rid=next(self._ids), branches=branches, params=params, job=job, rng=SplitMix64(seed),
+                       seed=seed, t_submit=now,
+                       deadline=None if timeout is None else time.monotonic() + timeout)
         job.owner = req
         with self._cond:
             self._check_available()
@@ -333,48 +454,58 @@ class Engine:
             raise EngineUnavailableError("engine stopped")
 
     def _admit(self) -> None:
-        """Admit queued jobs (lock held; a decode may be in flight)."""
+        """Admit queued jobs (lock held; a decode may be in flight): their KV changes wait in the pool."""
         for job in self.scheduler.admit():
             job.owner.t_start = time.perf_counter()
+        self._apply_changes()
 
-    def _prepare(self) -> None:
-        """Make admitted jobs' KV changes: evict and trim parked sequences (lock held, nothing in flight)."""
-        for job in self.scheduler.active:
-            for p in job.prep:
-                if p.op is KvOp.CLEAR:
-                    self.backend.seq_remove(p.seq_id)
-                elif (self.backend.seq_pos_max(p.seq_id) + 1 < p.pos  # cleared behind the engine's back
-                      or self._window_lost(p.seq_id, p.pos)
-                      or self.backend.seq_remove(p.seq_id, p.pos, -1) is False):  # a cache that cannot cut
-                    self.backend.seq_remove(p.seq_id)
-                    self.scheduler.cold(job, p.seq_id)
-            job.prep = []
+    def _apply_changes(self) -> None:
+        """Make the pool's pending KV changes (lock held); only between decodes."""
+        if self.scheduler.in_flight or not self.pool.pending:
+            return
+        for c in self.pool.take_changes():
+            if c.op is KvOp.CLEAR:
+                self.backend.seq_remove(c.seq_id)
+            elif (self.backend.seq_pos_max(c.seq_id) + 1 < c.pos  # cleared behind the engine's back
+                  or self._window_lost(c.seq_id, c.pos)
+                  or self.backend.seq_remove(c.seq_id, c.pos, -1) is False):  # a cache that cannot cut
+                self.backend.seq_remove(c.seq_id)
+                self.scheduler.cold(c.job, c.branch)
 
     def _window_lost(self, seq_id: int, pos: int) -> bool:
         """A sliding-window cache no longer holds the window before `pos` (llama.cpp's own server test)."""
-        n_swa = getattr(self.backend, "n_swa", 0)
+        n_swa = self.backend.n_swa
         return bool(n_swa) and self.backend.seq_pos_min(seq_id) > max(0, pos - n_swa)
 
-    # ---- lifecycle -------------------------------------------------------------------------
-    def cancel(self, req: _Request) -> None:
+    # ---- lifecycle ---------------------------------------------------------------------------
+    def cancel(self, req: _Request, reason: str = "cancelled") -> None:
         """End a request now; sequences in a decode in flight are freed right after it.
 
+        reason="stop" (a stop string was found) parks its prompt sequences like a finished request.
         From inside the engine's locked code (a finalizer) or when the lock stays busy, the cancel
         is queued and done at the engine's next locked section instead: it never deadlocks.
         """
         if self._lock.owner == threading.get_ident() or not self._lock.acquire(timeout=_CANCEL_WAIT_S):
-            self._cancels.append(req)
+            self._cancels.append((req, reason))
             return
         try:
             self._drain_cancels()
-            self._finish(req, "cancelled")
+            self._finish(req, reason)
         finally:
             self._lock.release()
 
     def _drain_cancels(self) -> None:
         """Do the queued cancels (lock held)."""
         while self._cancels:
-            self._finish(self._cancels.popleft(), "cancelled")
+            self._finish(*self._cancels.popleft())
+
+    def _expire(self) -> None:
+        """End the requests past their deadline (lock held)."""
+        now = time.monotonic()
+        for req in [r for r in self._open.values() if r.deadline is not None and now >= r.deadline]:
+            self._finish(req, "error", RequestTimeoutError(
+                f"request timed out after {req.params.timeout:g} s ({len(req.history)} tokens generated); "
+                f"raise the timeout or lower max_tokens"))
 
     def _finish(self, req: _Request, reason: str, error: Optional[BaseException] = None) -> None:
         if req.finish_reason is not None:
@@ -384,12 +515,9 @@ class Engine:
         req.t_end = time.perf_counter()
         self._open.pop(req.rid, None)
         # Only a request that ended normally parks its sequences: nothing half-written is kept.
-        self._clear(self.scheduler.finish(req.job, park=reason in ("stop", "length")))
+        self.scheduler.finish(req.job, park=reason in ("stop", "length"))
+        self._apply_changes()
         self._cond.notify_all()
-
-    def _clear(self, seq_ids: List[int]) -> None:
-        for s in seq_ids:
-            self.backend.seq_remove(s)
 
     def _wait_until(self, ready, timeout: float) -> bool:
         """Wait on the condition (lock held) in bounded slices until ready() or the timeout."""
@@ -401,7 +529,7 @@ class Engine:
             self._cond.wait(min(left, _WAIT_S))
         return True
 
-    # ---- one step --------------------------------------------------------------------------
+    # ---- one round ---------------------------------------------------------------------------
     def step(self) -> bool:
         """One scheduling round; False when there was nothing to decode.
 
@@ -426,11 +554,14 @@ class Engine:
                 if not self.alive:
                     return ran
                 self._drain_cancels()
+                self._expire()
                 if not ran:
                     self._admit()
-                self._prepare()
+                self._apply_changes()
                 batch = self.scheduler.plan()
                 if batch is None:
+                    if not ran:
+                        self._last_end = None  # idle: the next step starts a new busy stretch
                     return ran
             self._execute(batch)
             ran = True
@@ -439,14 +570,17 @@ class Engine:
         """Decode and sample without the lock, then apply the results and end the batch under it."""
         error: Optional[BaseException] = None
         choices: Dict[int, object] = {}
+        t0 = time.perf_counter()
         try:
             self.backend.decode(batch.entries)
         except BaseException as exc:  # an interrupt fails this batch, then propagates
             error = exc
+        t1 = time.perf_counter()
         if error is None:
             for i, p in enumerate(batch.planned):
                 if p.action is Action.SAMPLE and p.job.phase is not Phase.DONE:
                     choices[i] = self._choose(p.job.owner, p.rows)
+        t2 = time.perf_counter()
         interrupt = error if error is not None and not isinstance(error, Exception) else None
         with self._cond:
             try:
@@ -468,25 +602,37 @@ class Engine:
                             self._emit(req, out)
             finally:
                 self._drain_cancels()  # queued during the decode or the loop above
-                self._clear(self.scheduler.end_batch())
+                self.scheduler.end_batch()
+                self._apply_changes()
+                self._note_profile(t0, t1, t2, len(choices))
                 self._cond.notify_all()
         if interrupt is not None:
             raise interrupt
 
+    def _note_profile(self, t0: float, t1: float, t2: float, n_tokens: int) -> None:
+        end = time.perf_counter()
+        prof = self._profile
+        prof.steps += 1
+        prof.tokens += n_tokens
+        prof.decode_s += t1 - t0
+        prof.choose_s += t2 - t1
+        prof.wall_s += end - (self._last_end if self._last_end is not None else t0)
+        self._last_end = end
+
     def _choose(self, req: _Request, rows: Tuple[int, ...]):
         """The sampled choice for one request, or the exception that stopped it."""
         try:
-            zp = self.backend.logits_row(rows[0])
-            z0 = self.backend.logits_row(rows[1]) if len(rows) > 1 else None
-            return self.chooser.choose(zp, z0, req.params, req.rng, req.history)
+            logits = tuple(self.backend.logits_row(r) for r in rows)
+            return self.chooser.choose(logits, req.branches.combination, req.params, req.rng, req.history)
         except BaseException as exc:  # reported per request by _execute
             return exc
 
     def _copy(self, req: _Request) -> None:
-        a, b = req.job.seqs
+        seqs = req.job.seqs
         try:
-            # A holds exactly the shared prefix now; a whole-sequence copy works in split caches too.
-            self.backend.seq_copy(a.seq_id, b.seq_id, -1, -1)
+            # Branch 0 holds exactly the shared prefix now; a whole-sequence copy works in split caches too.
+            for s in seqs[1:]:
+                self.backend.seq_copy(seqs[0].seq_id, s.seq_id, -1, -1)
         except Exception as exc:
             self._finish(req, "error", _step_error(exc))
             return
@@ -498,17 +644,20 @@ class Engine:
         if len(req.history) == 1:
             req.t_first = time.perf_counter()
         reason = None
-        if not req.params.ignore_eos and self.backend.is_eog(tok):
+        eog = self.backend.is_eog(tok)
+        if not req.params.ignore_eos and eog:
             reason = "stop"
         elif len(req.history) >= req.params.max_tokens:
             reason = "length"
-        req.events.append(StepEvent(tok, choice.logprob, choice.top, choice.nucleus_size, reason))
+        top = tuple(self.backend.token_bytes(t) for t, _ in choice.top)
+        req.events.append(StepEvent(tok, choice.logprob, choice.top, choice.nucleus_size, reason,
+                                    self.backend.token_bytes(tok), eog, top, choice.ratio_scale))
         if reason:
             self._finish(req, reason)
         else:
             self.scheduler.sampled(req.job, tok)
 
-    # ---- failure ---------------------------------------------------------------------------
+    # ---- failure -----------------------------------------------------------------------------
     def _die(self, exc: BaseException) -> None:
         with self._cond:
             self._record_failure(exc)
@@ -522,7 +671,8 @@ class Engine:
         for req in list(self._open.values()):
             req.finish_reason, req.error, req.t_end = "error", err, time.perf_counter()
         self._open.clear()
-        self.scheduler.drop_parked()
+        self.pool.drop_parked()
+        self.pool.take_changes()
         for s in range(self.backend.n_seq_max):
             try:
                 self.backend.seq_remove(s)
@@ -530,37 +680,42 @@ class Engine:
                 pass
         self._cond.notify_all()
 
-    # ---- consumption -----------------------------------------------------------------------
+    # ---- the stepping loop -------------------------------------------------------------------
     def next_event(self, req: _Request) -> Optional[StepEvent]:
-        """The request's next event (None at its end); drives step() itself unless a background loop runs."""
+        """The request's next event (None at its end); drives the stepping loop itself unless a
+        background runner does."""
         while True:
             with self._cond:
-                while True:
-                    self._drain_cancels()
-                    if req.events:
-                        return req.events.popleft()
-                    if req.finish_reason is not None:
-                        if req.error is not None and req.finish_reason == "error":
-                            err, req.error = req.error, None
-                            raise err
-                        return None
-                    t = self._background
-                    if t is not None and not t.is_alive() and self.alive:
-                        self._record_failure(RuntimeError("the engine thread exited"))
-                        continue
-                    if t is None and not self.scheduler.in_flight and self.alive:
-                        break  # no runner: drive a step from this thread
+                self._drain_cancels()
+                if req.events:
+                    return req.events.popleft()
+                if req.finish_reason is not None:
+                    if req.error is not None and req.finish_reason == "error":
+                        err, req.error = req.error, None
+                        raise err
+                    return None
+                self._expire()
+                t = self._background
+                if t is not None and not t.is_alive() and self.alive:
+                    self._record_failure(RuntimeError("the engine thread exited"))
+                    continue
+                if t is not None or self.scheduler.in_flight or not self.alive:
                     self._cond.wait(_WAIT_S)
-            try:
-                ran = self.step()
-            except EngineUnavailableError:
-                continue  # the request now holds the error; raise it above, once
-            if not ran:
-                with self._cond:
-                    self._cond.wait(0.01)  # nothing could run; do not spin
+                    continue
+            self._round()
+
+    def _round(self) -> None:
+        """One pass of the stepping loop (the background thread's, or a consumer's without one)."""
+        try:
+            ran = self.step()
+        except EngineUnavailableError:
+            return  # the failure is recorded; every request now holds it
+        if not ran:
+            with self._cond:
+                self._cond.wait(_IDLE_S)  # nothing could run this round; do not spin
 
     def start(self) -> None:
-        """Run steps in a background thread (for servers and concurrent callers)."""
+        """Run the stepping loop in a background thread (for servers and concurrent callers); idempotent."""
         with self._cond:
             self._check_available()
             if self._background is not None:
@@ -588,7 +743,8 @@ class Engine:
                 self._finish(req, "cancelled")
             idle = not self.decode_in_flight and not (t is not None and t.is_alive())
             if idle:
-                self._clear(self.scheduler.drop_parked())  # a stopped engine leaves the KV cache empty
+                self.pool.drop_parked()  # a stopped engine leaves the KV cache empty
+                self._apply_changes()
             return idle
 
     def _loop(self) -> None:
@@ -598,13 +754,10 @@ class Engine:
                     if not self.alive:
                         return
                     self._drain_cancels()
+                    self._expire()
                     if not self.scheduler.has_work:
                         self._cond.wait(_WAIT_S)
                         continue
-                if not self.step():
-                    with self._cond:
-                        self._cond.wait(0.001)  # nothing could run this round; do not spin
-        except EngineUnavailableError:
-            return  # step() recorded the failure
+                self._round()
         except BaseException as exc:  # whatever ends this thread is recorded
             self._die(exc)

@@ -12,7 +12,6 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from ..decoding.params import GenerationParams
 from .engine import RequestHandle
-from .prompts import PromptPair
 
 __all__ = ["Chunk", "GenerationResult", "Request"]
 
@@ -26,6 +25,9 @@ class Chunk:
     logprob: Optional[float] = None
     top: Tuple[Tuple[int, float], ...] = ()
     finish_reason: Optional[str] = None
+    top_text: Tuple[str, ...] = ()  # the text of each `top` alternative
+    piece: bytes = b""  # the token's own bytes
+    ratio_scale: float = 1.0  # the adaptive ratio's factor at this token (1.0 with a fixed ratio)
 
 
 @dataclass
@@ -34,7 +36,7 @@ class GenerationResult:
 
     text: str
     tokens: List[int]
-    prompts: Dict[str, Optional[str]]
+    prompts: Dict[str, object]
     finish_reason: str
     usage: Dict[str, int]
     timings: Dict[str, float]
@@ -84,23 +86,24 @@ class _StopFilter:
         return out
 
 
-def _text_chunks(handle: RequestHandle, backend, params: GenerationParams) -> Iterator[Chunk]:
-    """Turn a request's StepEvents into text Chunks, applying stop strings."""
+def _text_chunks(handle: RequestHandle, params: GenerationParams) -> Iterator[Chunk]:
+    """Turn a request's StepEvents into text Chunks, applying stop strings (no backend call)."""
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     stop = _StopFilter(params.stop)
     try:
         for ev in handle:
-            piece = b"" if backend.is_eog(ev.token) else backend.token_bytes(ev.token)
+            piece = b"" if ev.eog else ev.piece
             text, hit = stop.push(decoder.decode(piece, final=ev.finish_reason is not None))
+            top_text = tuple(b.decode("utf-8", "replace") for b in ev.top_pieces)
             if hit:
-                handle.cancel()
-                yield Chunk(text, ev.token, ev.logprob, ev.top, "stop")
+                handle.stop()  # ends like a finished request: the prompt cache keeps its sequences
+                yield Chunk(text, ev.token, ev.logprob, ev.top, "stop", top_text, ev.piece, ev.ratio_scale)
                 return
             if ev.finish_reason is not None:
                 text += stop.flush()
-            yield Chunk(text, ev.token, ev.logprob, ev.top, ev.finish_reason)
+            yield Chunk(text, ev.token, ev.logprob, ev.top, ev.finish_reason, top_text, ev.piece, ev.ratio_scale)
     finally:
-        handle.cancel()  # frees both sequences if the consumer stops early
+        handle.cancel()  # frees its sequences if the consumer stops early
 
 
 class _Record:
@@ -113,14 +116,14 @@ class _Record:
         self.finish: Optional[str] = None
 
 
-def _recorded(handle: RequestHandle, backend, params: GenerationParams, rec: _Record) -> Iterator[Chunk]:
+def _recorded(handle: RequestHandle, params: GenerationParams, rec: _Record) -> Iterator[Chunk]:
     # No reference back to the Request: a dropped stream is closed (and cancelled) at once.
     try:
-        for c in _text_chunks(handle, backend, params):
+        for c in _text_chunks(handle, params):
             rec.parts.append(c.text)
             if c.token is not None:
                 rec.tokens.append(c.token)
-                rec.logprobs.append(_logprob_entry(c, backend))
+                rec.logprobs.append(_logprob_entry(c))
             if c.finish_reason:
                 rec.finish = c.finish_reason
             yield c
@@ -128,12 +131,12 @@ def _recorded(handle: RequestHandle, backend, params: GenerationParams, rec: _Re
         handle.cancel()
 
 
-def _logprob_entry(c: Chunk, backend) -> Dict[str, object]:
-    def text(t: int) -> str:
-        return backend.token_bytes(t).decode("utf-8", "replace")
-
-    return {"token": c.token, "text": text(c.token), "logprob": c.logprob,
-            "top": [{"token": t, "text": text(t), "logprob": lp} for t, lp in c.top]}
+def _logprob_entry(c: Chunk) -> Dict[str, object]:
+    entry = {"token": c.token, "text": c.piece.decode("utf-8", "replace"), "logprob": c.logprob,
+             "top": [{"token": t, "text": tt, "logprob": lp} for (t, lp), tt in zip(c.top, c.top_text)]}
+    if c.ratio_scale != 1.0:
+        entry["ratio_scale"] = c.ratio_scale
+    return entry
 
 
 class Request:
@@ -144,13 +147,13 @@ class Request:
     it at once, from any thread, and frees its sequences. Engine errors surface from both.
     """
 
-    def __init__(self, handle: RequestHandle, pair: PromptPair, params: GenerationParams, backend, sampler: str):
-        self.pair = pair
+    def __init__(self, handle: RequestHandle, prompts: Dict[str, object], params: GenerationParams, sampler: str):
+        self.prompts = prompts
         self.params = params
         self._handle = handle
         self._sampler = sampler
         self._rec = _Record()
-        self._chunks = _recorded(handle, backend, params, self._rec)
+        self._chunks = _recorded(handle, params, self._rec)
         self._streamed = False
 
     def stream(self) -> Iterator[Chunk]:
@@ -167,7 +170,7 @@ class Request:
             pass
         return GenerationResult(
             text=self.text, tokens=list(self._rec.tokens),
-            prompts={"principled": self.pair.principled, "plain": self.pair.plain},
+            prompts=dict(self.prompts),
             finish_reason=self.finish_reason or "length", usage=self.usage, timings=self.timings(),
             seed=self.seed, sampler=self._sampler, logprobs=list(self._rec.logprobs))
 

@@ -1,35 +1,37 @@
 """The planner: requests in, batches and post-decode actions out. No model, no threads, no clock.
 
-It owns admission, the sequence ids, KV-cell reservations (unified caches), the prompt cache and
-which tokens go into each batch. A request with two prompts runs two sequences, A (principled) and
-B (plain): their shared prefix is decoded once in A and copied to B. The runner (engine.py) does
-each admitted job's KV preparations (`Job.prep`), decodes what it plans, samples, and reports back
-with copied(), sampled(), finish() and end_batch().
+A request is a branch set: K >= 1 token lists decoded side by side, one KV sequence each. The
+prefix all branches share is decoded once in branch 0 and copied to the others (where the
+backend's copy is exact). The planner owns admission, rounds and which tokens go into each batch;
+sequence ids, parked sequences, cells and KV changes belong to the `SequencePool` (pool.py). The
+runner (engine.py) makes the pool's KV changes before each decode, decodes what it plans, samples,
+and reports back with copied(), sampled(), finish() and end_batch().
 
-Prompt cache: a job that ends normally parks its sequences with their prompt tokens. A new job's
-branch adopts the parked sequence with the longest common prefix (its tail trimmed) and prefills
-only the rest; parked sequences are evicted least recently used when ids or cells run short.
-Generated tokens are never reused, reuse comes in whole blocks (16 in the engine) and at least 2
-prompt tokens are always decoded: llama.cpp rounds a token by where it sits in a decode call
-(README, "Prompt cache").
+Prompt cache (pool.py): a job that ends normally parks its sequences with their prompt tokens; a
+new job's branch adopts the parked sequence with the longest common prefix and prefills only the
+rest. Generated tokens are never reused, reuse comes in whole blocks (the backend's reuse_block)
+and at least 2 prompt tokens are always decoded: llama.cpp rounds a token by where it sits in a
+decode call (README, "Prompt cache").
 """
 
 from __future__ import annotations
 
 import collections
 import enum
-from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Deque, Dict, List, Optional, Sequence, Tuple
+from typing import Deque, List, Optional, Sequence, Tuple
 
 from ..backends.base import BatchEntry
+from .pool import Parked, Placement, SequencePool, cells_needed, matched
+
+__all__ = ["Action", "Batch", "Job", "Phase", "Planned", "Scheduler", "Seq", "common_prefix", "matched"]
 
 
 class Phase(enum.Enum):
     """Where a request is: QUEUED -> [SHARED ->] PREFILL -> DECODE -> DONE (DONE from anywhere)."""
 
     QUEUED = "queued"  # waiting for sequence ids (and KV cells)
-    SHARED = "shared"  # decoding the prefix both prompts share, in A only
+    SHARED = "shared"  # decoding the prefix every branch shares, in branch 0 only
     PREFILL = "prefill"  # the rest of the prompts
     DECODE = "decode"  # every sequence waits for at most its one next token
     DONE = "done"
@@ -38,47 +40,17 @@ class Phase(enum.Enum):
 class Action(enum.Enum):
     """What the runner does for a request after a successful decode."""
 
-    COPY = "copy"  # A holds the shared prefix: copy it to B, then call copied()
+    COPY = "copy"  # branch 0 holds the shared prefix: copy it to the others, then call copied()
     SAMPLE = "sample"  # its logits rows are ready: combine, sample, then call sampled()
 
 
-class KvOp(enum.Enum):
-    """A KV-cache change the runner makes before a newly admitted job decodes."""
-
-    CLEAR = "clear"  # evict a parked sequence: remove all its cells
-    TRIM = "trim"  # adopt a parked sequence: remove its cells from `pos` on
-
-
-@dataclass(frozen=True)
-class Parked:
-    """A finished job's sequence kept in the KV cache: its prompt tokens (reusable) and its cells."""
-
-    tokens: List[int]
-    cells: int
-
-
-@dataclass(frozen=True)
-class Prep:
-    op: KvOp
-    seq_id: int
-    pos: int = -1
-
-
-def matched(cached: Sequence[int], tokens: Sequence[int], align: int = 1) -> int:
-    """Tokens of `tokens` a cached sequence already holds, in whole blocks of `align`, leaving at
-    least two to decode."""
-    n = min(len(cached), len(tokens) - 2)
+def common_prefix(*prompts: Sequence[int]) -> int:
+    """Length of the prefix all prompts share, leaving at least two tokens of each to decode."""
+    if len(prompts) < 2:
+        return 0
+    n = min(len(p) for p in prompts) - 2
     i = 0
-    while i < n and cached[i] == tokens[i]:
-        i += 1
-    return max(i - i % align, 0)
-
-
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    """Length of the common prefix, leaving at least two tokens of each to decode after the copy."""
-    n = min(len(a), len(b)) - 2
-    i = 0
-    while i < n and a[i] == b[i]:
+    while i < n and all(p[i] == prompts[0][i] for p in prompts[1:]):
         i += 1
     return max(i, 0)
 
@@ -95,39 +67,43 @@ class Seq:
 
 @dataclass(eq=False)  # identity: two equal prompts are still two jobs
 class Job:
-    """A request as the planner sees it; `owner` is whatever the runner wants back (its request)."""
+    """A request as the planner sees it: one token list per branch (branch 0 first).
 
-    tokens_p: List[int]
-    tokens_0: Optional[List[int]] = None  # None: one sequence only
+    `owner` is whatever the runner wants back (its request); `cells` is what its branches may fill
+    (the shared prefix once), fixed at admission.
+    """
+
+    prompts: List[List[int]]
+    max_tokens: int
     shared: int = 0
-    cells: int = 0  # KV cells both sequences may fill (prompts + max_tokens each)
+    cells: int = 0
     owner: object = None
     phase: Phase = Phase.QUEUED
     seqs: List[Seq] = field(default_factory=list)
-    cached: Tuple[int, int] = (0, 0)  # prompt tokens taken from the prompt cache (A, B)
-    prep: List[Prep] = field(default_factory=list)  # KV changes to make before its first batch
+    cached: Tuple[int, ...] = ()  # prompt tokens taken from the prompt cache, per branch
 
     @classmethod
-    def for_prompts(cls, tokens_p: List[int], tokens_0: Optional[List[int]], max_tokens: int,
-                    owner: object = None, share_prefix: bool = True) -> "Job":
+    def for_branches(cls, prompts: Sequence[Sequence[int]], max_tokens: int, owner: object = None,
+                     share_prefix: bool = True) -> "Job":
         """A job with its shared prefix and KV-cell need computed.
 
-        share_prefix=False (a backend whose seq_copy is not exact) decodes both prompts in full.
+        share_prefix=False (a backend whose seq_copy is not exact) decodes every prompt in full.
         """
-        shared = common_prefix(tokens_p, tokens_0) if tokens_0 is not None and share_prefix else 0
-        cells = len(tokens_p) + max_tokens
-        if tokens_0 is not None:
-            cells += len(tokens_0) - shared + max_tokens
-        return cls(list(tokens_p), None if tokens_0 is None else list(tokens_0), shared, cells, owner)
+        if not prompts:
+            raise ValueError("a job needs at least one branch")
+        prompts = [list(p) for p in prompts]
+        shared = common_prefix(*prompts) if share_prefix else 0
+        return cls(prompts, max_tokens, shared, cells_needed(prompts, max_tokens, shared), owner,
+                   cached=(0,) * len(prompts))
 
     @property
     def n_seqs(self) -> int:
-        return 1 if self.tokens_0 is None else 2
+        return len(self.prompts)
 
 
 @dataclass(frozen=True)
 class Planned:
-    """A job with tokens in a batch; `rows` are the batch indices of its logits rows (A, then B)."""
+    """A job with tokens in a batch; `rows` are the batch indices of its logits rows, in branch order."""
 
     job: Job
     action: Optional[Action]
@@ -143,7 +119,7 @@ class Batch:
 
 
 class Scheduler:
-    """Admission, sequence ids and batch planning for one context.
+    """Admission and batch planning for one context over a SequencePool.
 
     Rounds: by default a round is one batch of all decoding jobs, then one batch with the prompt of
     one newcomer (its own decode call keeps logits bit-identical to running alone); with mix_prefill
@@ -151,27 +127,21 @@ class Scheduler:
     A batch is "in flight" from plan() to end_batch(): sequences freed meanwhile return only then.
     """
 
-    def __init__(self, n_seq_max: int, max_requests: int, n_batch: int, n_ctx_total: int = 0,
-                 kv_unified: bool = False, prefill_chunk: int = 256, mix_prefill: bool = False,
-                 prompt_cache: bool = False, reuse_align: int = 1):
-        self.n_seq_max = n_seq_max
+    def __init__(self, pool: SequencePool, max_requests: int, n_batch: int, prefill_chunk: int = 256,
+                 mix_prefill: bool = False):
+        self.pool = pool
         self.max_requests = max_requests
         self.n_batch = n_batch
-        self.n_ctx_total = n_ctx_total
-        self.kv_unified = kv_unified
         self.prefill_chunk = prefill_chunk  # prompt tokens per batch while others decode
         self.mix_prefill = mix_prefill
         self.queue: Deque[Job] = collections.deque()
         self.active: List[Job] = []
-        self.free: List[int] = list(range(n_seq_max - 1, -1, -1))  # pop() hands out 0, 1, ...
-        self.reserved = 0  # KV cells held by admitted jobs and by frees waiting for end_batch()
-        self.in_flight = False
-        self._deferred: List[Tuple[List[int], List[Tuple[int, Parked]], int]] = []  # (clear, park, cells)
         self._round: Optional[List[Optional[Phase]]] = None
         self._chunk = n_batch
-        self.prompt_cache = prompt_cache
-        self.reuse_align = reuse_align  # reuse whole blocks of this many tokens (see matched())
-        self.parked: "OrderedDict[int, Parked]" = OrderedDict()  # least recently used first
+
+    @property
+    def in_flight(self) -> bool:
+        return self.pool.in_flight
 
     # ---- admission ---------------------------------------------------------------------
     def enqueue(self, job: Job) -> None:
@@ -181,120 +151,45 @@ class Scheduler:
     def admit(self) -> List[Job]:
         """Move queued jobs to active, in order, while slots, sequence ids and KV cells allow.
 
-        Admission may evict or trim parked sequences: the runner makes each job's `prep` changes
-        before the next plan(), when no batch is in flight.
+        The pool queues the evictions and trims admission decides; the runner makes them before
+        its next decode.
         """
         admitted: List[Job] = []
         while self.queue and len(self.active) < self.max_requests:
             job = self.queue[0]
-            choice = self._choose(job)
-            if choice is None:
+            placement = self.pool.place(job.prompts, job.shared, job.max_tokens, job)
+            if placement is None:
                 break  # ids or cells still held by running jobs (or a batch in flight)
             self.queue.popleft()
-            self._commit(job, *choice)
+            self._start(job, placement)
             self.active.append(job)
             admitted.append(job)
         return admitted
 
-    def _prompts(self, job: Job) -> List[List[int]]:
-        return [job.tokens_p] if job.tokens_0 is None else [job.tokens_p, job.tokens_0]
-
-    def _choose(self, job: Job):
-        """Which parked sequence each branch adopts, whether B copies A's prefix, what to evict."""
-        taken: Dict[int, int] = {}  # parked id -> tokens it gives
-        reuse: List[Optional[int]] = []
-        free_left = len(self.free)
-        for tokens in self._prompts(job):
-            sid, n = self._best(tokens, taken) if self.prompt_cache else (None, 0)
-            # While free ids last, a parked sequence is adopted only if little of it is cut away
-            # (a conversation's next turn, the same prompt again), not for a shared system prompt.
-            adopt = False
-            if sid is not None:
-                kept = self.parked[sid].tokens
-                whole = matched(kept, tokens)  # before rounding down to whole blocks
-                adopt = len(kept) - whole <= max(2, whole // 8) or free_left == 0
-            if adopt:
-                taken[sid] = n
-                reuse.append(sid)
-            else:
-                reuse.append(None)
-                free_left -= 1
-        copy = job.shared > 0 and all(r is None or taken[r] < job.shared for r in reuse)
-        if copy and reuse[1] is not None:
-            del taken[reuse[1]]  # B will be a copy of A's prefix: start it clean
-            reuse[1] = None
-        cells = job.cells + (0 if copy else job.shared)
-        evictable = [sid for sid in self.parked if sid not in taken]
-        n_evict = max(0, sum(r is None for r in reuse) - len(self.free))
-        if n_evict > len(evictable):
-            return None
-        evict = evictable[:n_evict]
-        if self.kv_unified:
-            rest = evictable[n_evict:]
-            held = sum(self.parked[sid].cells for sid in rest)
-            while rest and self.reserved + cells + held > self.n_ctx_total:
-                sid = rest.pop(0)
-                evict.append(sid)
-                held -= self.parked[sid].cells
-            if self.reserved and self.reserved + cells + held > self.n_ctx_total:
-                return None  # wait for KV cells (a job alone always fits: the runner checks at submit)
-        return reuse, taken, copy, evict, cells
-
-    def _best(self, tokens: List[int], taken: Dict[int, int]) -> Tuple[Optional[int], int]:
-        """The parked sequence holding the most of `tokens` (the most recently used on ties)."""
-        best, best_n = None, 0
-        for sid, p in reversed(self.parked.items()):
-            if sid in taken:
-                continue
-            n = matched(p.tokens, tokens, self.reuse_align)
-            if n > best_n:
-                best, best_n = sid, n
-        return best, best_n
-
-    def _commit(self, job: Job, reuse, taken, copy, evict, cells) -> None:
-        job.prep = []
-        for sid in evict:
-            del self.parked[sid]
-            self.free.append(sid)
-            job.prep.append(Prep(KvOp.CLEAR, sid))
-        if not copy:
+    def _start(self, job: Job, pl: Placement) -> None:
+        if not pl.copy:
             job.shared = 0
-        job.cells = cells
-        self.reserved += cells
+        job.cells = pl.cells
         job.seqs = []
-        for tokens, sid in zip(self._prompts(job), reuse):
-            n = 0
-            if sid is None:  # near the other branch: B's adopted id for A, A's id for B
-                sid = self._free_id(job.seqs[0].seq_id if job.seqs else reuse[-1])
-            else:
-                n = taken[sid]
-                self.parked.pop(sid)
-                job.prep.append(Prep(KvOp.TRIM, sid, n))  # also drops what it generated
-            start = job.shared if copy and job.seqs else n  # B after the copy starts at the prefix
+        for k, (tokens, sid, n) in enumerate(zip(job.prompts, pl.seq_ids, pl.reused)):
+            start = job.shared if pl.copy and k else n  # the copies start after the shared prefix
             job.seqs.append(Seq(sid, list(tokens[start:]), n, list(tokens[:n])))
         self._note_cached(job)
-        if copy:
+        if pl.copy:
             job.phase = Phase.SHARED
         else:
             self._settle(job)
 
-    def _free_id(self, near: Optional[int]) -> int:
-        """A free sequence id, the closest to `near` (the other branch's id): llama.cpp attends over
-        every KV stream between a batch's lowest and highest sequence id (README, "Long context")."""
-        if near is None:
-            return self.free.pop()
-        best = min(range(len(self.free)), key=lambda k: (abs(self.free[k] - near), -k))
-        return self.free.pop(best)
-
     @staticmethod
     def _note_cached(job: Job) -> None:
-        job.cached = (job.seqs[0].n_past, job.seqs[1].n_past if len(job.seqs) > 1 else 0)
+        job.cached = tuple(s.n_past for s in job.seqs)
 
-    def cold(self, job: Job, seq_id: int) -> None:
+    def cold(self, job: Job, branch: int) -> None:
         """A parked sequence could not be trimmed (the runner cleared it): prefill that branch in full."""
-        for s, tokens in zip(job.seqs, self._prompts(job)):
-            if s.seq_id == seq_id:
-                s.pending, s.n_past, s.tokens = list(tokens), 0, []
+        if job.phase is Phase.DONE:
+            return
+        s = job.seqs[branch]
+        s.pending, s.n_past, s.tokens = list(job.prompts[branch]), 0, []
         self._note_cached(job)
         if job.phase is not Phase.SHARED:
             self._settle(job)
@@ -311,7 +206,7 @@ class Scheduler:
         while self._round:
             batch = self._build(self._round.pop(0))
             if batch is not None:
-                self.in_flight = True
+                self.pool.begin_batch()
                 return batch
         self._round = None
         return None
@@ -383,9 +278,10 @@ class Scheduler:
 
     # ---- reports from the runner -------------------------------------------------------
     def copied(self, job: Job) -> None:
-        """The runner copied A's cells to B: B now holds the shared prefix too."""
-        job.seqs[1].n_past = job.shared
-        job.seqs[1].tokens = job.tokens_p[:job.shared]
+        """The runner copied branch 0's cells to the others: they hold the shared prefix too."""
+        for s, tokens in zip(job.seqs[1:], job.prompts[1:]):
+            s.n_past = job.shared
+            s.tokens = tokens[:job.shared]
         self._settle(job)
 
     def sampled(self, job: Job, token: int) -> None:
@@ -393,63 +289,32 @@ class Scheduler:
         for s in job.seqs:
             s.pending = [token]
 
-    def finish(self, job: Job, park: bool = False) -> List[int]:
-        """End a job; returns the sequence ids to clear in the KV cache now (none while in flight).
+    def finish(self, job: Job, park: bool = False) -> None:
+        """End a job; its sequences are cleared (or parked) by the pool, after the batch in flight.
 
         park=True (a job that ended normally, with the prompt cache on) keeps its sequences and
-        their tokens for later jobs instead of clearing them.
+        their prompt tokens for later jobs instead of clearing them.
         """
         if job.phase is Phase.DONE:
-            return []
+            return
         if job.phase is Phase.QUEUED:
             self.queue.remove(job)
             job.phase = Phase.DONE
-            return []
+            return
         self.active.remove(job)
-        park = park and self.prompt_cache
+        park = park and self.pool.prompt_cache
         parks = [(s.seq_id, Parked(s.tokens[:len(t)], len(s.tokens)))
-                 for s, t in zip(job.seqs, self._prompts(job)) if park and s.tokens]
+                 for s, t in zip(job.seqs, job.prompts) if park and s.tokens]
         ids = [s.seq_id for s in job.seqs if not (park and s.tokens)]
         job.seqs = []
         job.phase = Phase.DONE
-        if self.in_flight:  # the context is decoding: free after end_batch()
-            self._deferred.append((ids, parks, job.cells))
-            return []
-        return self._release(ids, parks, job.cells)
+        self.pool.release(ids, parks, job.cells)
 
-    def end_batch(self) -> List[int]:
-        """The batch in flight is done; returns the deferred sequence ids to clear now."""
-        self.in_flight = False
-        ids: List[int] = []
-        for seq_ids, parks, cells in self._deferred:
-            ids += self._release(seq_ids, parks, cells)
-        self._deferred = []
-        return ids
-
-    def _release(self, ids: List[int], parks, cells: int) -> List[int]:
-        self.free.extend(ids)
-        for sid, p in parks:
-            self.parked[sid] = p  # the most recently used, last
-        self.reserved -= cells
-        return ids
-
-    def drop_parked(self) -> List[int]:
-        """Forget every parked sequence; returns their ids, to clear in the KV cache."""
-        ids = list(self.parked)
-        self.parked.clear()
-        self.free.extend(ids)
-        return ids
-
-    @property
-    def parked_cells(self) -> int:
-        """KV cells the parked sequences hold."""
-        return sum(p.cells for p in self.parked.values())
+    def end_batch(self) -> None:
+        """The batch in flight is done; deferred releases happen now."""
+        self.pool.end_batch()
 
     @property
     def has_work(self) -> bool:
         return bool(self.queue or self.active)
 
-    @property
-    def releasing(self) -> List[int]:
-        """Sequence ids of finished jobs that are freed or parked at end_batch()."""
-        return [i for ids, parks, _ in self._deferred for i in ids + [sid for sid, _ in parks]]

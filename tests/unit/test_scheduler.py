@@ -1,24 +1,31 @@
-"""The planner without a model: admission, sequence ids, KV cells and batch shapes on fake tokens."""
+"""The planner and its sequence pool without a model: admission, sequence ids, KV cells, the KV
+changes and batch shapes on fake tokens, for K = 1..4 branches per request."""
 
 import random
 
 import pytest
 
-from la_edge.runtime.scheduler import Action, Job, KvOp, Phase, Scheduler, common_prefix, matched
+from la_edge.runtime.pool import KvOp, SequencePool
+from la_edge.runtime.scheduler import Action, Job, Phase, Scheduler, common_prefix, matched
 
 
-def sched(**kw):
-    args = dict(n_seq_max=4, max_requests=2, n_batch=64)
-    args.update(kw)
-    return Scheduler(**args)
+def sched(n_seq_max=4, max_requests=2, n_batch=64, n_ctx_total=0, kv_unified=False, prefill_chunk=256,
+          mix_prefill=False, prompt_cache=False, reuse_align=1):
+    pool = SequencePool(n_seq_max, n_ctx_total, kv_unified, prompt_cache, reuse_align)
+    return Scheduler(pool, max_requests, n_batch, prefill_chunk, mix_prefill)
 
 
-def job(p, q=None, max_tokens=4):
-    return Job.for_prompts(list(p), None if q is None else list(q), max_tokens)
+def job(p, q=None, max_tokens=4, *more):
+    return Job.for_branches([p] + ([q] if q is not None else []) + list(more), max_tokens)
 
 
 def held(s):
-    return sorted([x.seq_id for j in s.active for x in j.seqs] + s.releasing + list(s.parked))
+    return sorted([x.seq_id for j in s.active for x in j.seqs] + s.pool.releasing + list(s.pool.parked))
+
+
+def cleared(s):
+    """The sequence ids the pool asks the runner to clear now (and takes its other changes)."""
+    return [c.seq_id for c in s.pool.take_changes() if c.op is KvOp.CLEAR]
 
 
 def run_round(s, sample_token=7):
@@ -41,17 +48,24 @@ def test_common_prefix_leaves_two_tokens_of_each_prompt(a, b, n):
     assert common_prefix(a, b) == n
 
 
+def test_common_prefix_of_k_prompts_is_what_all_share():
+    assert common_prefix([1, 2, 3, 4, 5], [1, 2, 3, 9, 9], [1, 2, 7, 7]) == 2
+    assert common_prefix([1, 2, 3]) == 0 and common_prefix([4, 4, 4, 4], [4, 4, 4, 4], [4, 4, 4, 4]) == 2
+
+
 def test_job_cells_count_the_shared_prefix_once():
     j = job([1, 2, 3, 4, 5], [1, 2, 3, 9, 8], max_tokens=10)
     assert (j.shared, j.cells, j.n_seqs) == (3, 5 + 10 + 2 + 10, 2)
     assert job([1, 2], max_tokens=3).cells == 5
-    full = Job.for_prompts([1, 2, 3, 4, 5], [1, 2, 3, 9], 10, share_prefix=False)  # no exact seq_copy
+    full = Job.for_branches([[1, 2, 3, 4, 5], [1, 2, 3, 9]], 10, share_prefix=False)  # no exact seq_copy
     assert (full.shared, full.cells) == (0, 5 + 10 + 4 + 10)
+    three = job([1, 2, 3, 4, 5], [1, 2, 3, 9, 8], 10, [1, 2, 6, 6])
+    assert (three.shared, three.cells, three.n_seqs) == (2, 3 * 10 + 5 + 3 + 2, 3)
 
 
 def test_without_a_shared_prefix_both_prompts_decode_in_full():
     s = sched()
-    j = Job.for_prompts([1, 2, 3], [1, 2, 9], 4, share_prefix=False)
+    j = Job.for_branches([[1, 2, 3], [1, 2, 9]], 4, share_prefix=False)
     s.enqueue(j)
     s.admit()
     assert j.phase is Phase.PREFILL
@@ -150,14 +164,14 @@ def test_admission_never_exceeds_free_sequences_and_waits_for_deferred_frees():
     a, b, c = job([1, 2], [3]), job([4, 5], [6]), job([7, 8], [9])
     for j in (a, b, c):
         s.enqueue(j)
-    assert s.admit() == [a, b] and s.free == []
+    assert s.admit() == [a, b] and s.pool.free == []
     batch = s.plan()
     assert s.in_flight and [p.job for p in batch.planned] == [a]
-    assert s.finish(a) == []  # cancelled during the decode: its ids wait for end_batch()
-    assert a.phase is Phase.DONE and len(s.active) == 1
+    s.finish(a)  # cancelled during the decode: its ids wait for end_batch()
+    assert cleared(s) == [] and a.phase is Phase.DONE and len(s.active) == 1
     assert s.admit() == [] and c.phase is Phase.QUEUED  # a free slot, but no free sequence ids
-    freed = s.end_batch()
-    assert sorted(freed) == [0, 1] and not s.in_flight
+    s.end_batch()
+    assert sorted(cleared(s)) == [0, 1] and not s.in_flight
     assert s.admit() == [c] and sorted(x.seq_id for x in c.seqs) == [0, 1]
 
 
@@ -167,7 +181,8 @@ def test_queued_job_waits_in_order_for_two_ids():
     for j in (a, b, c):
         s.enqueue(j)
     assert s.admit() == [a]  # b needs two ids, one is free: it waits, and c waits behind it
-    assert s.finish(a) == [0, 1]  # not in flight: free at once
+    s.finish(a)
+    assert cleared(s) == [0, 1]  # not in flight: free at once
     assert s.admit() == [b, c]
 
 
@@ -177,8 +192,10 @@ def test_finishing_a_queued_job_frees_nothing():
     s.enqueue(a)
     s.enqueue(b)
     s.admit()
-    assert s.finish(b) == [] and b.phase is Phase.DONE and list(s.queue) == []
-    assert s.finish(b) == []  # twice is harmless
+    s.finish(b)
+    assert cleared(s) == [] and b.phase is Phase.DONE and list(s.queue) == []
+    s.finish(b)  # twice is harmless
+    assert cleared(s) == []
 
 
 def test_plan_while_in_flight_is_a_bug():
@@ -196,14 +213,14 @@ def test_unified_kv_cells_are_reserved_until_the_sequences_really_free():
     assert a.cells == 21 and b.cells == 20
     s.enqueue(a)
     s.enqueue(b)
-    assert s.admit() == [a] and s.reserved == 21  # 21 + 20 > 40: b waits
+    assert s.admit() == [a] and s.pool.reserved == 21  # 21 + 20 > 40: b waits
     s.plan()
     s.finish(a)
-    assert s.reserved == 21 and s.admit() == []  # a's cells are still in the cache
+    assert s.pool.reserved == 21 and s.admit() == []  # a's cells are still in the cache
     s.end_batch()
-    assert s.reserved == 0 and s.admit() == [b] and s.reserved == 20
+    assert s.pool.reserved == 0 and s.admit() == [b] and s.pool.reserved == 20
     s.finish(b)
-    assert s.reserved == 0
+    assert s.pool.reserved == 0
 
 
 def test_a_job_alone_is_admitted_even_if_larger_than_the_cache():
@@ -213,12 +230,20 @@ def test_a_job_alone_is_admitted_even_if_larger_than_the_cache():
     assert s.admit() == [j]  # the engine rejects such jobs at submit; the planner never deadlocks
 
 
-def test_random_operations_keep_every_sequence_id_accounted_for():
-    rnd = random.Random(7)
-    for trial in range(30):
-        n_seq = rnd.choice([2, 4, 6, 8])
-        s = sched(n_seq_max=n_seq, max_requests=n_seq // 2, n_batch=rnd.choice([4, 16, 64]),
-                  kv_unified=rnd.random() < 0.5, n_ctx_total=200, prefill_chunk=rnd.choice([2, 8]),
+def random_prompts(rnd, base, vocab, k):
+    """K prompts that share a random part of `base`, like a request's branches."""
+    return [base[:rnd.randint(0, len(base))] + [rnd.randrange(vocab) for _ in range(rnd.randint(1, 4))]
+            for _ in range(k)]
+
+
+@pytest.mark.parametrize("k_max", [1, 2, 3, 4])
+def test_random_operations_keep_every_sequence_id_accounted_for(k_max):
+    rnd = random.Random(7 + k_max)
+    for trial in range(20):
+        n_req = rnd.choice([1, 2, 3, 4])
+        n_seq = n_req * k_max
+        s = sched(n_seq_max=n_seq, max_requests=n_req, n_batch=max(2 * k_max, rnd.choice([4, 16, 64])),
+                  kv_unified=rnd.random() < 0.5, n_ctx_total=300, prefill_chunk=rnd.choice([2, 8]) * k_max,
                   mix_prefill=rnd.random() < 0.5)
         jobs = []
         batch = None
@@ -226,9 +251,8 @@ def test_random_operations_keep_every_sequence_id_accounted_for():
         for _ in range(300):
             op = rnd.random()
             if op < 0.2:
-                p = [rnd.randrange(50) for _ in range(rnd.randint(1, 12))]
-                q = None if rnd.random() < 0.3 else p[:rnd.randint(0, len(p))] + [rnd.randrange(50)]
-                j = job(p, q, max_tokens=rnd.randint(1, 20))
+                base = [rnd.randrange(50) for _ in range(rnd.randint(1, 12))]
+                j = Job.for_branches(random_prompts(rnd, base, 50, rnd.randint(1, k_max)), rnd.randint(1, 20))
                 jobs.append(j)
                 s.enqueue(j)
             elif op < 0.35:
@@ -239,6 +263,7 @@ def test_random_operations_keep_every_sequence_id_accounted_for():
                     releasing_cells += j.cells
                 s.finish(j)  # a cancel, in flight or not
             elif batch is None:
+                s.pool.take_changes()
                 batch = s.plan()
             else:
                 for p in batch.planned:
@@ -247,35 +272,41 @@ def test_random_operations_keep_every_sequence_id_accounted_for():
                     if p.action is Action.COPY:
                         s.copied(p.job)
                     elif p.action is Action.SAMPLE:
+                        assert len(p.rows) == p.job.n_seqs
                         s.sampled(p.job, 1)
                 s.end_batch()
                 batch = None
                 releasing_cells = 0
             ids = held(s)
-            assert len(ids) == len(set(ids)) and sorted(ids + s.free) == list(range(n_seq))
+            assert len(ids) == len(set(ids)) and sorted(ids + s.pool.free) == list(range(n_seq))
             assert len(s.active) <= s.max_requests
-            assert s.reserved == sum(j.cells for j in s.active) + releasing_cells
+            assert s.pool.reserved == sum(j.cells for j in s.active) + releasing_cells
             assert s.in_flight == (batch is not None)
         if batch is not None:
             s.end_batch()
         for j in jobs:
             s.finish(j)
-        assert s.reserved == 0 and sorted(s.free) == list(range(n_seq)) and not s.active and not s.queue
+        assert s.pool.reserved == 0 and sorted(s.pool.free) == list(range(n_seq))
+        assert not s.active and not s.queue
 
 
 # ---- the prompt cache ---------------------------------------------------------------------------
 
 class FakeKv:
-    """What each KV sequence holds, following the planner's instructions as the runner would."""
+    """What each KV sequence holds, following the pool's changes at step time, as the runner does."""
 
     def __init__(self):
         self.kv = {}
 
-    def prep(self, job):
-        for p in job.prep:
-            held = self.kv.get(p.seq_id, [])
-            self.kv[p.seq_id] = [] if p.op is KvOp.CLEAR else held[:p.pos]
-        job.prep = []
+    def apply(self, s):
+        """The runner's _apply_changes(): the pool's queued changes, in order, before a decode."""
+        for c in s.pool.take_changes():
+            held = self.kv.get(c.seq_id, [])
+            self.kv[c.seq_id] = [] if c.op is KvOp.CLEAR else held[:c.pos]
+
+    def plan(self, s):
+        self.apply(s)
+        return s.plan()
 
     def decode(self, batch):
         for e in batch.entries:
@@ -285,28 +316,18 @@ class FakeKv:
             seq.append(e.token)
 
     def copy(self, job):
-        a, b = job.seqs
-        assert not self.kv.get(b.seq_id), "a copy goes into an empty sequence"
-        self.kv[b.seq_id] = list(self.kv[a.seq_id])
-
-    def clear(self, ids):
-        for i in ids:
-            self.kv[i] = []
-
-
-def admit(s, kv):
-    jobs = s.admit()
-    for j in jobs:
-        kv.prep(j)
-    return jobs
+        first, *rest = job.seqs
+        for b in rest:
+            assert not self.kv.get(b.seq_id), "a copy goes into an empty sequence"
+            self.kv[b.seq_id] = list(self.kv[first.seq_id])
 
 
 def finish_one(s, kv, j, tokens=(7, 8, 9)):
     """Admit, run to the end with `tokens` sampled, and finish (parked)."""
-    admit(s, kv)
+    s.admit()
     out = list(tokens)
     while out:
-        b = s.plan()
+        b = kv.plan(s)
         if b is None:
             continue
         kv.decode(b)
@@ -316,8 +337,9 @@ def finish_one(s, kv, j, tokens=(7, 8, 9)):
                 s.copied(p.job)
             elif p.action is Action.SAMPLE:
                 s.sampled(p.job, out.pop(0))
-        kv.clear(s.end_batch())
-    kv.clear(s.finish(j, park=True))
+        s.end_batch()
+    s.finish(j, park=True)
+    kv.apply(s)
 
 
 def test_matched_leaves_two_tokens_to_decode():
@@ -333,14 +355,14 @@ def test_a_finished_job_parks_its_prompts_and_the_next_turn_reuses_them():
     first = job([1, 2, 3, 4, 5], [1, 2, 9, 5], max_tokens=3)
     s.enqueue(first)
     finish_one(s, kv, first)
-    assert {sid: p.tokens for sid, p in s.parked.items()} == {0: [1, 2, 3, 4, 5], 1: [1, 2, 9, 5]}
-    assert s.parked[0].cells == 5 + 2  # its prompt and the 2 generated tokens fed back
+    assert {sid: p.tokens for sid, p in s.pool.parked.items()} == {0: [1, 2, 3, 4, 5], 1: [1, 2, 9, 5]}
+    assert s.pool.parked[0].cells == 5 + 2  # its prompt and the 2 generated tokens fed back
     nxt = job([1, 2, 3, 4, 5, 7, 8, 6, 6], [1, 2, 9, 5, 7, 8, 6, 6], max_tokens=3)
     s.enqueue(nxt)
-    assert admit(s, kv) == [nxt]
+    assert s.admit() == [nxt]
     assert nxt.cached == (5, 4) and nxt.shared == 0 and nxt.phase is Phase.PREFILL
-    assert kv.kv == {0: [1, 2, 3, 4, 5], 1: [1, 2, 9, 5]}  # the generated tail was trimmed off
-    b = s.plan()
+    b = kv.plan(s)
+    assert kv.kv == {0: [1, 2, 3, 4, 5], 1: [1, 2, 9, 5]}  # the generated tail was trimmed off at step time
     kv.decode(b)
     assert [e.token for e in b.entries] == [7, 8, 6, 7, 8, 6, 6, 6]  # then the last of each, with logits
 
@@ -353,9 +375,22 @@ def test_branches_may_come_from_different_parked_sequences():
         finish_one(s, kv, j, tokens=(7,))
     j = job([8, 8, 8, 8, 1, 1], [1, 5, 6, 7, 1, 1], max_tokens=1)
     s.enqueue(j)
-    admit(s, kv)
+    s.admit()
+    kv.apply(s)
     assert j.cached == (4, 4)
     assert [kv.kv[x.seq_id] for x in j.seqs] == [[8, 8, 8, 8], [1, 5, 6, 7]]
+
+
+def test_three_branches_each_adopt_their_own_parked_sequence():
+    s, kv = sched(n_seq_max=6, max_requests=2, prompt_cache=True), FakeKv()
+    first = job([1, 1, 2, 2], [3, 3, 4, 4], 1, [5, 5, 6, 6])
+    s.enqueue(first)
+    finish_one(s, kv, first, tokens=(7,))
+    nxt = job([1, 1, 2, 2, 8, 8], [3, 3, 4, 4, 8, 8], 1, [5, 5, 6, 6, 8, 8])
+    s.enqueue(nxt)
+    s.admit()
+    kv.apply(s)
+    assert nxt.cached == (4, 4, 4) and [x.seq_id for x in nxt.seqs] == [x for x in (0, 1, 2)]
 
 
 def test_parked_sequences_are_evicted_least_recently_used():
@@ -364,11 +399,12 @@ def test_parked_sequences_are_evicted_least_recently_used():
         j = job(p, max_tokens=1)
         s.enqueue(j)
         finish_one(s, kv, j, tokens=(7,))
-    assert list(s.parked) == [0, 1]
+    assert list(s.pool.parked) == [0, 1]
     j = job([3, 3, 3], [4, 4, 4], max_tokens=1)  # needs both ids: evicts both
     s.enqueue(j)
-    admit(s, kv)
-    assert not s.parked and [p.op for p in j.prep] == [] and j.cached == (0, 0)
+    s.admit()
+    assert not s.pool.parked and j.cached == (0, 0)
+    kv.apply(s)
     assert kv.kv == {0: [], 1: []}
     s2, kv2 = sched(n_seq_max=3, max_requests=1, prompt_cache=True), FakeKv()
     for p in ([1, 1, 1], [2, 2, 2], [5, 5, 5]):
@@ -377,8 +413,8 @@ def test_parked_sequences_are_evicted_least_recently_used():
         finish_one(s2, kv2, j, tokens=(7,))
     j = job([9, 9, 9], max_tokens=1)
     s2.enqueue(j)
-    admit(s2, kv2)
-    assert list(s2.parked) == [1, 2] and j.seqs[0].seq_id == 0  # the oldest one went
+    s2.admit()
+    assert list(s2.pool.parked) == [1, 2] and j.seqs[0].seq_id == 0  # the oldest one went
 
 
 def test_a_weak_match_keeps_the_parked_sequence_while_a_free_id_exists():
@@ -388,8 +424,8 @@ def test_a_weak_match_keeps_the_parked_sequence_while_a_free_id_exists():
     finish_one(s, kv, j, tokens=(7,))
     other = job([1, 2, 9, 9, 9], max_tokens=1)  # shares 2 of its 8 tokens
     s.enqueue(other)
-    admit(s, kv)
-    assert other.cached == (0, 0) and 0 in s.parked
+    s.admit()
+    assert other.cached == (0,) and 0 in s.pool.parked
 
 
 def test_a_short_match_still_copies_the_shared_prefix():
@@ -407,17 +443,21 @@ def test_cancelled_and_failed_jobs_park_nothing():
     s, kv = sched(n_seq_max=2, max_requests=1, prompt_cache=True), FakeKv()
     j = job([1, 2, 3], [1, 2, 4], max_tokens=5)
     s.enqueue(j)
-    admit(s, kv)
-    s.plan()
-    assert s.finish(j, park=False) == [] and s.end_batch() == [0, 1] and not s.parked
+    s.admit()
+    kv.plan(s)
+    s.finish(j, park=False)
+    assert cleared(s) == []
+    s.end_batch()
+    assert cleared(s) == [0, 1] and not s.pool.parked
 
 
 def test_without_the_cache_nothing_is_parked():
     s, kv = sched(n_seq_max=2, max_requests=1), FakeKv()
     j = job([1, 2, 3], [1, 2, 4], max_tokens=5)
     s.enqueue(j)
-    admit(s, kv)
-    assert s.finish(j, park=True) == [0, 1] and not s.parked
+    s.admit()
+    s.finish(j, park=True)
+    assert cleared(s) == [0, 1] and not s.pool.parked
 
 
 def test_unified_cells_evict_parked_sequences_to_fit():
@@ -425,20 +465,60 @@ def test_unified_cells_evict_parked_sequences_to_fit():
     j = job([1] * 10, max_tokens=2)
     s.enqueue(j)
     finish_one(s, kv, j, tokens=(7, 7))
-    assert s.parked_cells == 11
+    assert s.pool.parked_cells == 11
     big = job([2] * 10, max_tokens=10)  # 20 cells + 11 parked > 30
     s.enqueue(big)
-    admit(s, kv)
-    assert not s.parked and [p.op for p in big.prep] == [] and kv.kv[0] == []
+    s.admit()
+    assert not s.pool.parked
+    kv.apply(s)
+    assert kv.kv[0] == []
 
 
-@pytest.mark.parametrize("seed", range(6))
+def test_an_eviction_outlives_a_job_cancelled_before_the_step():
+    """The hole: a job admitted (evicting parked sequences for cells) and cancelled before the
+    runner's next step lost its evictions; the freed ids kept stale cells for the next job."""
+    s, kv = sched(n_seq_max=4, max_requests=1, kv_unified=True, n_ctx_total=30, prompt_cache=True), FakeKv()
+    j = job([1] * 10, max_tokens=2)
+    s.enqueue(j)
+    finish_one(s, kv, j, tokens=(7, 7))
+    parked = list(s.pool.parked)
+    big = job([2] * 10, max_tokens=10)  # evicts the parked sequence to fit
+    s.enqueue(big)
+    s.admit()
+    s.finish(big)  # cancelled inside submit(), before any step
+    nxt = job([3] * 6, max_tokens=2)
+    s.enqueue(nxt)
+    s.admit()
+    assert nxt.seqs[0].seq_id in parked  # the evicted id, free again
+    b = kv.plan(s)  # the step: every queued change first
+    kv.decode(b)  # asserts each token lands right after what its sequence holds
+    assert kv.kv[nxt.seqs[0].seq_id] == [3] * 6
+
+
+def test_unified_admission_keeps_the_copy_when_dropping_it_would_over_commit():
+    s, kv = sched(n_seq_max=4, max_requests=1, kv_unified=True, n_ctx_total=40, prompt_cache=True), FakeKv()
+    first = job(list(range(20)), max_tokens=1)
+    s.enqueue(first)
+    finish_one(s, kv, first, tokens=(7,))
+    # Both branches share 18 tokens; adopting the parked one would drop the copy: 22 + 22 + 2 > 40.
+    pair = job(list(range(20)) + [50, 51], list(range(20)) + [60, 61], max_tokens=1)
+    assert pair.cells == 2 * (22 + 1) - 20
+    s.enqueue(pair)
+    assert s.admit() == [pair]
+    assert pair.phase is Phase.SHARED and s.pool.reserved == 26 and not s.pool.parked
+
+
+@pytest.mark.parametrize("seed", range(8))
 def test_random_traffic_with_the_cache_feeds_every_sequence_exactly_its_tokens(seed):
-    """Property: before each logits row, the sequence holds exactly its prompt plus the sampled tokens."""
+    """Property: before each logits row, every branch's sequence holds exactly its prompt plus the
+    sampled tokens; the fake KV makes the pool's changes only at step time, as the runner does, and
+    jobs are cancelled at random points (queued, admitted before a step, in flight, decoding)."""
     rnd = random.Random(seed)
-    n_seq = rnd.choice([2, 4, 6])
-    s = sched(n_seq_max=n_seq, max_requests=n_seq // 2, n_batch=rnd.choice([4, 16, 64]),
-              kv_unified=rnd.random() < 0.5, n_ctx_total=400, prefill_chunk=rnd.choice([2, 8]),
+    k_max = [1, 2, 3, 4][seed % 4]
+    n_req = rnd.choice([1, 2, 3])
+    n_seq = n_req * k_max
+    s = sched(n_seq_max=n_seq, max_requests=n_req, n_batch=max(2 * k_max, rnd.choice([4, 16, 64])),
+              kv_unified=rnd.random() < 0.5, n_ctx_total=400, prefill_chunk=rnd.choice([2, 8]) * k_max,
               prompt_cache=True)
     kv, history, jobs = FakeKv(), {}, []
     base = [[rnd.randrange(5) for _ in range(rnd.randint(2, 10))] for _ in range(3)]
@@ -446,20 +526,21 @@ def test_random_traffic_with_the_cache_feeds_every_sequence_exactly_its_tokens(s
         op = rnd.random()
         if op < 0.2:
             p = rnd.choice(base) + [rnd.randrange(5) for _ in range(rnd.randint(0, 6))]
-            q = None if rnd.random() < 0.3 else p[:rnd.randint(0, len(p))] + [rnd.randrange(5)]
-            j = job(p, q, max_tokens=rnd.randint(1, 6))
+            prompts = [p] + [p[:rnd.randint(0, len(p))] + [rnd.randrange(5)] for _ in range(rnd.randint(0, k_max - 1))]
+            j = Job.for_branches(prompts, rnd.randint(1, 6))
             history[id(j)] = []
             jobs.append(j)
             s.enqueue(j)
             if rnd.random() < 0.3:
+                s.admit()  # as submit() does, possibly while a batch is in flight
+            if rnd.random() < 0.3:
                 base.append(p + [rnd.randrange(5)])  # a conversation goes on
         elif op < 0.35:
-            admit(s, kv)
+            s.admit()
         elif op < 0.45 and jobs:
-            j = rnd.choice(jobs)
-            kv.clear(s.finish(j, park=rnd.random() < 0.7))
+            s.finish(rnd.choice(jobs), park=rnd.random() < 0.7)
         else:
-            b = s.plan()
+            b = kv.plan(s)
             if b is None:
                 continue
             kv.decode(b)
@@ -471,33 +552,39 @@ def test_random_traffic_with_the_cache_feeds_every_sequence_exactly_its_tokens(s
                     s.copied(p.job)
                 elif p.action is Action.SAMPLE:
                     h = history[id(p.job)]
-                    prompts = [p.job.tokens_p] + ([p.job.tokens_0] if p.job.tokens_0 is not None else [])
-                    for x, prompt in zip(p.job.seqs, prompts):
+                    for x, prompt in zip(p.job.seqs, p.job.prompts):
                         assert kv.kv[x.seq_id] == prompt + h, (seed, step)
                     t = rnd.randrange(5)
                     h.append(t)
                     s.sampled(p.job, t)
-            kv.clear(s.end_batch())
-        ids = held(s)
-        assert len(ids) == len(set(ids)) and sorted(ids + s.free) == list(range(n_seq))
-        for sid, pk in s.parked.items():
-            assert kv.kv[sid][:len(pk.tokens)] == pk.tokens and len(kv.kv[sid]) == pk.cells
-        for i in s.free:
-            assert not kv.kv.get(i), "a free sequence holds nothing"
+            s.end_batch()
+            kv.apply(s)  # the state the next decode sees
+            ids = held(s)
+            assert len(ids) == len(set(ids)) and sorted(ids + s.pool.free) == list(range(n_seq))
+            for sid, pk in s.pool.parked.items():
+                assert kv.kv[sid][:len(pk.tokens)] == pk.tokens and len(kv.kv[sid]) == pk.cells
+            for i in s.pool.free:
+                assert not kv.kv.get(i), "a free sequence holds nothing"
 
 
-def test_a_request_s_two_sequences_get_neighbouring_ids():
-    """llama.cpp attends over every KV stream between a batch's lowest and highest id: keep pairs close."""
+def test_a_request_s_sequences_get_neighbouring_ids():
+    """llama.cpp attends over every KV stream between a batch's lowest and highest id: keep them close."""
     s, kv = sched(n_seq_max=8, max_requests=4, prompt_cache=True), FakeKv()
-    s.free = [0, 7, 1, 5]  # say ids 2, 3, 4 and 6 are held elsewhere
-    assert s._free_id(7) == 7 and s._free_id(None) == 5 and s._free_id(3) == 1
-    s.free = [0, 1, 2, 3, 4, 5, 6, 7]  # pop() hands out 7 first here
+    pool = s.pool
+    pool.free = [0, 7, 1, 5]  # say ids 2, 3, 4 and 6 are held elsewhere
+    assert pool._free_id(7) == 7 and pool._free_id(None) == 5 and pool._free_id(3) == 1
+    pool.free = [0, 1, 2, 3, 4, 5, 6, 7]  # pop() hands out 7 first here
     for p in ([1, 1, 1, 1], [2, 2, 2, 2]):
         j = job(p, max_tokens=1)
         s.enqueue(j)
         finish_one(s, kv, j, tokens=(7,))
-    assert list(s.parked) == [7, 6]
+    assert list(pool.parked) == [7, 6]
     pair = job([1, 1, 1, 1, 5, 5], [9, 9, 9], max_tokens=1)  # A adopts id 7; B takes a free id
     s.enqueue(pair)
-    admit(s, kv)
+    s.admit()
     assert [x.seq_id for x in pair.seqs] == [7, 5]  # 6 is parked: 5 is the closest free id
+    three = job([4, 4, 4], [5, 5, 5], 1, [6, 6, 6])
+    s.enqueue(three)
+    s.admit()
+    ids = sorted(x.seq_id for x in three.seqs)
+    assert ids[-1] - ids[0] == 2  # three neighbours
