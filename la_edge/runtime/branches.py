@@ -13,7 +13,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..decoding.combination import Combination
 from ..errors import InvalidParameterError
-from .prompts import Parts, PromptPair, tokenize_parts, tokenize_text
+from .prompts import Parts, PromptPair, tokenize_rendered
 
 ROLES = ("principled", "avoid", "plain")
 
@@ -77,10 +77,8 @@ class BranchSet:
 
 
 def tokenize_branches(backend, branches: BranchSet) -> List[List[int]]:
-    """Token ids of every branch: rendered prompts by their parts (content is plain text), raw ones
-    by tokenize_text."""
-    return [tokenize_text(backend, b.text) if b.parts is None else tokenize_parts(backend, b.parts)
-            for b in branches.branches]
+    """Token ids of every branch (see tokenize_rendered)."""
+    return [tokenize_rendered(backend, b.text, b.parts) for b in branches.branches]
 
 
 def compose(principled: Sequence[Tuple[str, Optional[Parts]]], avoid: Sequence[Tuple[str, Optional[Parts]]],

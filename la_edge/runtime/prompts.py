@@ -13,7 +13,7 @@ import weakref
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from ..errors import ChatTemplateError, InvalidParameterError
+from ..errors import ChatTemplateError, InvalidParameterError, check_unicode
 
 _SYS = "LA_EDGE_SYSTEM"
 _USER = "LA_EDGE_USER"
@@ -43,13 +43,6 @@ class PromptPair:
                 raise InvalidParameterError("prompt parts must join to the prompt string they split")
 
 
-def _check_text(name: str, text: str) -> None:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise InvalidParameterError(f"{name} is not valid Unicode (lone surrogate at index {exc.start})") from None
-
-
 def _validate_messages(messages: Sequence[Dict[str, str]]) -> List[Dict[str, str]]:
     if not messages:
         raise InvalidParameterError("messages must not be empty")
@@ -62,7 +55,7 @@ def _validate_messages(messages: Sequence[Dict[str, str]]) -> List[Dict[str, str
                 f"message {i} has role {repr(m['role'])[:40]}; the role must be one of {', '.join(ROLES)}")
         if not isinstance(m["content"], str):
             raise InvalidParameterError("message content must be a string")
-        _check_text(f"message {i} ({m['role']}) content", m["content"])
+        check_unicode(m["content"], f"message {i} ({m['role']}) content")
         out.append({"role": m["role"], "content": m["content"]})
     if not any(m["role"] == "user" and m["content"].strip() for m in out):
         raise InvalidParameterError("messages must contain a non-empty user message")
@@ -75,7 +68,7 @@ def validate_principle(principle: Optional[str]) -> Optional[str]:
         return None
     if not isinstance(principle, str) or not principle.strip():
         raise InvalidParameterError("principle must be a non-empty string (omit it for plain decoding)")
-    _check_text("principle", principle)
+    check_unicode(principle, "principle")
     return principle
 
 
@@ -321,17 +314,16 @@ def tokenize_parts(backend, parts: Parts) -> List[int]:
     return ids
 
 
+def tokenize_rendered(backend, text: str, parts: Optional[Parts]) -> List[int]:
+    """Token ids of one prompt: a rendered one by its parts (content is plain text), a raw one
+    (parts None) by tokenize_text."""
+    return tokenize_text(backend, text) if parts is None else tokenize_parts(backend, parts)
+
+
 def tokenize_pair(backend, pair: PromptPair) -> Tuple[List[int], Optional[List[int]]]:
-    """Token ids of both branches (plain is None without a principle).
-
-    Rendered prompts go by their parts (content is plain text); raw prompts by tokenize_text.
-    """
-    def one(text: str, parts: Optional[Parts]) -> List[int]:
-        return tokenize_text(backend, text) if parts is None else tokenize_parts(backend, parts)
-
-    tokens_p = one(pair.principled, pair.principled_parts)
-    tokens_0 = one(pair.plain, pair.plain_parts) if pair.plain is not None else None
-    return tokens_p, tokens_0
+    """Token ids of both branches (plain is None without a principle)."""
+    tokens_0 = tokenize_rendered(backend, pair.plain, pair.plain_parts) if pair.plain is not None else None
+    return tokenize_rendered(backend, pair.principled, pair.principled_parts), tokens_0
 
 
 def raw_pair(principled_prompt: str, plain_prompt: Optional[str]) -> PromptPair:
@@ -343,7 +335,7 @@ def raw_pair(principled_prompt: str, plain_prompt: Optional[str]) -> PromptPair:
         raise InvalidParameterError("principled prompt must be a non-empty string")
     if plain_prompt is not None and (not isinstance(plain_prompt, str) or not plain_prompt):
         raise InvalidParameterError("plain prompt must be a non-empty string or None")
-    _check_text("principled prompt", principled_prompt)
+    check_unicode(principled_prompt, "principled prompt")
     if plain_prompt is not None:
-        _check_text("plain prompt", plain_prompt)
+        check_unicode(plain_prompt, "plain prompt")
     return PromptPair(principled=principled_prompt, plain=plain_prompt)
