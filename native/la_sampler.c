@@ -1,4 +1,4 @@
-/* Native Linear Alignment sampler, bit-exact mirror of la_edge/sampling.py.
+/* Native Linear Alignment sampler, bit-exact mirror of la_edge/decoding/sampling.py.
  * Shaped like llama.cpp's sampler chain: each stage rewrites one candidates array {id, value}.
  * Build with -ffp-contract=off: every float op must round exactly like NumPy's. */
 #include "la_sampler.h"
@@ -19,6 +19,7 @@
 #define Y_MIN (-1100.0)
 #define MASS_CHUNK 8192
 #define LANES 16
+#define SQRT2 0x1.6a09e667f3bcdp+0
 #define SMALL_SORT 16
 #define HEAD_START 64
 
@@ -26,6 +27,12 @@ static const double POLY[12] = {
     0x1.0000000000000p+0, 0x1.62e42fefa39efp-1, 0x1.ebfbdff82c5a8p-3, 0x1.c6b08d7049fd0p-5,
     0x1.3b2ab6fba0114p-7, 0x1.5d87fe78d1630p-10, 0x1.4309130ed70c0p-13, 0x1.ffcbfba7e1000p-17,
     0x1.62bfc7ad6e400p-20, 0x1.b526641400000p-24, 0x1.e61b102460000p-28, 0x1.e7e123ea00000p-32,
+};
+
+/* fdlibm's log kernel, Lg1..Lg7 */
+static const double LG[7] = {
+    0x1.5555555555593p-1, 0x1.999999997fa04p-2, 0x1.2492494229359p-2, 0x1.c71c51d8e78afp-3,
+    0x1.7466496cb03dep-3, 0x1.39a09d078c69fp-3, 0x1.2f112df3e5244p-3,
 };
 
 typedef struct {
@@ -37,6 +44,7 @@ struct la_workspace {
   int32_t n_vocab;
   la_cand* cand;   /* the working candidates */
   la_cand* nuc;    /* the plausibility nucleus, kept for the fallback draw */
+  float* base;     /* the mixed base row, when it is not one of the rows */
   double* w;       /* weights of the candidates */
   int32_t* counts; /* history counts by token id; all zero between calls */
 };
@@ -82,6 +90,29 @@ static double seq_sum(const double* w, int32_t n) {
   double s = 0.0;
   for (int32_t i = 0; i < n; i++) s += w[i];
   return s;
+}
+
+/* log2_exact of sampling.py: fdlibm's log kernel on m in [sqrt(2)/2, sqrt(2)); x > 0 finite. */
+static inline double log2_exact(double x) {
+  int64_t e = -1023;
+  if (x < 0x1p-1022) { /* subnormal: scale up first */
+    x = x * 0x1p54;
+    e -= 54;
+  }
+  uint64_t bits;
+  memcpy(&bits, &x, sizeof bits);
+  e += (int64_t)(bits >> 52);
+  uint64_t mb = (bits & 0xFFFFFFFFFFFFFULL) | 0x3FF0000000000000ULL;
+  double m;
+  memcpy(&m, &mb, sizeof m);
+  if (m >= SQRT2) {
+    m = m * 0.5;
+    e += 1;
+  }
+  double f = m - 1.0, s = f / (2.0 + f), z = s * s;
+  double r = (((((LG[6] * z + LG[5]) * z + LG[4]) * z + LG[3]) * z + LG[2]) * z + LG[1]) * z + LG[0];
+  double hfsq = 0.5 * f * f;
+  return (double)e + (f - (hfsq - s * (hfsq + z * r))) * LOG2E;
 }
 
 /* ---- full-vocabulary passes ---- */
@@ -168,6 +199,56 @@ LA_CLONES static double row_mass(const float* z, int32_t n, double top, double c
   return total;
 }
 
+/* One token's JSD term: p log2(2p/(p+q)) + q log2(2q/(p+q)), each part 0 when its mass is 0. */
+static inline double jsd_term(double p, double q) {
+  double s = p + q;
+  double tp = p > 0.0 ? p * log2_exact((p + p) / s) : 0.0;
+  double tq = q > 0.0 ? q * log2_exact((q + q) / s) : 0.0;
+  return tp + tq;
+}
+
+/* The JSD terms of two rows summed in mass_total's order (sb, sr: their weight totals). */
+LA_CLONES static double row_jsd(const float* zb, const float* zr, int32_t n, double tb, double tr, double sb,
+                                double sr, double c, double dlo) {
+  double total = 0.0;
+  for (int32_t base = 0; base < n; base += MASS_CHUNK) {
+    int32_t end = n - base > MASS_CHUNK ? base + MASS_CHUNK : n;
+    double acc[LANES] = {0};
+    for (int32_t i = base; i < end; i += LANES)
+      for (int k = 0; k < LANES && i + k < end; k++)
+        acc[k] += jsd_term(exp2_weight((double)zb[i + k] - tb, c, dlo) / sb,
+                           exp2_weight((double)zr[i + k] - tr, c, dlo) / sr);
+    for (int width = LANES / 2; width > 0; width /= 2)
+      for (int k = 0; k < width; k++) acc[k] = acc[k] + acc[k + width];
+    total += acc[0];
+  }
+  return total;
+}
+
+static double jsd_bits(const float* zb, float tb, const float* zr, float tr, int32_t n, double temperature) {
+  if (tb == -INFINITY || tr == -INFINITY) return 1.0;
+  double c = weight_scale(temperature), dlo = Y_MIN / c;
+  double sb = row_mass(zb, n, tb, c, dlo), sr = row_mass(zr, n, tr, c, dlo);
+  if (!(sb > 0.0 && sr > 0.0)) return 1.0;
+  double j = 0.5 * row_jsd(zb, zr, n, tb, tr, sb, sr, c, dlo);
+  return j > 0.0 ? (j < 1.0 ? j : 1.0) : 0.0;
+}
+
+/* base_row of sampling.py when mixing: b = f32(mix[k0]) z_k0, then b + f32(mix[k]) z_k in index order. */
+LA_CLONES static void row_mix(const float* const* rows, const la_combination* cb, int32_t n, float* b) {
+  int first = 1;
+  for (int32_t k = 0; k < cb->k; k++) {
+    if (cb->mix[k] == 0.0) continue;
+    float m = (float)cb->mix[k];
+    const float* z = rows[k];
+    if (first)
+      for (int32_t i = 0; i < n; i++) b[i] = m * z[i];
+    else
+      for (int32_t i = 0; i < n; i++) b[i] = b[i] + m * z[i];
+    first = 0;
+  }
+}
+
 static int32_t row_nonzero(const float* z, int32_t n, double top, double c, double dlo) {
   int32_t cnt = 0;
   for (int32_t i = 0; i < n; i++) cnt += exp2_weight((double)z[i] - top, c, dlo) > 0.0;
@@ -226,27 +307,27 @@ static void partial_sort(la_cand* c, int32_t n, int32_t k) {
 
 /* ---- chain stages ---- */
 
-/* plausibility_mask: the nucleus of softmax(z_P/T_m) into ws->cand; *sorted says if it is ordered. */
-static int32_t stage_nucleus(const float* zp, int32_t n, float topf, const la_params* p, la_workspace* ws,
+/* plausibility_mask: the nucleus of softmax(b/T_m) into ws->cand; *sorted says if it is ordered. */
+static int32_t stage_nucleus(const float* zb, int32_t n, float topf, const la_params* p, la_workspace* ws,
                              int* sorted) {
   la_cand* c = ws->cand;
   double* w = ws->w;
   *sorted = 1;
   if (topf == -INFINITY) { /* every weight is 0: the first token by id */
     c[0].id = 0;
-    c[0].value = zp[0];
+    c[0].value = zb[0];
     return 1;
   }
   double top = topf, s = weight_scale(p->mask_temperature), dlo = Y_MIN / s;
   if (p->mask_top_p >= 1.0) {
-    int32_t nz = row_nonzero(zp, n, top, s, dlo);
-    row_fill(zp, n, c);
+    int32_t nz = row_nonzero(zb, n, top, s, dlo);
+    row_fill(zb, n, c);
     if (nz < 1) nz = 1;
     if (nz < n) partial_sort(c, n, nz);
     else *sorted = 0;
     return nz;
   }
-  double total = row_mass(zp, n, top, s, dlo);
+  double total = row_mass(zb, n, top, s, dlo);
   double thr = p->mask_top_p * total;
   /* Guess a value-prefix holding the mass (tokens with probability >= eps), widen on a miss;
      the last guess bounds the tail below (1 - p)/4 of the mass; then take the whole row. */
@@ -257,10 +338,10 @@ static int32_t stage_nucleus(const float* zp, int32_t n, float topf, const la_pa
     int32_t m = n;
     if (!whole) {
       float th = (float)(top + (log2(eps * total) - 1.0) / s);
-      m = row_collect(zp, n, nextafterf(th, -INFINITY), c);
+      m = row_collect(zb, n, nextafterf(th, -INFINITY), c);
     }
     if (whole || m == n) {
-      row_fill(zp, n, c);
+      row_fill(zb, n, c);
       m = n;
     }
     int32_t done = 0, keep = -1;
@@ -287,24 +368,27 @@ static int32_t stage_nucleus(const float* zp, int32_t n, float topf, const la_pa
     int32_t nz = 0;
     for (int32_t j = 0; j < keep; j++) nz += w[j] > 0.0;
     if (nz < keep) {
-      nz = row_nonzero(zp, n, top, s, dlo);
+      nz = row_nonzero(zb, n, top, s, dlo);
       if (nz < keep) keep = nz;
     }
     return keep > 0 ? keep : 1;
   }
 }
 
-static void stage_combine(la_cand* c, int32_t n, const float* z0, double ratio) {
-  float r = (float)ratio;
-  for (int32_t i = 0; i < n; i++) {
-    float a = c[i].value;
-    if (z0 != NULL && ratio != 0.0) {
-      float d = a - z0[c[i].id];
-      float t = r * d;
-      a = a + t;
+/* guided of sampling.py: z = b + sum f32(guide[k] s_t) (z_k - z_ref) in index order; NaN -> -inf. */
+static void stage_guide(la_cand* c, int32_t n, const float* const* rows, const la_combination* cb, double scale) {
+  for (int32_t k = 0; k < cb->k; k++) {
+    double g = cb->guide[k] * scale;
+    if (g == 0.0) continue;
+    float gf = (float)g;
+    const float *zk = rows[k], *zr = rows[cb->ref];
+    for (int32_t i = 0; i < n; i++) {
+      float d = zk[c[i].id] - zr[c[i].id];
+      float t = gf * d;
+      c[i].value = c[i].value + t;
     }
-    c[i].value = a != a ? -INFINITY : a;
   }
+  for (int32_t i = 0; i < n; i++) c[i].value = c[i].value != c[i].value ? -INFINITY : c[i].value;
 }
 
 static int stage_penalties(la_cand* c, int32_t n, const int32_t* hist, int32_t nh, const la_params* p,
@@ -409,9 +493,10 @@ la_workspace* la_workspace_new(int32_t n_vocab) {
   ws->n_vocab = n_vocab;
   ws->cand = malloc((size_t)n_vocab * sizeof *ws->cand);
   ws->nuc = malloc((size_t)n_vocab * sizeof *ws->nuc);
+  ws->base = malloc((size_t)n_vocab * sizeof *ws->base);
   ws->w = malloc((size_t)n_vocab * sizeof *ws->w);
   ws->counts = calloc((size_t)n_vocab, sizeof *ws->counts);
-  if (!ws->cand || !ws->nuc || !ws->w || !ws->counts) {
+  if (!ws->cand || !ws->nuc || !ws->base || !ws->w || !ws->counts) {
     la_workspace_free(ws);
     return NULL;
   }
@@ -422,6 +507,7 @@ void la_workspace_free(la_workspace* ws) {
   if (ws == NULL) return;
   free(ws->cand);
   free(ws->nuc);
+  free(ws->base);
   free(ws->w);
   free(ws->counts);
   free(ws);
@@ -446,33 +532,89 @@ double la_row_mass(const float* z, int32_t n, double temperature) {
   return row_mass(z, n, top, s, Y_MIN / s);
 }
 
+void la_log2(const double* x, int32_t n, double* out) {
+  for (int32_t i = 0; i < n; i++) out[i] = log2_exact(x[i]);
+}
+
+double la_jsd_bits(const float* b, const float* ref, int32_t n, double temperature) {
+  float tb, tr;
+  if (n < 1 || row_scan(b, n, &tb) || row_scan(ref, n, &tr)) return 1.0;
+  return jsd_bits(b, tb, ref, tr, n, temperature);
+}
+
 int32_t la_abi_version(void) { return LA_ABI_VERSION; }
 int32_t la_sizeof_params(void) { return (int32_t)sizeof(la_params); }
 int32_t la_sizeof_result(void) { return (int32_t)sizeof(la_result); }
+int32_t la_sizeof_combination(void) { return (int32_t)sizeof(la_combination); }
 
-int32_t la_choose(const float* zp, const float* z0, int32_t n_vocab, const la_params* p,
-                  const int32_t* history, int32_t n_history, uint64_t* rng_state, la_workspace* ws,
-                  la_result* out) {
-  if (zp == NULL || p == NULL || ws == NULL || out == NULL || n_vocab < 1 || n_vocab > ws->n_vocab)
+/* The base row b (a row itself, or ws->base) and its maximum; LA_ERR_NONFINITE if mixing overflowed. */
+static int32_t base_row(const float* const* rows, const la_combination* cb, const float* tops, int32_t n,
+                        la_workspace* ws, const float** b, float* top) {
+  int32_t used = -1, n_used = 0;
+  for (int32_t k = 0; k < cb->k; k++)
+    if (cb->mix[k] != 0.0) {
+      n_used++;
+      if (used < 0) used = k;
+    }
+  if (n_used == 0) return LA_ERR_INVALID;
+  if (n_used == 1 && cb->mix[used] == 1.0) {
+    *b = rows[used];
+    *top = tops[used];
+    return LA_OK;
+  }
+  row_mix(rows, cb, n, ws->base);
+  *b = ws->base;
+  return row_scan(ws->base, n, top) ? LA_ERR_NONFINITE : LA_OK;
+}
+
+static int bad_combination(const float* const* rows, int32_t k, const la_combination* cb) {
+  if (rows == NULL || cb == NULL || k < 1 || k > LA_MAX_BRANCHES || cb->k != k || cb->ref < -1 || cb->ref >= k)
+    return 1;
+  int guided = 0;
+  for (int32_t i = 0; i < k; i++) {
+    if (rows[i] == NULL || !(cb->mix[i] >= 0.0) || cb->guide[i] != cb->guide[i]) return 1;
+    guided |= cb->guide[i] != 0.0;
+  }
+  return (guided || cb->adaptive) && (cb->ref < 0 || cb->guide[cb->ref] != 0.0);
+}
+
+int32_t la_choose(const float* const* rows, int32_t k, const la_combination* combo, int32_t n_vocab,
+                  const la_params* p, const int32_t* history, int32_t n_history, uint64_t* rng_state,
+                  la_workspace* ws, la_result* out) {
+  if (out == NULL) return LA_ERR_INVALID;
+  memset(out, 0, sizeof *out);
+  out->ratio_scale = 1.0;
+  out->bad_row = -1;
+  if (bad_combination(rows, k, combo) || p == NULL || ws == NULL || n_vocab < 1 || n_vocab > ws->n_vocab)
     return LA_ERR_INVALID;
   int greedy = p->temperature == 0.0;
   if (!(p->temperature >= 0.0) || !(p->mask_temperature > 0.0) || p->top_logprobs < 0 ||
       p->top_logprobs > LA_MAX_TOP_LOGPROBS || p->repeat_last_n < 0 || n_history < 0 ||
       (n_history > 0 && history == NULL) || (!greedy && rng_state == NULL))
     return LA_ERR_INVALID;
-  float topf;
-  if (row_scan(zp, n_vocab, &topf)) return LA_ERR_NONFINITE_P;
-  if (z0 != NULL && row_scan(z0, n_vocab, NULL)) return LA_ERR_NONFINITE_0;
+  float tops[LA_MAX_BRANCHES], topf;
+  for (int32_t i = 0; i < k; i++)
+    if (row_scan(rows[i], n_vocab, &tops[i])) {
+      out->bad_row = i;
+      return LA_ERR_NONFINITE;
+    }
+  const float* b;
+  int32_t rc = base_row(rows, combo, tops, n_vocab, ws, &b, &topf);
+  if (rc != LA_OK) {
+    out->bad_row = k;
+    return rc;
+  }
 
-  memset(out, 0, sizeof *out);
   int sorted;
   la_cand* c = ws->cand;
-  int32_t nn = stage_nucleus(zp, n_vocab, topf, p, ws, &sorted);
+  int32_t nn = stage_nucleus(b, n_vocab, topf, p, ws, &sorted);
   out->nucleus_size = nn;
   if (!greedy) memcpy(ws->nuc, c, (size_t)nn * sizeof *c);
-  stage_combine(c, nn, z0, p->ratio);
+  if (combo->adaptive)
+    out->ratio_scale = jsd_bits(b, topf, rows[combo->ref], tops[combo->ref], n_vocab, p->mask_temperature);
+  stage_guide(c, nn, rows, combo, out->ratio_scale);
 
-  /* Penalties on the aligned nucleus, greedy or not; the nucleus itself came from unpenalised z_P. */
+  /* Penalties on the aligned nucleus, greedy or not; the nucleus itself came from the unpenalised b. */
   if (stage_penalties(c, nn, history, n_history, p, ws) != LA_OK) return LA_ERR_INVALID;
 
   const la_cand* kept = c;
@@ -490,7 +632,7 @@ int32_t la_choose(const float* zp, const float* z0, int32_t n_vocab, const la_pa
     if (p->top_p < 1.0) nk = stage_top_p(c, nk, p->top_p, ws->w);
     if (p->min_p > 0.0) nk = stage_min_p(c, nk, p->min_p, ws->w);
     pick = stage_draw(c, nk, p->temperature, rng_state, ws->w);
-    if (pick < 0) { /* aligned weights underflowed: fall back to the principled nucleus */
+    if (pick < 0) { /* aligned weights underflowed: fall back to the base row's nucleus */
       if (!sorted) partial_sort(ws->nuc, nn, nn);
       kept = ws->nuc;
       nk = nn;

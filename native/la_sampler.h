@@ -1,4 +1,4 @@
-/* Native Linear Alignment sampler: a bit-exact mirror of la_edge/sampling.py (choose_token). */
+/* Native Linear Alignment sampler: a bit-exact mirror of la_edge/decoding/sampling.py (choose_rows). */
 #ifndef LA_SAMPLER_H
 #define LA_SAMPLER_H
 
@@ -14,16 +14,25 @@ extern "C" {
 #define LA_API __attribute__((visibility("default")))
 #endif
 
-#define LA_ABI_VERSION 2 /* 2: penalties apply in greedy decoding too */
+#define LA_ABI_VERSION 3 /* 3: K rows and a la_combination; 2: penalties apply in greedy decoding too */
 #define LA_MAX_TOP_LOGPROBS 20
+#define LA_MAX_BRANCHES 16
 
 #define LA_OK 0
-#define LA_ERR_NONFINITE_P (-1)
-#define LA_ERR_NONFINITE_0 (-2)
+#define LA_ERR_NONFINITE (-1) /* out->bad_row: the branch, or k for the mixed base row */
 #define LA_ERR_INVALID (-3)
 
+/* How K rows combine (la_edge/decoding/combination.py): b = sum mix[k] z_k;
+   z = b + sum guide[k] s_t (z_k - z_ref) over the nucleus of softmax(b / T_m). */
 typedef struct {
-  double ratio;            /* cast to float for the combination, like np.float32(ratio) */
+  int32_t k;                     /* number of rows, 1..LA_MAX_BRANCHES */
+  int32_t ref;                   /* the plain branch, or -1 when every guide is 0 */
+  int32_t adaptive;              /* 1: s_t = JSD(softmax(b/T_m) || softmax(z_ref/T_m)) in bits, else 1 */
+  double mix[LA_MAX_BRANCHES];   /* >= 0, summing to 1; cast to float like np.float32(mix[k]) */
+  double guide[LA_MAX_BRANCHES]; /* guide[ref] = 0; float(guide[k] * s_t) multiplies z_k - z_ref */
+} la_combination;
+
+typedef struct {
   double temperature;      /* 0 = greedy */
   double mask_top_p;       /* plausibility_top_p */
   double mask_temperature; /* params.mask_temperature (already resolved) */
@@ -42,6 +51,8 @@ typedef struct {
   int32_t n_top;
   int32_t top_ids[LA_MAX_TOP_LOGPROBS];
   double top_logprobs[LA_MAX_TOP_LOGPROBS];
+  double ratio_scale; /* s_t when adaptive, else 1 */
+  int32_t bad_row;    /* on LA_ERR_NONFINITE, else -1 */
 } la_result;
 
 typedef struct la_workspace la_workspace; /* opaque scratch buffers, sized for n_vocab */
@@ -50,22 +61,25 @@ typedef struct la_workspace la_workspace; /* opaque scratch buffers, sized for n
 LA_API la_workspace* la_workspace_new(int32_t n_vocab);
 LA_API void la_workspace_free(la_workspace* ws);
 
-/* One decision. Returns LA_OK, LA_ERR_NONFINITE_P / _0 (NaN or +inf in zp / z0) or LA_ERR_INVALID.
-   z0 = NULL means plain decoding of zp; rng_state is advanced exactly like la_edge/rng.py (and may be
-   NULL when greedy). history (generated ids) feeds the penalties, greedy or not. */
-LA_API int32_t la_choose(const float* zp, const float* z0, int32_t n_vocab, const la_params* p,
-                         const int32_t* history, int32_t n_history, uint64_t* rng_state,
+/* One decision over k rows of n_vocab logits. Returns LA_OK, LA_ERR_NONFINITE (NaN or +inf in a row or
+   in the mixed base row; see out->bad_row) or LA_ERR_INVALID. rng_state is advanced exactly like
+   la_edge/decoding/rng.py (and may be NULL when greedy). history (generated ids) feeds the penalties. */
+LA_API int32_t la_choose(const float* const* rows, int32_t k, const la_combination* combo, int32_t n_vocab,
+                         const la_params* p, const int32_t* history, int32_t n_history, uint64_t* rng_state,
                          la_workspace* ws, la_result* out);
 
-/* Building blocks exposed for bit-exactness tests: relative_weights and the nucleus total
-   (mass_total of relative_weights) of sampling.py. Rows must be free of NaN and +inf. */
+/* Building blocks exposed for bit-exactness tests: relative_weights, the nucleus total (mass_total of
+   relative_weights), log2_exact and jsd_bits of sampling.py. Rows must be free of NaN and +inf. */
 LA_API void la_relative_weights(const float* values, int32_t n, double temperature, double* w);
 LA_API double la_row_mass(const float* z, int32_t n, double temperature);
+LA_API void la_log2(const double* x, int32_t n, double* out);
+LA_API double la_jsd_bits(const float* b, const float* ref, int32_t n, double temperature);
 
 /* ABI checks for loaders. */
 LA_API int32_t la_abi_version(void);
 LA_API int32_t la_sizeof_params(void);
 LA_API int32_t la_sizeof_result(void);
+LA_API int32_t la_sizeof_combination(void);
 
 #ifdef __cplusplus
 }

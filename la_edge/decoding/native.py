@@ -1,7 +1,8 @@
 """ctypes binding of the native sampler (native/la_sampler.c), with a NumPy fallback.
 
-The native path is a bit-exact mirror of `la_edge.sampling.choose_token`: same chosen ids, same
-RNG advance. Logits may be NumPy float32 arrays or raw `POINTER(c_float)` rows (zero copy).
+The native path is a bit-exact mirror of `la_edge.decoding.sampling.choose_rows`: same chosen ids,
+same RNG advance, same logprobs and ratio_scale. Logits rows may be NumPy float32 arrays or raw
+`POINTER(c_float)` rows (zero copy).
 """
 
 from __future__ import annotations
@@ -11,18 +12,21 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..errors import InvalidParameterError, NonFiniteLogitsError
 from .params import GenerationParams
 from .rng import SplitMix64
-from .sampling import Choice, choose_token
+from .combination import MAX_BRANCHES, Combination
+from .sampling import Choice, choose_rows
 
-ABI_VERSION = 2  # 2: penalties apply in greedy decoding too
+ABI_VERSION = 3  # 3: K rows and a combination; 2: penalties apply in greedy decoding too
 MAX_TOP_LOGPROBS = 20
-_ERR_NONFINITE_P, _ERR_NONFINITE_0, _ERR_INVALID = -1, -2, -3
+_ERR_NONFINITE, _ERR_INVALID = -1, -3
+_PFLOAT = ctypes.POINTER(ctypes.c_float)
+_CACHE = 64  # converted params / combinations kept per sampler
 
 if sys.platform == "win32":
     _LIB_NAMES = ("la_sampler.dll",)
@@ -32,11 +36,22 @@ else:
     _LIB_NAMES = ("libla_sampler.so",)
 
 
+class LaCombination(ctypes.Structure):
+    """Mirror of la_combination."""
+
+    _fields_ = [
+        ("k", ctypes.c_int32),
+        ("ref", ctypes.c_int32),
+        ("adaptive", ctypes.c_int32),
+        ("mix", ctypes.c_double * MAX_BRANCHES),
+        ("guide", ctypes.c_double * MAX_BRANCHES),
+    ]
+
+
 class LaParams(ctypes.Structure):
     """Mirror of la_params."""
 
     _fields_ = [
-        ("ratio", ctypes.c_double),
         ("temperature", ctypes.c_double),
         ("mask_top_p", ctypes.c_double),
         ("mask_temperature", ctypes.c_double),
@@ -61,6 +76,8 @@ class LaResult(ctypes.Structure):
         ("n_top", ctypes.c_int32),
         ("top_ids", ctypes.c_int32 * MAX_TOP_LOGPROBS),
         ("top_logprobs", ctypes.c_double * MAX_TOP_LOGPROBS),
+        ("ratio_scale", ctypes.c_double),
+        ("bad_row", ctypes.c_int32),
     ]
 
 
@@ -98,6 +115,7 @@ def _bind(lib: ctypes.CDLL) -> None:
     lib.la_abi_version.restype = ctypes.c_int32
     lib.la_sizeof_params.restype = ctypes.c_int32
     lib.la_sizeof_result.restype = ctypes.c_int32
+    lib.la_sizeof_combination.restype = ctypes.c_int32
     lib.la_workspace_new.restype = ctypes.c_void_p
     lib.la_workspace_new.argtypes = [ctypes.c_int32]
     lib.la_workspace_free.restype = None
@@ -106,11 +124,15 @@ def _bind(lib: ctypes.CDLL) -> None:
     lib.la_relative_weights.argtypes = [ctypes.c_void_p, ctypes.c_int32, ctypes.c_double, ctypes.c_void_p]
     lib.la_row_mass.restype = ctypes.c_double
     lib.la_row_mass.argtypes = [ctypes.c_void_p, ctypes.c_int32, ctypes.c_double]
+    lib.la_log2.restype = None
+    lib.la_log2.argtypes = [ctypes.c_void_p, ctypes.c_int32, ctypes.c_void_p]
+    lib.la_jsd_bits.restype = ctypes.c_double
+    lib.la_jsd_bits.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32, ctypes.c_double]
+    # Pointers travel as plain ints (c_void_p): the cheapest conversion per call.
     lib.la_choose.restype = ctypes.c_int32
     lib.la_choose.argtypes = [
-        ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32, ctypes.POINTER(LaParams),
-        ctypes.c_void_p, ctypes.c_int32, ctypes.POINTER(ctypes.c_uint64), ctypes.c_void_p,
-        ctypes.POINTER(LaResult),
+        ctypes.c_void_p, ctypes.c_int32, ctypes.c_void_p, ctypes.c_int32, ctypes.c_void_p,
+        ctypes.c_void_p, ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
     ]
 
 
@@ -126,7 +148,8 @@ def _load():
             _bind(lib)
             if lib.la_abi_version() != ABI_VERSION:
                 raise OSError(f"ABI version {lib.la_abi_version()} != {ABI_VERSION}")
-            if (lib.la_sizeof_params(), lib.la_sizeof_result()) != (ctypes.sizeof(LaParams), ctypes.sizeof(LaResult)):
+            sizes = (lib.la_sizeof_params(), lib.la_sizeof_result(), lib.la_sizeof_combination())
+            if sizes != (ctypes.sizeof(LaParams), ctypes.sizeof(LaResult), ctypes.sizeof(LaCombination)):
                 raise OSError("struct layout differs from la_edge/native.py")
             return lib, str(path), None
         except (OSError, AttributeError) as exc:
@@ -150,30 +173,59 @@ def load_error() -> Optional[str]:
 
 
 def _address(row, n_vocab: int, name: str) -> int:
+    if type(row) is _PFLOAT:
+        if not row:
+            raise InvalidParameterError(f"{name} logits pointer is NULL")
+        return ctypes.addressof(row.contents)
     if isinstance(row, np.ndarray):
         if row.dtype != np.float32 or not row.flags.c_contiguous or row.shape != (n_vocab,):
             raise InvalidParameterError(f"{name} logits must be a contiguous float32 array of shape ({n_vocab},)")
         return row.ctypes.data
     if isinstance(row, int):
-        return row
-    if isinstance(row, ctypes.c_void_p):
-        return row.value or 0
-    try:
-        return ctypes.cast(row, ctypes.c_void_p).value or 0
-    except ctypes.ArgumentError as exc:
-        raise InvalidParameterError(f"{name} logits must be a float32 array or a POINTER(c_float)") from exc
+        addr = row
+    elif isinstance(row, ctypes.c_void_p):
+        addr = row.value or 0
+    else:
+        try:
+            addr = ctypes.cast(row, ctypes.c_void_p).value or 0
+        except ctypes.ArgumentError as exc:
+            raise InvalidParameterError(f"{name} logits must be a float32 array or a POINTER(c_float)") from exc
+    if not addr:
+        raise InvalidParameterError(f"{name} logits pointer is NULL")
+    return addr
 
 
 def _to_params(p: GenerationParams) -> LaParams:
     return LaParams(
-        p.ratio, p.temperature, p.plausibility_top_p, p.mask_temperature, p.top_k, p.top_p, p.min_p,
+        p.temperature, p.plausibility_top_p, p.mask_temperature, p.top_k, p.top_p, p.min_p,
         p.repeat_penalty, p.frequency_penalty, p.presence_penalty, p.repeat_last_n, p.top_logprobs,
     )
 
 
+def _to_combination(c: Combination) -> LaCombination:
+    pad = (0.0,) * (MAX_BRANCHES - c.k)
+    return LaCombination(c.k, -1 if c.ref is None else c.ref, int(c.adaptive),
+                         (ctypes.c_double * MAX_BRANCHES)(*(c.mix + pad)),
+                         (ctypes.c_double * MAX_BRANCHES)(*(c.guide + pad)))
+
+
+def _by_address(convert):
+    def wrapped(key):
+        struct = convert(key)
+        return struct, ctypes.addressof(struct)
+    return wrapped
+
+
+_PARAMS_AT, _COMBINATION_AT = _by_address(_to_params), _by_address(_to_combination)
+
+
+def _f32(values) -> np.ndarray:
+    return np.ascontiguousarray(values, dtype=np.float32)
+
+
 def native_relative_weights(values: np.ndarray, temperature: float) -> np.ndarray:
     """The C relative_weights of a float32 row (for bit-exactness checks)."""
-    v = np.ascontiguousarray(values, dtype=np.float32)
+    v = _f32(values)
     w = np.empty(v.size, dtype=np.float64)
     _LIB.la_relative_weights(v.ctypes.data, v.size, float(temperature), w.ctypes.data)
     return w
@@ -181,8 +233,40 @@ def native_relative_weights(values: np.ndarray, temperature: float) -> np.ndarra
 
 def native_row_mass(values: np.ndarray, temperature: float) -> float:
     """The C nucleus total (mass_total of relative_weights) of a float32 row."""
-    v = np.ascontiguousarray(values, dtype=np.float32)
+    v = _f32(values)
     return float(_LIB.la_row_mass(v.ctypes.data, v.size, float(temperature)))
+
+
+def native_log2(x: np.ndarray) -> np.ndarray:
+    """The C log2_exact of positive finite doubles (for bit-exactness checks)."""
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    out = np.empty(x.size, dtype=np.float64)
+    _LIB.la_log2(x.ctypes.data, x.size, out.ctypes.data)
+    return out
+
+
+def native_jsd_bits(b: np.ndarray, ref: np.ndarray, temperature: float) -> float:
+    """The C jsd_bits of two float32 rows (for bit-exactness checks)."""
+    b, ref = _f32(b), _f32(ref)
+    return float(_LIB.la_jsd_bits(b.ctypes.data, ref.ctypes.data, b.size, float(temperature)))
+
+
+def _cached(cache: Dict[int, tuple], key, convert) -> int:
+    # The address of a frozen input's struct, looked up by identity; the entry keeps the key alive.
+    hit = cache.get(id(key))
+    if hit is not None and hit[0] is key:
+        return hit[2]
+    if len(cache) >= _CACHE:
+        cache.clear()
+    struct, addr = convert(key)
+    cache[id(key)] = (key, struct, addr)
+    return addr
+
+
+def _nonfinite(combo: Combination, row: int) -> NonFiniteLogitsError:
+    if row >= combo.k:
+        return NonFiniteLogitsError("the mixed base row overflowed to NaN or +inf; refusing to sample")
+    return NonFiniteLogitsError(f"branch {row} ({combo.role(row)}) logits hold NaN or +inf; refusing to sample")
 
 
 class NativeSampler:
@@ -200,60 +284,74 @@ class NativeSampler:
         self._ws = _LIB.la_workspace_new(self.n_vocab)
         if not self._ws:
             raise MemoryError("la_workspace_new failed")
+        # Buffers reused by every call, passed by address.
         self._result = LaResult()
         self._state = ctypes.c_uint64(0)
-        self._params_key: Optional[GenerationParams] = None
-        self._params = LaParams()
-        self._hist = np.zeros(0, dtype=np.int32)
+        self._rows = (ctypes.c_void_p * MAX_BRANCHES)()
+        self._addr = tuple(ctypes.addressof(x) for x in (self._result, self._state, self._rows))
+        self._params: Dict[int, tuple] = {}
+        self._combos: Dict[int, tuple] = {}
 
     def __del__(self):
         ws, self._ws = getattr(self, "_ws", None), None
         if ws:
             self._lib.la_workspace_free(ws)
 
-    def choose(self, zp, z0, params: GenerationParams, rng: Optional[SplitMix64] = None,
-               history: Sequence[int] = ()) -> Choice:
-        """One decision (see sampling.choose_token); advances rng.state in place."""
-        if params is not self._params_key:
-            self._params = _to_params(params)
-            self._params_key = params
-        zp_addr = _address(zp, self.n_vocab, "principled")
-        z0_addr = None if z0 is None else _address(z0, self.n_vocab, "plain")
-        if not zp_addr or (z0 is not None and not z0_addr):
-            raise InvalidParameterError("logits pointer is NULL")
+    def choose(self, rows: Sequence, combo: Combination, params: GenerationParams,
+               rng: Optional[SplitMix64] = None, history: Sequence[int] = ()) -> Choice:
+        """One decision over K rows (see sampling.choose_rows); advances rng.state in place."""
+        if len(rows) != combo.k:
+            raise InvalidParameterError(f"{len(rows)} logits rows for a combination of {combo.k} branches")
+        ptrs = self._rows
+        for i, row in enumerate(rows):
+            ptrs[i] = _address(row, self.n_vocab, f"branch {i}")
+        lp = _cached(self._params, params, _PARAMS_AT)
+        lc = _cached(self._combos, combo, _COMBINATION_AT)
         hist = self._history(history, params)
+        result, state, rows_addr = self._addr
         if not params.greedy:
             if rng is None:
                 raise ValueError("sampling needs an rng")
             self._state.value = rng.state
-        res = self._result
         rc = self._lib.la_choose(
-            zp_addr, z0_addr, self.n_vocab, ctypes.byref(self._params),
-            hist.ctypes.data if hist.size else None, int(hist.size), ctypes.byref(self._state),
-            self._ws, ctypes.byref(res),
+            rows_addr, combo.k, lc, self.n_vocab, lp,
+            hist.ctypes.data if hist.size else None, hist.size, state, self._ws, result,
         )
+        res = self._result
         if rc != 0:
-            if rc == _ERR_NONFINITE_P:
-                raise NonFiniteLogitsError("principled logits hold NaN or +inf; refusing to sample")
-            if rc == _ERR_NONFINITE_0:
-                raise NonFiniteLogitsError("plain logits hold NaN or +inf; refusing to sample")
+            if rc == _ERR_NONFINITE:
+                raise _nonfinite(combo, res.bad_row)
             raise InvalidParameterError(f"la_choose rejected its arguments (code {rc}); check history ids >= 0")
         if not params.greedy:
             rng.state = self._state.value
         n = res.n_top
         top = tuple(zip(res.top_ids[:n], res.top_logprobs[:n])) if n else ()
-        return Choice(token=res.token, logprob=res.logprob, top=top, nucleus_size=res.nucleus_size)
+        return Choice(res.token, res.logprob, top, res.nucleus_size, res.ratio_scale)
+
+    def choose_pair(self, zp, z0, params: GenerationParams, rng: Optional[SplitMix64] = None,
+                    history: Sequence[int] = ()) -> Choice:
+        """Linear Alignment over (z_P, z_0) at params.ratio; z0 None decodes z_P alone."""
+        return self.choose(*_pair(zp, z0, params), params, rng, history)
 
     @staticmethod
     def _history(history, params: GenerationParams) -> np.ndarray:
         if params.repeat_last_n == 0 or len(history) == 0 or (
             params.repeat_penalty == 1.0 and params.frequency_penalty == 0.0 and params.presence_penalty == 0.0
         ):
-            return np.zeros(0, dtype=np.int32)
+            return _NO_HISTORY
         recent = history[-params.repeat_last_n:]
         if isinstance(recent, np.ndarray) and recent.dtype == np.int32 and recent.flags.c_contiguous:
             return recent
         return np.ascontiguousarray(recent, dtype=np.int32)
+
+
+_NO_HISTORY = np.zeros(0, dtype=np.int32)
+
+
+def _pair(zp, z0, params: GenerationParams) -> Tuple[tuple, Combination]:
+    if z0 is None:
+        return (zp,), Combination.plain()
+    return (zp, z0), Combination.linear_alignment(params.ratio)
 
 
 class NumpySampler:
@@ -265,22 +363,29 @@ class NumpySampler:
         self.n_vocab = int(n_vocab)
 
     def _row(self, row):
-        if row is None or isinstance(row, np.ndarray):
+        if isinstance(row, np.ndarray):
             return row
         if isinstance(row, int):
-            row = ctypes.cast(row, ctypes.POINTER(ctypes.c_float))
-        elif not isinstance(row, ctypes.POINTER(ctypes.c_float)):
-            row = ctypes.cast(row, ctypes.POINTER(ctypes.c_float))
+            row = ctypes.cast(row, _PFLOAT)
+        elif not isinstance(row, _PFLOAT):
+            row = ctypes.cast(row, _PFLOAT)
+        if not row:
+            raise InvalidParameterError("logits pointer is NULL")
         return np.ctypeslib.as_array(row, shape=(self.n_vocab,))
 
-    def choose(self, zp, z0, params: GenerationParams, rng: Optional[SplitMix64] = None,
-               history: Sequence[int] = ()) -> Choice:
-        """One decision via sampling.choose_token."""
-        return choose_token(self._row(zp), self._row(z0), params, rng, list(history))
+    def choose(self, rows: Sequence, combo: Combination, params: GenerationParams,
+               rng: Optional[SplitMix64] = None, history: Sequence[int] = ()) -> Choice:
+        """One decision via sampling.choose_rows."""
+        return choose_rows(tuple(self._row(r) for r in rows), combo, params, rng, list(history))
+
+    def choose_pair(self, zp, z0, params: GenerationParams, rng: Optional[SplitMix64] = None,
+                    history: Sequence[int] = ()) -> Choice:
+        """Linear Alignment over (z_P, z_0) at params.ratio; z0 None decodes z_P alone."""
+        return self.choose(*_pair(zp, z0, params), params, rng, history)
 
 
 def make_chooser(n_vocab: int, prefer_native: bool = True):
-    """A sampler with `.choose(zp, z0, params, rng, history)`: native when loaded, else NumPy.
+    """A sampler with `.choose(rows, combo, params, rng, history)`: native when loaded, else NumPy.
 
     Falling back from a preferred native sampler emits one warning with the reason.
     """

@@ -1,12 +1,15 @@
 """Pure math of Linear Alignment decoding: the NumPy reference (the specification).
 
-Order of a step: z = z_P + r*(z_P - z_0) in float32; the plausibility nucleus of
-softmax(z_P / T_m) (always from the unpenalised z_P); penalties on z; then greedy argmax, or
-top-k -> top-p -> min-p -> temperature -> seeded draw, all restricted to the nucleus.
+Order of a step over K rows and a `Combination`: the base row b (z_P for Linear Alignment); the
+plausibility nucleus of softmax(b / T_m) (always from the unpenalised b); the adaptive scale s_t
+when asked for; the aligned z = b + sum_k guide_k s_t (z_k - z_ref) over the nucleus in float32
+(see combination.py); penalties on z; then greedy argmax, or top-k -> top-p -> min-p ->
+temperature -> seeded draw, all restricted to the nucleus.
 Candidates are ordered by value descending, ties by token id ascending. Sums run sequentially
 in that order, except the nucleus total over the whole vocabulary, which is `mass_total`
 (fixed chunk/lane order in token-id order, so the native sampler needs no full sort). Weights
-use `exp2_weights`, a portable IEEE-exact exp that native/la_sampler.c reproduces bit for bit.
+use `exp2_weights`, a portable IEEE-exact exp (and s_t uses `log2_exact`) that
+native/la_sampler.c reproduces bit for bit.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..errors import NonFiniteLogitsError
+from ..errors import InvalidParameterError, NonFiniteLogitsError
+from .combination import Combination
 from .params import GenerationParams
 from .rng import SplitMix64
 
@@ -30,6 +34,7 @@ class Choice:
     logprob: Optional[float] = None
     top: Tuple[Tuple[int, float], ...] = ()
     nucleus_size: int = 0
+    ratio_scale: float = 1.0  # s_t of an adaptive combination, else 1
 
 
 def check_finite(row: np.ndarray, name: str) -> None:
@@ -39,13 +44,38 @@ def check_finite(row: np.ndarray, name: str) -> None:
 
 
 def combine(z_p: np.ndarray, z_0: Optional[np.ndarray], ratio: float) -> np.ndarray:
-    """z = z_P + r*(z_P - z_0), in float32 (no fused multiply-add)."""
+    """z = z_P + r*(z_P - z_0), in float32 (no fused multiply-add): Linear Alignment over whole rows."""
     z_p = np.asarray(z_p, dtype=np.float32)
     if z_0 is None or ratio == 0.0:
         return z_p.copy()
     r = np.float32(ratio)
     with np.errstate(invalid="ignore", over="ignore"):
         return z_p + r * (z_p - np.asarray(z_0, dtype=np.float32))
+
+
+def base_row(rows: Sequence[np.ndarray], combo: Combination) -> np.ndarray:
+    """b = sum_k mix[k] z_k in float32, in index order; the row itself when one weight is 1."""
+    used = [k for k, m in enumerate(combo.mix) if m != 0.0]
+    if len(used) == 1 and combo.mix[used[0]] == 1.0:
+        return rows[used[0]]
+    with np.errstate(invalid="ignore", over="ignore"):
+        b = np.float32(combo.mix[used[0]]) * rows[used[0]]
+        for k in used[1:]:
+            b = b + np.float32(combo.mix[k]) * rows[k]
+    if np.isnan(b).any() or np.isposinf(b).any():
+        raise NonFiniteLogitsError("the mixed base row overflowed to NaN or +inf; refusing to sample")
+    return b
+
+
+def guided(b: np.ndarray, rows: Sequence[np.ndarray], combo: Combination, ids: np.ndarray,
+           scale: float = 1.0) -> np.ndarray:
+    """z = b + sum_k f32(guide[k]*scale) (z_k - z_ref) over ids, in float32 and index order."""
+    z = b[ids]
+    with np.errstate(invalid="ignore", over="ignore"):
+        for k, g in enumerate(combo.guide):
+            if g * scale != 0.0:
+                z = z + np.float32(g * scale) * (rows[k][ids] - rows[combo.ref][ids])
+    return z
 
 
 def order_desc(values: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -110,6 +140,54 @@ def relative_weights(values: np.ndarray, temperature: float) -> np.ndarray:
     return exp2_weights(v - top, temperature)
 
 
+_LN_POLY = tuple(float.fromhex(h) for h in (  # fdlibm's log kernel, Lg1..Lg7
+    "0x1.5555555555593p-1", "0x1.999999997fa04p-2", "0x1.2492494229359p-2", "0x1.c71c51d8e78afp-3",
+    "0x1.7466496cb03dep-3", "0x1.39a09d078c69fp-3", "0x1.2f112df3e5244p-3",
+))
+_SQRT2 = float.fromhex("0x1.6a09e667f3bcdp+0")
+
+
+def log2_exact(x: np.ndarray) -> np.ndarray:
+    """log2 of positive finite doubles via fdlibm's log kernel (about 1 ulp).
+
+    Only IEEE +, -, *, / and bit operations, so native/la_sampler.c gives identical bits.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    small = x < 2.0 ** -1022  # subnormal: scale up by 2^54 first
+    x = np.where(small, x * 2.0 ** 54, x)
+    bits = x.view(np.uint64)
+    e = (bits >> np.uint64(52)).astype(np.int64) - np.where(small, 1023 + 54, 1023)
+    m = ((bits & np.uint64(0xFFFFFFFFFFFFF)) | np.uint64(0x3FF0000000000000)).view(np.float64)
+    big = m >= _SQRT2  # m in [sqrt(2)/2, sqrt(2))
+    m = np.where(big, m * 0.5, m)
+    e = e + big
+    f = m - 1.0
+    s = f / (2.0 + f)
+    z = s * s
+    r = np.full_like(z, _LN_POLY[-1])
+    for coef in _LN_POLY[-2::-1]:
+        r = r * z + coef
+    hfsq = 0.5 * f * f
+    return e.astype(np.float64) + (f - (hfsq - s * (hfsq + z * r))) * _LOG2E
+
+
+def jsd_bits(b: np.ndarray, ref: np.ndarray, temperature: float) -> float:
+    """JSD(softmax(b/T) || softmax(ref/T)) in bits, clamped to [0, 1]; 1 when a row is all -inf.
+
+    Float64: weights by relative_weights, totals and the sum of per-token terms by mass_total.
+    """
+    wb, wr = relative_weights(b, temperature), relative_weights(ref, temperature)
+    sb, sr = mass_total(wb), mass_total(wr)
+    if not (sb > 0 and sr > 0):
+        return 1.0
+    p, q = wb / sb, wr / sr
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s = p + q
+        t = np.where(p > 0, p * log2_exact((p + p) / s), 0.0) + np.where(q > 0, q * log2_exact((q + q) / s), 0.0)
+    j = 0.5 * mass_total(t)
+    return min(j, 1.0) if j > 0 else 0.0
+
+
 def nucleus_count(weights_sorted: np.ndarray, top_p: float, total: Optional[float] = None) -> int:
     """How many leading tokens keep: token j stays iff the mass ranked above it < top_p*total.
 
@@ -168,25 +246,30 @@ def _logprobs(z_kept: np.ndarray, ids: np.ndarray, token: int, temperature: floa
     return chosen, top
 
 
-def choose_token(
-    z_p: np.ndarray,
-    z_0: Optional[np.ndarray],
+def choose_rows(
+    rows: Sequence[np.ndarray],
+    combo: Combination,
     params: GenerationParams,
     rng: Optional[SplitMix64] = None,
     history: Sequence[int] = (),
     check: bool = True,
 ) -> Choice:
-    """One Linear Alignment decision from the two logits rows (the NumPy reference path).
+    """One decision from K logits rows combined by `combo` (the NumPy reference path).
 
     history (generated ids) feeds the penalties, greedy or not; rng is needed only when sampling.
     """
+    rows = tuple(np.asarray(r, dtype=np.float32) for r in rows)
+    if len(rows) != combo.k:
+        raise InvalidParameterError(f"{len(rows)} logits rows for a combination of {combo.k} branches")
+    if any(r.ndim != 1 or r.shape != rows[0].shape for r in rows):
+        raise InvalidParameterError("logits rows must be 1-D and of the same length")
     if check:
-        check_finite(z_p, "principled")
-        if z_0 is not None:
-            check_finite(z_0, "plain")
-    z_p = np.asarray(z_p, dtype=np.float32)
-    nucleus = plausibility_mask(z_p, params.plausibility_top_p, params.mask_temperature)
-    z = combine(z_p[nucleus], None if z_0 is None else np.asarray(z_0)[nucleus], params.ratio)
+        for k, row in enumerate(rows):
+            check_finite(row, f"branch {k} ({combo.role(k)})")
+    b = base_row(rows, combo)
+    nucleus = plausibility_mask(b, params.plausibility_top_p, params.mask_temperature)
+    scale = jsd_bits(b, rows[combo.ref], params.mask_temperature) if combo.adaptive else 1.0
+    z = guided(b, rows, combo, nucleus, scale)
     z = np.where(np.isnan(z), np.float32(-np.inf), z)  # NaN (inf - inf) is banned; +/-inf stay
     z = apply_penalties(z, nucleus, history, params)
     if params.greedy:
@@ -198,14 +281,28 @@ def choose_token(
         ids, kept = _filtered(z, nucleus, params)
         token = _draw(kept, ids, params.temperature, rng)
         if token < 0:
-            # Aligned weights underflowed: fall back to the principled nucleus.
+            # Aligned weights underflowed: fall back to the base row's nucleus.
             ids = nucleus
-            kept = z_p[nucleus]
+            kept = b[nucleus]
             token = _draw(kept, ids, params.mask_temperature, rng)
             if token < 0:
-                token = int(nucleus[0])  # every z_P is -inf: the nucleus is its single token
+                token = int(nucleus[0])  # every b is -inf: the nucleus is its single token
     logprob, top = _logprobs(kept, ids, token, params.temperature, params.top_logprobs)
-    return Choice(token=token, logprob=logprob, top=top, nucleus_size=int(nucleus.size))
+    return Choice(token=token, logprob=logprob, top=top, nucleus_size=int(nucleus.size), ratio_scale=scale)
+
+
+def choose_token(
+    z_p: np.ndarray,
+    z_0: Optional[np.ndarray],
+    params: GenerationParams,
+    rng: Optional[SplitMix64] = None,
+    history: Sequence[int] = (),
+    check: bool = True,
+) -> Choice:
+    """Linear Alignment over (z_P, z_0) at params.ratio, or plain decoding of z_P when z_0 is None."""
+    if z_0 is None:
+        return choose_rows((z_p,), Combination.plain(), params, rng, history, check)
+    return choose_rows((z_p, z_0), Combination.linear_alignment(params.ratio), params, rng, history, check)
 
 
 def _filtered(z: np.ndarray, ids: np.ndarray, p: GenerationParams):

@@ -30,7 +30,7 @@ def both(zp, z0, params, seed=7, history=()):
     z0 = None if z0 is None else np.ascontiguousarray(z0, dtype=F32)
     r_ref, r_nat = SplitMix64(seed), SplitMix64(seed)
     ref = choose_token(zp, z0, params, r_ref, list(history))
-    nat = native.NativeSampler(zp.size).choose(zp, z0, params, r_nat, list(history))
+    nat = native.NativeSampler(zp.size).choose_pair(zp, z0, params, r_nat, list(history))
     return ref, nat, r_ref, r_nat
 
 
@@ -120,7 +120,7 @@ def test_non_finite_rows_raise(bad):
     s = native.NativeSampler(8)
     for zp, z0 in [(row, np.zeros(8, F32)), (np.zeros(8, F32), row)]:
         with pytest.raises(NonFiniteLogitsError):
-            s.choose(zp, z0, GREEDY, None, ())
+            s.choose_pair(zp, z0, GREEDY, None, ())
         with pytest.raises(NonFiniteLogitsError):
             choose_token(zp, z0, GREEDY)
 
@@ -128,12 +128,12 @@ def test_non_finite_rows_raise(bad):
 def test_negative_history_is_invalid():
     p = GenerationParams(temperature=0.7, repeat_penalty=1.2)
     with pytest.raises(InvalidParameterError):
-        native.NativeSampler(4).choose(np.zeros(4, F32), None, p, SplitMix64(1), [1, -2])
+        native.NativeSampler(4).choose_pair(np.zeros(4, F32), None, p, SplitMix64(1), [1, -2])
 
 
 def test_negative_history_is_invalid_when_greedy_too():
     with pytest.raises(InvalidParameterError):
-        native.NativeSampler(4).choose(np.zeros(4, F32), None, GREEDY.with_(repeat_penalty=1.2), None, [1, -2])
+        native.NativeSampler(4).choose_pair(np.zeros(4, F32), None, GREEDY.with_(repeat_penalty=1.2), None, [1, -2])
 
 
 @pytest.mark.parametrize("history, penalties, token", [
@@ -161,7 +161,7 @@ def test_greedy_penalties_keep_the_unpenalised_nucleus():
 
 def test_wrong_shape_is_invalid():
     with pytest.raises(InvalidParameterError):
-        native.NativeSampler(4).choose(np.zeros(5, F32), None, GREEDY)
+        native.NativeSampler(4).choose_pair(np.zeros(5, F32), None, GREEDY)
 
 
 def test_pointers_are_accepted_zero_copy():
@@ -172,7 +172,7 @@ def test_pointers_are_accepted_zero_copy():
     ptr = lambda a: a.ctypes.data_as(ctypes.POINTER(ctypes.c_float))  # noqa: E731
     want = choose_token(zp, z0, p, SplitMix64(5))
     for chooser in (native.NativeSampler(1000), native.NumpySampler(1000)):
-        got = chooser.choose(ptr(zp), ptr(z0), p, SplitMix64(5), [])
+        got = chooser.choose_pair(ptr(zp), ptr(z0), p, SplitMix64(5), [])
         assert got.token == want.token and [t for t, _ in got.top] == [t for t, _ in want.top]
 
 
@@ -286,7 +286,7 @@ def run_case(n, kind, z0_kind, params, seed, steps=3):
     r_ref, r_nat = SplitMix64(seed), SplitMix64(seed)
     for _ in range(steps):
         ref = choose_token(zp, z0, params, r_ref, history)
-        nat = sampler.choose(zp, z0, params, r_nat, history)
+        nat = sampler.choose_pair(zp, z0, params, r_nat, history)
         assert_same(ref, nat, r_ref, r_nat)
         history.append(ref.token)
 
@@ -331,6 +331,6 @@ def test_native_matches_reference_long_seeded_run(temperature):
         zp = make_row(rs, n, "normal")
         z0 = (zp + rs.standard_normal(n).astype(F32)).astype(F32)
         ref = choose_token(zp, z0, p, r_ref, history)
-        nat = sampler.choose(zp, z0, p, r_nat, history)
+        nat = sampler.choose_pair(zp, z0, p, r_nat, history)
         assert_same(ref, nat, r_ref, r_nat)
         history.append(ref.token)

@@ -1,0 +1,144 @@
+"""How K logits rows combine into the aligned logits (pure data, validated once).
+
+Base row:    b = sum_k mix[k] z_k         (mix >= 0, sums to 1; b also defines the nucleus,
+                                           the top-p of softmax(b / T_m))
+Aligned:     z = b + sum_k guide[k] s_t (z_k - z_ref)   over the nucleus ids
+Adaptive:    s_t = JSD(softmax(b / T_m) || softmax(z_ref / T_m)) in bits (in [0, 1]); else s_t = 1.
+
+Float32, no FMA, fixed order: b is the row itself when one mix weight is nonzero and equals 1;
+else b = f32(mix[k0]) z_k0, then b = b + f32(mix[k]) z_k over the next nonzero k in index order.
+Then z = b; for k in index order with guide[k] s_t != 0: z = z + f32(guide[k] s_t) (z_k - z_ref).
+Linear Alignment is K = 2: mix (1, 0), guide (r, 0), ref 1, i.e. z = z_P + r (z_P - z_0).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Optional, Sequence, Tuple
+
+from ..errors import InvalidParameterError
+from .params import RATIO_MAX, RATIO_MIN
+
+MAX_BRANCHES = 16  # the C sampler's LA_MAX_BRANCHES
+MIX_MIN = 1e-30  # smaller nonzero weights would round to 0 in float32 (and 0 * -inf is NaN)
+
+
+def _floats(name: str, values: Sequence[float]) -> Tuple[float, ...]:
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
+        raise InvalidParameterError(f"{name} must be a sequence of numbers, got {type(values).__name__}")
+    out = []
+    for i, v in enumerate(values):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise InvalidParameterError(f"{name}[{i}] must be a finite number, got {v!r}")
+        out.append(float(v))
+    return tuple(out)
+
+
+def _ratio(name: str, value: float, low: float = RATIO_MIN) -> float:
+    (v,) = _floats(name, (value,))
+    if not low <= v <= RATIO_MAX:
+        raise InvalidParameterError(f"{name} must be in [{low:g}, {RATIO_MAX:g}] (0 = no guidance), got {v:g}")
+    return v
+
+
+@dataclass(frozen=True)
+class Combination:
+    """Weights over K branches: `mix` (the base row), `guide` (relative to branch `ref`).
+
+    ref is the plain branch's index (None only when every guide is 0); adaptive scales every
+    guide by s_t (see the module docstring). Build with plain(), linear_alignment() or compose().
+    """
+
+    mix: Tuple[float, ...]
+    guide: Tuple[float, ...]
+    ref: Optional[int] = None
+    adaptive: bool = False
+
+    def __post_init__(self) -> None:
+        mix, guide = _floats("mix", self.mix), _floats("guide", self.guide)
+        if not 1 <= len(mix) <= MAX_BRANCHES:
+            raise InvalidParameterError(f"a combination needs 1 to {MAX_BRANCHES} branches, got {len(mix)}")
+        if len(guide) != len(mix):
+            raise InvalidParameterError(f"guide has {len(guide)} weights but mix has {len(mix)}; give one per branch")
+        for i, m in enumerate(mix):
+            if m < 0 or 0 < m < MIX_MIN:
+                raise InvalidParameterError(f"mix[{i}] must be 0 or in [{MIX_MIN:g}, 1], got {m:g}")
+        if abs(math.fsum(mix) - 1.0) > 1e-9:
+            raise InvalidParameterError(f"mix weights must sum to 1 (normalise them), got {math.fsum(mix):.12g}")
+        ref = self.ref
+        if ref is not None:
+            if isinstance(ref, bool) or not isinstance(ref, int) or not 0 <= ref < len(mix):
+                raise InvalidParameterError(f"ref must be a branch index in [0, {len(mix) - 1}] or None, got {ref!r}")
+            if guide[ref] != 0.0:
+                raise InvalidParameterError(f"guide[ref] must be 0 (the plain branch guides nothing), got {guide[ref]:g}")
+        elif any(guide):
+            raise InvalidParameterError("nonzero guide weights need ref, the plain branch they are relative to")
+        if not isinstance(self.adaptive, bool):
+            raise InvalidParameterError("adaptive must be true or false")
+        if self.adaptive and ref is None:
+            raise InvalidParameterError("adaptive needs ref, the plain branch its ratio compares against")
+        object.__setattr__(self, "mix", mix)
+        object.__setattr__(self, "guide", guide)
+
+    @property
+    def k(self) -> int:
+        """The number of branches (logits rows)."""
+        return len(self.mix)
+
+    @property
+    def guided(self) -> bool:
+        """True when some guide weight is nonzero."""
+        return any(self.guide)
+
+    @property
+    def branch_weights(self) -> Tuple[float, ...]:
+        """Each branch's net weight on the logits at s_t = 1: mix + guide, less the guides' sum on ref."""
+        out = [m + g for m, g in zip(self.mix, self.guide)]
+        if self.ref is not None:
+            out[self.ref] -= math.fsum(self.guide)
+        return tuple(out)
+
+    def role(self, k: int) -> str:
+        """'plain' for ref, 'avoid' for a pure negative guide, else 'principled' (for messages)."""
+        if k == self.ref:
+            return "plain"
+        return "avoid" if self.mix[k] == 0.0 and self.guide[k] < 0.0 else "principled"
+
+    @classmethod
+    def plain(cls) -> "Combination":
+        """One branch decoded as is (K = 1)."""
+        return _PLAIN
+
+    @classmethod
+    def linear_alignment(cls, ratio: float) -> "Combination":
+        """Linear Alignment over (principled, plain): z = z_P + r (z_P - z_0)."""
+        return _linear_alignment(_ratio("ratio", ratio))
+
+    @classmethod
+    def compose(cls, ratios: Sequence[float], weights: Optional[Sequence[float]] = None,
+                avoid_ratios: Sequence[float] = (), adaptive: bool = False) -> "Combination":
+        """Branches [P_1..P_n, N_1..N_m, plain]: principles mixed by `weights` (default equal,
+        normalised), each guided by w_i r_i; each avoided prompt pushed away by its ratio s_j."""
+        ratios = tuple(_ratio(f"ratios[{i}]", r) for i, r in enumerate(_floats("ratios", ratios)))
+        avoid = tuple(_ratio(f"avoid_ratios[{j}]", s, 0.0) for j, s in enumerate(_floats("avoid_ratios", avoid_ratios)))
+        if not ratios:
+            raise InvalidParameterError("compose needs at least one principle ratio")
+        w = (1.0,) * len(ratios) if weights is None else _floats("weights", weights)
+        if len(w) != len(ratios):
+            raise InvalidParameterError(f"{len(w)} weights for {len(ratios)} principles; give one weight each")
+        if any(x < 0 for x in w) or not sum(w) > 0:
+            raise InvalidParameterError("each weight must be >= 0 and the weights must sum to more than 0")
+        total = math.fsum(w)
+        w = tuple(x / total for x in w)
+        return cls(w + (0.0,) * (len(avoid) + 1), tuple(x * r for x, r in zip(w, ratios)) + tuple(-s for s in avoid)
+                   + (0.0,), len(ratios) + len(avoid), adaptive)
+
+
+_PLAIN = Combination((1.0,), (0.0,), None)
+
+
+@lru_cache(maxsize=256)
+def _linear_alignment(ratio: float) -> Combination:
+    return Combination((1.0, 0.0), (ratio, 0.0), 1)
