@@ -8,11 +8,15 @@ import os
 import sys
 from typing import List, Optional
 
-from ..errors import LaEdgeError
+from ..errors import LaEdgeError, RequestTimeoutError
 
-from .flags import (  # noqa: F401  (PARAM_FLAGS and params_from_args are public names)
-    PARAM_FLAGS, add_model_flags, add_param_flags, load_aligner, load_options, params_from_args,
+from .flags import (
+    SERVE_REQUEST_TIMEOUT_S, add_max_requests_flag, add_model_flags, add_param_flags, add_request_timeout_flag,
+    load_aligner, load_options, params_from_args,
 )
+
+# The one mapping of errors to exit codes (first match); anything else is a crash with a traceback.
+EXIT_CODES = ((RequestTimeoutError, 124), (LaEdgeError, 2))  # 124: as timeout(1)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -76,14 +80,14 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from ..backends.models import model_name, resolve_model
     from .server import serve
 
-    la = load_aligner(args, max_requests=args.max_requests)
-    la.engine.max_queue = args.max_queue
-    from ..backends.models import model_name
-
-    name = args.model_name or (args.model and model_name(la.backend.path)) or "smollm2-135m-instruct"
-    serve(la, host=args.host, port=args.port, model_name=name, api_key=args.api_key, web=not args.no_web)
+    args.model = resolve_model(args.model) if args.model else None
+    name = args.model_name or (args.model and model_name(args.model)) or "smollm2-135m-instruct"
+    la = load_aligner(args, max_requests=args.max_requests, max_queue=args.max_queue)
+    serve(la, host=args.host, port=args.port, model_name=name, api_key=args.api_key, web=not args.no_web,
+          request_timeout=args.timeout)
     return 0
 
 
@@ -165,8 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8080)
     s.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY'")
-    s.add_argument("--max-requests", type=int, default=8, help="concurrent requests decoded together")
+    add_max_requests_flag(s, 8)
     s.add_argument("--max-queue", type=int, default=32, help="waiting requests beyond which 429 is returned")
+    add_request_timeout_flag(s, SERVE_REQUEST_TIMEOUT_S)
     s.add_argument("--model-name", default=None, help="id reported by /v1/models")
     s.add_argument("--no-web", action="store_true", help="do not serve the chat page at / (API only)")
     add_model_flags(s, n_ctx=2048)
@@ -200,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("doctor", help="report the build, backends, CPU features and sampler path")
     d.add_argument("--json", action="store_true")
+    add_max_requests_flag(d, 1)  # serve's value shows the sequences its context would hold
     add_model_flags(d)
     d.set_defaults(func=cmd_doctor)
     return parser
@@ -212,7 +218,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return args.func(args)
     except LaEdgeError as exc:
         print(f"la-edge: error: {exc}", file=sys.stderr)
-        return 2
+        return next(code for cls, code in EXIT_CODES if isinstance(exc, cls))
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import argparse
 import platform
 
 
-def report(model=None) -> dict:
-    """The active sampler path, the llama.cpp build's backends and CPU features, and the model found.
+def report(args: argparse.Namespace) -> dict:
+    """The active sampler path, the llama.cpp build's backends and CPU features, the KV sequences a
+    context holds, and (with --model) the model's chat template and prompt cache.
 
-    `model` is a path or the parsed model flags of `la-edge doctor` (their --model and --backend).
+    `args` are the parsed flags of `la-edge doctor`: the model flags and --max-requests.
     """
     from ..decoding import native
     from ..backends.llamacpp import system_info
     from ..backends.models import default_model_path
+    from ..runtime.prompts import builtin_templates
 
     info = {
         "la_edge": __import__("la_edge").__version__,
@@ -29,42 +32,43 @@ def report(model=None) -> dict:
     info["backends"] = sysinfo.get("backends", [])
     info["cpu_features"] = sysinfo.get("cpu_features", [])
     info["default_model"] = default_model_path()
-    path = getattr(model, "model", model)
-    if path:
+    info["max_requests"] = args.max_requests
+    info["max_branches"] = args.max_branches
+    info["n_seq_max"] = args.max_requests * args.max_branches  # the KV sequences of the context
+    if args.model:
         from ..backends import detect_kind
         from ..backends.models import resolve_model
 
-        info["model"] = resolve_model(path)
-        info["model_backend"] = detect_kind(info["model"], getattr(model, "backend", "auto"))
-        info["chat_template"], info["prompt_cache"] = _model_report(info["model"], model)
-    from ..runtime.prompts import builtin_templates
-
+        info["model"] = resolve_model(args.model)
+        info["model_backend"] = detect_kind(info["model"], args.backend)
+        info["chat_template"], info["prompt_cache"] = _model_report(info["model"], args, info["n_seq_max"])
     info["builtin_chat_templates"] = builtin_templates()
-    if getattr(model, "n_gpu_layers", 0):
-        info["n_gpu_layers"] = model.n_gpu_layers
+    if args.n_gpu_layers:
+        info["n_gpu_layers"] = args.n_gpu_layers
     return info
 
 
-def _model_report(path: str, args):
+def _model_report(path: str, args: argparse.Namespace, n_seq_max: int):
     """Which chat template the model would use and where the principle goes (or why none works), and
     how its prompt cache behaves."""
     from ..backends import BackendOptions, load_backend
     from ..errors import LaEdgeError
     from ..runtime.prompts import select_template
 
-    backend = load_backend(path, getattr(args, "backend", "auto"), BackendOptions(n_ctx=64, n_seq_max=1))
-    n_swa = getattr(backend, "n_swa", 0)
-    n_ctx = getattr(args, "n_ctx", 4096)
-    cache = {"enabled": not getattr(args, "no_prompt_cache", False),
-             "reuse": (f"a common token prefix while the cache still holds the {n_swa}-token window before it "
-                       "(sliding-window cache)" if n_swa else "any common token prefix"),
-             "max_sequences": 2, "kv_cells_per_sequence": n_ctx,
-             "memory": "none beyond the KV cache allocated at load: parked sequences use its cells"}
+    backend = load_backend(path, args.backend, BackendOptions(n_ctx=64, n_seq_max=1))
     try:
-        t = select_template(backend, getattr(args, "chat_template", None), getattr(args, "chat_template_file", None))
+        n_swa = backend.n_swa
+        cache = {"enabled": not args.no_prompt_cache,
+                 "reuse": (f"a common token prefix while the cache still holds the {n_swa}-token window before "
+                           "it (sliding-window cache)" if n_swa else "any common token prefix"),
+                 "reuse_block": backend.reuse_block, "max_sequences": n_seq_max,
+                 "kv_cells_per_sequence": args.n_ctx,
+                 "memory": "none beyond the KV cache allocated at load: parked sequences use its cells"}
+        try:
+            t = select_template(backend, args.chat_template, args.chat_template_file)
+        except LaEdgeError as exc:
+            return {"source": None, "error": str(exc)}, cache
         return ({"source": t.source, "principle_placement": t.placement, "supports_system": t.supports_system,
                  "default_system": t.default_system}, cache)
-    except LaEdgeError as exc:
-        return {"source": None, "error": str(exc)}, cache
     finally:
         backend.close()

@@ -18,6 +18,7 @@ class Param(NamedTuple):
     http: Optional[str]  # request body field of the server
     type: type
     help: str
+    metavar: Optional[str] = None
 
 
 PARAMS = (
@@ -38,22 +39,40 @@ PARAMS = (
           "temperature of that nucleus (default: T, or 1 if T = 0)"),
     Param("top_logprobs", "--top-logprobs", None, int, "alternatives per token in --json logprobs (0..20)"),
     Param("ignore_eos", "--ignore-eos", "ignore_eos", bool, "do not stop at end-of-generation tokens"),
+    Param("timeout", "--request-timeout", "timeout", float,
+          "seconds a request may run (queue included) before it ends with a timeout error", "SECONDS"),
 )
-# Kept for callers of the first release: CLI flag -> (field, type, help).
-PARAM_FLAGS = {p.flag: (p.field, p.type, p.help) for p in PARAMS if p.flag and p.type is not bool}
 HTTP_FIELDS = {p.http: p.field for p in PARAMS if p.http}
+_BY_FIELD = {p.field: p for p in PARAMS}
+MAX_BRANCHES = 4  # sequences one request may use (Linear Alignment needs 2)
+SERVE_REQUEST_TIMEOUT_S = 600.0  # the server's deadline for requests that bring no `timeout`
+
+
+def _add(p: argparse.ArgumentParser, prm: Param, default: Any = None, shown: Any = None) -> None:
+    if prm.type is bool:
+        p.add_argument(prm.flag, dest=prm.field, action="store_true", default=None, help=prm.help)
+    else:
+        shown = default if shown is None else shown
+        p.add_argument(prm.flag, dest=prm.field, type=prm.type, default=default, metavar=prm.metavar,
+                       help=f"{prm.help} (default: {'none' if shown is None else shown})")
 
 
 def add_param_flags(p: argparse.ArgumentParser) -> None:
     """The generation flags (every GenerationParams field that the CLI offers, plus --stop)."""
     defaults = GenerationParams()
     for prm in PARAMS:
-        if prm.type is bool:
-            p.add_argument(prm.flag, dest=prm.field, action="store_true", default=None, help=prm.help)
-        else:
-            p.add_argument(prm.flag, dest=prm.field, type=prm.type, default=None,
-                           help=f"{prm.help} (default: {getattr(defaults, prm.field)})")
+        _add(p, prm, shown=getattr(defaults, prm.field))
     p.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
+
+
+def add_request_timeout_flag(p: argparse.ArgumentParser, default: Optional[float] = None) -> None:
+    """--request-timeout alone, for commands that take no other generation flag (serve, eval)."""
+    _add(p, _BY_FIELD["timeout"], default)
+
+
+def add_max_requests_flag(p: argparse.ArgumentParser, default: int) -> None:
+    p.add_argument("--max-requests", type=int, default=default, metavar="N",
+                   help="concurrent requests decoded together (default: %(default)s)")
 
 
 def params_from_args(args: argparse.Namespace) -> GenerationParams:
@@ -95,20 +114,23 @@ def add_model_flags(p: argparse.ArgumentParser, n_ctx: int = 4096) -> None:
                    help="a llama.cpp built-in chat template (chatml, llama3, gemma, ...; `la-edge doctor --json` "
                         "lists them) instead of the GGUF's own; needed for GGUFs that ship none")
     p.add_argument("--chat-template-file", default=None, metavar="FILE", help="a Jinja chat template file")
+    p.add_argument("--max-branches", type=int, default=MAX_BRANCHES, metavar="N",
+                   help="KV sequences one request may use (Linear Alignment: 2); the context holds "
+                        "max requests x max branches sequences (default: %(default)s)")
     p.add_argument("--verbose", action="store_true", help="show llama.cpp logs")
 
 
-def load_options(args: argparse.Namespace, max_requests: int = 1) -> Dict[str, Any]:
-    """Aligner.load keyword arguments from the model flags."""
+def load_options(args: argparse.Namespace, **extra: Any) -> Dict[str, Any]:
+    """Aligner.load keyword arguments from the model flags, plus `extra` (max_requests, max_queue)."""
     return dict(n_ctx=args.n_ctx, n_gpu_layers=args.n_gpu_layers, n_threads=args.threads,
                 flash_attn=args.flash_attn, kv_unified=args.kv_unified, prefer_native=not args.numpy_sampler,
-                verbose=args.verbose, backend=args.backend, max_requests=max_requests,
+                verbose=args.verbose, backend=args.backend, max_branches=args.max_branches,
                 chat_template=args.chat_template, chat_template_file=args.chat_template_file,
-                prompt_cache=not args.no_prompt_cache)
+                prompt_cache=not args.no_prompt_cache, **extra)
 
 
-def load_aligner(args: argparse.Namespace, max_requests: int = 1):
-    """The Aligner for a subcommand's model flags."""
+def load_aligner(args: argparse.Namespace, **extra: Any):
+    """The Aligner for a subcommand's model flags; `extra` as in load_options."""
     from ..runtime.aligner import Aligner
 
-    return Aligner.load(args.model, **load_options(args, max_requests))
+    return Aligner.load(args.model, **load_options(args, **extra))

@@ -9,7 +9,7 @@ flags.params_from_fields.
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, NamedTuple, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
@@ -84,6 +84,13 @@ def _path(parent, key) -> str:
 
 
 # ---- models ----------------------------------------------------------------------------------
+class Defaults(NamedTuple):
+    """What the server fills in for a request that leaves a field out."""
+
+    max_tokens: int = 256
+    timeout: Optional[float] = None  # seconds
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
 
@@ -115,15 +122,17 @@ _WithParams = create_model("_WithParams", __base__=_Envelope,
 
 
 class _Request(_WithParams):
-    def generation_params(self, default_max_tokens: int, top_logprobs: int,
+    def generation_params(self, defaults: "Defaults", top_logprobs: int,
                           max_tokens: Optional[int] = None) -> GenerationParams:
         """The validated parameters; max_tokens (when given) overrides the body's."""
         if self.n != 1:
             raise RequestError(f"only n=1 is supported, got {self.n}", param="n")
         if max_tokens is None:
-            max_tokens = self.max_tokens if self.max_tokens is not None else default_max_tokens
+            max_tokens = self.max_tokens if self.max_tokens is not None else defaults.max_tokens
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
-        return params_from_fields(dict(self), max_tokens=max_tokens, top_logprobs=top_logprobs, stop=stop)
+        timeout = self.timeout if self.timeout is not None else defaults.timeout
+        return params_from_fields(dict(self), max_tokens=max_tokens, top_logprobs=top_logprobs, stop=stop,
+                                  timeout=timeout)
 
     @property
     def include_usage(self) -> bool:
@@ -140,9 +149,9 @@ class ChatRequest(_Request):
     def want_logprobs(self) -> bool:
         return bool(self.logprobs)
 
-    def params(self, default_max_tokens: int) -> GenerationParams:
+    def params(self, defaults: "Defaults") -> GenerationParams:
         n_top = (self.top_logprobs or 0) if self.logprobs else 0
-        return self.generation_params(default_max_tokens, n_top, self.max_completion_tokens)
+        return self.generation_params(defaults, n_top, self.max_completion_tokens)
 
     def submit_args(self) -> Dict[str, Any]:
         """Aligner.submit keyword arguments: the messages (text parts joined) and the principle."""
@@ -159,8 +168,8 @@ class CompletionRequest(_Request):
     def want_logprobs(self) -> bool:
         return self.logprobs is not None
 
-    def params(self, default_max_tokens: int) -> GenerationParams:
-        return self.generation_params(default_max_tokens, self.logprobs or 0)
+    def params(self, defaults: "Defaults") -> GenerationParams:
+        return self.generation_params(defaults, self.logprobs or 0)
 
     def submit_args(self) -> Dict[str, Any]:
         """Aligner.submit(pair=...): `prompt` is the plain branch; the principled branch is

@@ -15,7 +15,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 from fastapi.responses import JSONResponse
 
 from ..errors import (BusyError, ChatTemplateError, ContextOverflowError, EngineUnavailableError,
-                      InvalidParameterError, LaEdgeError, StepFailedError)
+                      InvalidParameterError, LaEdgeError, RequestTimeoutError, StepFailedError)
 from .openai_schema import RequestError
 
 LOGPROB_FLOOR = -9999.0
@@ -31,39 +31,46 @@ def error_body(message: str, type_: str = "invalid_request_error", code: Optiona
 def error(status: int, message: str, type_: str = "invalid_request_error", code: Optional[str] = None,
           param: Optional[str] = None, headers: Optional[Dict[str, str]] = None) -> JSONResponse:
     """An OpenAI-style error response; a 5xx also closes the connection."""
-    headers = dict(headers or {})
+    return _respond(status, error_body(message, type_, code, param), headers or {})
+
+
+def _respond(status: int, body: Dict[str, Any], headers: Dict[str, str]) -> JSONResponse:
     if status >= 500:
-        headers["Connection"] = "close"
-    return JSONResponse(error_body(message, type_, code, param), status_code=status, headers=headers)
+        headers = {**headers, "Connection": "close"}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _mapped(exc: BaseException, retry_after_s: int = 1) -> Tuple[int, Dict[str, Any], Dict[str, str]]:
+    """The one mapping of exceptions to HTTP statuses: (status, OpenAI error body, headers)."""
+    if isinstance(exc, RequestError):
+        return exc.status, error_body(str(exc), code=exc.code, param=exc.param), {}
+    if isinstance(exc, BusyError):
+        return 429, error_body(f"{exc}; retry later", "rate_limit_error", "busy"), {"Retry-After": str(retry_after_s)}
+    if isinstance(exc, ContextOverflowError):
+        return 400, error_body(str(exc), code="context_length_exceeded"), {}
+    if isinstance(exc, (InvalidParameterError, ChatTemplateError)):
+        return 400, error_body(str(exc), code="invalid_value"), {}
+    if isinstance(exc, RequestTimeoutError):
+        return 504, error_body(f"{exc}; a larger `timeout` (seconds) or fewer max_tokens lets it finish",
+                               "server_error", "request_timeout"), {}
+    if isinstance(exc, EngineUnavailableError):
+        return 503, error_body(f"{exc}; the server cannot generate", "server_error", "engine_unavailable"), {}
+    if isinstance(exc, StepFailedError):
+        return 500, error_body(f"generation failed: {exc}", "server_error", "step_failed"), {}
+    if isinstance(exc, LaEdgeError):
+        return 500, error_body(str(exc), "server_error", type(exc).__name__), {}
+    log.error("internal error", exc_info=exc)
+    return 500, error_body("internal error", "server_error"), {}
 
 
 def failure(exc: BaseException, retry_after_s: int = 1) -> JSONResponse:
-    """The one mapping of exceptions to HTTP statuses."""
-    if isinstance(exc, RequestError):
-        return error(exc.status, str(exc), code=exc.code, param=exc.param)
-    if isinstance(exc, BusyError):
-        return error(429, f"{exc}; retry later", type_="rate_limit_error", code="busy",
-                     headers={"Retry-After": str(retry_after_s)})
-    if isinstance(exc, ContextOverflowError):
-        return error(400, str(exc), code="context_length_exceeded")
-    if isinstance(exc, (InvalidParameterError, ChatTemplateError)):
-        return error(400, str(exc), code="invalid_value")
-    if isinstance(exc, EngineUnavailableError):
-        return error(503, f"{exc}; the server cannot generate", type_="server_error", code="engine_unavailable")
-    if isinstance(exc, StepFailedError):
-        return error(500, f"generation failed: {exc}", type_="server_error", code="step_failed")
-    if isinstance(exc, LaEdgeError):
-        return error(500, str(exc), type_="server_error", code=type(exc).__name__)
-    log.error("internal error", exc_info=exc)
-    return error(500, "internal error", type_="server_error")
+    """The error response for an exception (statuses as in `_mapped`)."""
+    return _respond(*_mapped(exc, retry_after_s))
 
 
 def stream_error(exc: BaseException) -> str:
-    """The error event of a stream that already answered 200 (then the stream ends)."""
-    if isinstance(exc, LaEdgeError):
-        return event(error_body(str(exc), "server_error", code=type(exc).__name__))
-    log.error("internal error in a stream", exc_info=exc)
-    return event(error_body("internal error", "server_error"))
+    """The error event of a stream that already answered 200 (then the stream ends): `failure`'s body."""
+    return event(_mapped(exc)[1])
 
 
 # ---- bodies ----------------------------------------------------------------------------------

@@ -9,14 +9,19 @@ openai_wire.py writes the answers. Under hostile or departing clients:
   DISCONNECT_POLL_S); a stream is cancelled at the next token after its client left;
 - a stopped or failed engine answers 503 at once, and /health reports it (503, with the failure);
 - every 5xx carries `Connection: close`;
+- a request past its deadline (its `timeout`, else the server's request_timeout) gets 504, or an
+  error event in a stream;
 - on shutdown (SIGTERM, Ctrl-C) open requests get SHUTDOWN_GRACE_S seconds, then are cancelled
   (streams end with finish_reason "stop" and [DONE]); uvicorn cancels what is left a second later.
+  Then the worker threads are waited for (at most WORKERS_WAIT_S) before the model is freed, so
+  no tokenizer call runs on a freed model; the process exits with code 0.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import signal
 import threading
 import time
@@ -29,49 +34,91 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from ..decoding.params import GenerationParams
 from ..errors import EngineUnavailableError
 from ..runtime.aligner import Aligner
-from .openai_schema import MAX_BODY_BYTES, ChatRequest, CompletionRequest, RequestError, parse
-from .openai_wire import LOGPROB_FLOOR, Wire, error, failure, stream_error
+from .flags import SERVE_REQUEST_TIMEOUT_S
+from .openai_schema import MAX_BODY_BYTES, ChatRequest, CompletionRequest, Defaults, RequestError, parse
+from .openai_wire import Wire, error, failure, stream_error
 from .web import mount_web
 
-__all__ = ["Server", "BackgroundServer", "serve", "LOGPROB_FLOOR", "SHUTDOWN_GRACE_S"]
+__all__ = ["Server", "BackgroundServer", "serve", "SHUTDOWN_GRACE_S"]
 
 DISCONNECT_POLL_S = 0.1
 SHUTDOWN_GRACE_S = 2.0
 WORKER_THREADS = 64  # blocking waits on the engine (one per open request) run in these
+WORKERS_WAIT_S = 10.0  # close(): how long the worker threads may take to finish once requests are cancelled
+log = logging.getLogger("la_edge.server")
+
+
+class _Workers:
+    """The thread pool of blocking calls into the aligner; `close` waits (bounded) until none runs."""
+
+    def __init__(self, n: int):
+        self._pool = concurrent.futures.ThreadPoolExecutor(n, thread_name_prefix="la-edge-wait")
+        self._busy = 0  # calls submitted and not yet finished or cancelled
+        self._idle = threading.Condition()
+
+    def run(self, fn, *args) -> asyncio.Future:
+        with self._idle:
+            self._busy += 1
+        try:
+            fut = self._pool.submit(fn, *args)  # raises once closed
+        except BaseException:
+            self._finished(None)
+            raise
+        fut.add_done_callback(self._finished)
+        return asyncio.wrap_future(fut)
+
+    def _finished(self, _fut) -> None:
+        with self._idle:
+            self._busy -= 1
+            self._idle.notify_all()
+
+    def close(self, timeout: float) -> bool:
+        """Refuse new calls, drop queued ones; True once no call runs (False after `timeout` seconds)."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._idle:
+            return self._idle.wait_for(lambda: self._busy == 0, timeout)
 
 
 class Server:
     """Holds the aligner and builds the FastAPI app; starts the aligner's engine thread.
 
+    request_timeout: seconds a request that brings no `timeout` may run (None: no deadline).
     web: also serve the chat page (faces/web) at `/`.
     """
 
     def __init__(self, aligner: Aligner, model_name: str, api_key: Optional[str] = None,
                  max_body_bytes: int = MAX_BODY_BYTES, default_max_tokens: int = 256, retry_after_s: int = 1,
-                 web: bool = True):
+                 web: bool = True, request_timeout: Optional[float] = SERVE_REQUEST_TIMEOUT_S):
         self.la = aligner
         self.model_name = model_name
         self.api_key = api_key
         self.max_body_bytes = max_body_bytes
-        self.default_max_tokens = default_max_tokens
+        GenerationParams(max_tokens=default_max_tokens, timeout=request_timeout)  # checked once, here
+        self.defaults = Defaults(default_max_tokens, request_timeout)
         self.retry_after_s = retry_after_s
-        self._pool = concurrent.futures.ThreadPoolExecutor(WORKER_THREADS, thread_name_prefix="la-edge-wait")
+        self._workers = _Workers(WORKER_THREADS)
         if aligner.alive:
             aligner.start()
         self.app = self._build()
         if web:
             mount_web(self.app)
 
-    def close(self) -> None:
-        """Cancel the aligner's open requests and let the worker threads go (the aligner stays open)."""
+    def close(self, timeout: float = WORKERS_WAIT_S) -> bool:
+        """Cancel the aligner's open requests and wait for the worker threads (the aligner stays open).
+
+        True once no worker calls into the aligner any more; False if one still did after `timeout`.
+        """
         self.la.cancel_all()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        idle = self._workers.close(timeout)
+        self.la.cancel_all()  # what a worker submitted meanwhile (its client is gone)
+        return idle
 
     # ---- request plumbing ------------------------------------------------------------------
     def _run(self, fn, *args) -> asyncio.Future:
-        return asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        return self._workers.run(fn, *args)
 
     async def _read(self, http: Request) -> bytes:
         too_big = RequestError(f"request body exceeds {self.max_body_bytes} bytes", status=413, code="body_too_large")
@@ -100,7 +147,7 @@ class Server:
             return failure(EngineUnavailableError(f"engine failed: {failed}" if failed else "engine stopped"))
         try:
             req = parse(await self._read(http), model_cls)
-            params = req.params(self.default_max_tokens)
+            params = req.params(self.defaults)
             request = await self._submit(params, req.submit_args())
         except ClientDisconnect:  # gone while sending the body
             return error(499, "client closed the request", code="client_closed")
@@ -213,7 +260,8 @@ class _EventStream(StreamingResponse):
 
 
 class _Guard:
-    """Pure ASGI middleware: 401 on /v1/ routes without the right Bearer key; `Connection: close` on 5xx."""
+    """Pure ASGI middleware: 401 on /v1/ routes without the right Bearer key; `Connection: close` on 5xx;
+    a request that uvicorn cancels at shutdown gets 503 (if nothing was sent yet) instead of a traceback."""
 
     def __init__(self, app, server: "Server"):
         self.app, self.server = app, server
@@ -231,13 +279,23 @@ class _Guard:
                 await response(scope, receive, send)
                 return
 
+        started = False
+
         async def send_closing_on_5xx(message):
-            if message["type"] == "http.response.start" and message["status"] >= 500:
-                kept = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"]
-                message = {**message, "headers": kept + [(b"connection", b"close")]}
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                if message["status"] >= 500:
+                    kept = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"]
+                    message = {**message, "headers": kept + [(b"connection", b"close")]}
             await send(message)
 
-        await self.app(scope, receive, send_closing_on_5xx)
+        try:
+            await self.app(scope, receive, send_closing_on_5xx)
+        except asyncio.CancelledError:  # outlived the graceful shutdown; the request was cancelled too
+            if not started:
+                await error(503, "the server is shutting down", type_="server_error",
+                            code="shutting_down")(scope, receive, send)
 
 
 class _Uvicorn(uvicorn.Server):
@@ -275,29 +333,42 @@ class BackgroundServer:
                 raise RuntimeError(f"server did not start on {self.base_url}")
             time.sleep(0.02)
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop accepting, give open requests the grace period, cancel the rest (the aligner stays open)."""
+    def stop(self, timeout: float = 10.0) -> bool:
+        """Stop accepting, give open requests the grace period, cancel the rest and wait for the worker
+        threads (the aligner stays open); True when nothing calls into the aligner any more."""
         self._uv.should_exit = True
         self._thread.join(timeout=timeout)
-        self.server.close()
+        return self.server.close() and not self._thread.is_alive()
 
 
 def serve(aligner: Aligner, host: str = "127.0.0.1", port: int = 8080, model_name: str = "la-edge",
           api_key: Optional[str] = None, log_level: str = "warning", grace_s: float = SHUTDOWN_GRACE_S,
-          web: bool = True) -> None:
-    """Serve until SIGTERM or Ctrl-C; open requests then get `grace_s` seconds. Closes the aligner."""
-    server = Server(aligner, model_name=model_name, api_key=api_key, web=web)
+          web: bool = True, request_timeout: Optional[float] = SERVE_REQUEST_TIMEOUT_S) -> None:
+    """Serve until SIGTERM or Ctrl-C; open requests then get `grace_s` seconds. Closes the aligner.
+
+    In order: uvicorn stops (open requests cancelled after the grace period), the worker threads are
+    waited for, then the aligner is closed (engine stopped, model freed). Each wait is bounded.
+    """
     main = threading.current_thread() is threading.main_thread()
-    # uvicorn re-raises the SIGTERM it caught after its graceful shutdown: exit cleanly on it.
-    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if main else None
+    closing = threading.Event()
+
+    def exit_cleanly(signum, frame):
+        # uvicorn re-raises the signal it caught after its graceful shutdown: leave run() with code 0.
+        # A signal while closing is ignored: the close is bounded and must not stop half-way.
+        if not closing.is_set():
+            raise SystemExit(0)
+
+    signals = (signal.SIGTERM, signal.SIGINT)
+    previous = [signal.signal(s, exit_cleanly) for s in signals] if main else []
+    server = None
     try:
+        server = Server(aligner, model_name=model_name, api_key=api_key, web=web, request_timeout=request_timeout)
         _Uvicorn(server, grace_s, host=host, port=port, log_level=log_level).run()
     finally:
-        if main:
-            signal.signal(signal.SIGTERM, previous)
-        server.close()
+        closing.set()
+        if server is not None and not server.close():
+            log.warning("la_edge: worker threads still ran %g s after shutdown; closing the model anyway "
+                        "(it is freed only once no call holds it)", WORKERS_WAIT_S)
         aligner.close()
-
-
-def _exit_on_sigterm(signum, frame):
-    raise SystemExit(0)
+        for s, handler in zip(signals, previous):
+            signal.signal(s, handler)

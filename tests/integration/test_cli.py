@@ -36,6 +36,8 @@ def test_generate_streams_text():
     (("--top-p", "0"), "top_p"),
     (("--model", "/nonexistent/model.gguf"), "not found"),
     (("--principle", ""), "principle"),
+    (("--request-timeout", "0"), "timeout"),
+    (("--request-timeout", "inf"), "timeout"),
 ])
 def test_bad_input_exits_2_with_a_message(args, needle):
     r = la_edge("generate", "hi", *args)
@@ -80,6 +82,7 @@ def test_doctor_reports_the_prompt_cache(model_path):
     assert r.returncode == 0, r.stderr
     cache = json.loads(r.stdout)["prompt_cache"]
     assert cache["enabled"] is False and cache["reuse"] == "any common token prefix"
+    assert cache["reuse_block"] == 16 and cache["max_sequences"] == 4
 
 
 def test_generate_without_the_prompt_cache():
@@ -113,14 +116,37 @@ def test_every_model_command_shares_the_model_flags():
     parser = build_parser()
     subs = next(a for a in parser._actions if a.dest == "command").choices
     model_flags = {"model", "backend", "n_ctx", "kv_unified", "n_gpu_layers", "threads", "flash_attn",
-                   "numpy_sampler", "verbose"}
-    for name in ("generate", "serve", "bench", "eval", "doctor"):
+                   "numpy_sampler", "verbose", "max_branches"}
+    for name in ("generate", "chat", "serve", "bench", "eval", "doctor"):
         opts = _options(subs[name])
         assert model_flags <= set(opts), (name, model_flags - set(opts))
-        assert opts["backend"].choices == ("auto", "llama.cpp", "onnx")
+        assert opts["backend"].choices == ("auto", "llama.cpp", "onnx") and opts["max_branches"].default == 4
     # serve's help states the n_ctx it really uses
     serve_ctx = _options(subs["serve"])["n_ctx"]
     assert serve_ctx.default == 2048 and "%(default)s" in serve_ctx.help
+    # --request-timeout: none by default, except serve's 10 minutes for requests that bring none
+    for name in ("generate", "chat", "serve", "eval"):
+        flag = _options(subs[name])["timeout"]
+        assert flag.option_strings == ["--request-timeout"]
+        assert flag.default == (600.0 if name == "serve" else None), name
+
+
+def test_doctor_reports_max_branches_and_the_kv_sequences():
+    r = la_edge("doctor", "--json")
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert (info["max_requests"], info["max_branches"], info["n_seq_max"]) == (1, 4, 4)
+    r = la_edge("doctor", "--json", "--max-requests", "8", "--max-branches", "3")
+    info = json.loads(r.stdout)
+    assert (info["max_requests"], info["max_branches"], info["n_seq_max"]) == (8, 3, 24)
+    text = la_edge("doctor", "--max-branches", "2").stdout
+    assert "max_branches: 2" in text and "n_seq_max: 2" in text
+
+
+def test_serve_and_eval_reject_a_bad_request_timeout_with_exit_2():
+    for cmd in (("serve", "--port", "1"), ("eval", "--limit", "1")):
+        r = la_edge(*cmd, "--request-timeout", "-5")
+        assert r.returncode == 2 and "timeout" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
 def test_bench_and_eval_reject_a_bad_backend_with_exit_2():

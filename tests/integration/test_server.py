@@ -10,6 +10,7 @@ import httpx
 import openai
 import pytest
 
+from la_edge import GenerationParams, RequestTimeoutError
 from serving import running_server, wait_idle
 
 PRINCIPLES = ["Answer in French.", "Be extremely brief.", "Answer like a pirate.", "Use a bullet list.",
@@ -112,6 +113,33 @@ def test_bad_requests_get_openai_errors(server, client, payload, status):
     assert r.status_code == status
     assert "message" in r.json()["error"]
     assert chat(client, "hi", max_tokens=2).choices[0].message.content is not None
+
+
+@pytest.mark.parametrize("bad", [0, -1.5])
+def test_bad_timeout_is_400_naming_the_field(client, bad):
+    with pytest.raises(openai.BadRequestError) as e:
+        chat(client, "hi", max_tokens=2, extra={"timeout": bad})
+    assert "timeout" in e.value.message
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model="smollm2", prompt="hi", max_tokens=2, extra_body={"timeout": bad})
+    assert "timeout" in e.value.message
+
+
+def test_a_request_past_its_deadline_ends_with_a_timeout_error_and_frees_its_sequences(server, client):
+    # Python API: RequestTimeoutError; HTTP: 504 (an error event in a stream); the next request works.
+    params = GenerationParams(temperature=0, max_tokens=200, ignore_eos=True, timeout=0.05)
+    with pytest.raises(RequestTimeoutError):
+        server.la.generate("Write a long story.", "Be dramatic.", params)
+    long = dict(max_tokens=200, extra={"timeout": 0.05, "ignore_eos": True})
+    with pytest.raises(openai.InternalServerError) as e:
+        chat(client, "Write a long story.", "Be dramatic.", **long)
+    assert e.value.status_code == 504 and e.value.code == "request_timeout" and "timeout" in e.value.message
+    with pytest.raises(openai.APIError) as e:
+        for _ in chat(client, "Write a long story.", None, stream=True, **long):
+            pass
+    assert e.value.code == "request_timeout"
+    assert wait_idle(server.la)
+    assert chat(client, "Say hi.", "Be brief.", max_tokens=4).choices[0].message.content
 
 
 def test_prompt_beyond_context_and_unknown_route(server, client):

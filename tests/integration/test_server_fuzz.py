@@ -57,7 +57,7 @@ FIELDS = {
     "alignment_ratio": st.floats(-1, 100), "plausibility_top_p": st.floats(0.05, 1),
     "plausibility_temperature": st.floats(0.05, 3), "repeat_penalty": st.floats(0.5, 2),
     "frequency_penalty": st.floats(-2, 2), "presence_penalty": st.floats(-2, 2),
-    "ignore_eos": st.booleans(), "stream_options": st.fixed_dictionaries({"include_usage": st.booleans()}),
+    "ignore_eos": st.booleans(), "timeout": st.floats(60, 600), "stream_options": st.fixed_dictionaries({"include_usage": st.booleans()}),
     "user": plain_text, "model": plain_text, "metadata": anything, "tools": anything,
 }
 CHAT_FIELDS = {**FIELDS, "messages": good_messages, "logprobs": st.booleans(), "top_logprobs": st.integers(0, 20),

@@ -90,6 +90,9 @@ def test_deeply_nested_json_is_400(server, raw):
     (CHAT, {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
      "image_url"),
     (CHAT, {"messages": [{"role": "user", "content": [{"type": "text"}]}]}, "text"),
+    (CHAT, user("hi", timeout=0), "timeout"),
+    (CHAT, b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "timeout": 1e999}', "timeout"),
+    (COMPLETIONS, {"prompt": "hi", "max_tokens": 2, "timeout": -3}, "timeout"),
 ])
 def test_bad_values_are_400_that_name_the_field(server, path, body, needle):
     err = assert_openai_error(post(server, path, body), 400)
@@ -200,7 +203,10 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_sigterm_ends_open_streams_and_exits(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_ends_open_requests_and_exits_cleanly(tmp_path, sig):
+    # Shutdown is ordered: uvicorn, then the worker threads (a stream and a non-streaming wait are
+    # open), then the model; the process exits 0 with nothing on stderr but what it logged on purpose.
     port = _free_port()
     log = open(tmp_path / "serve.log", "w+")
     proc = subprocess.Popen([sys.executable, "-m", "la_edge", "serve", "--port", str(port), "--n-ctx", "4096",
@@ -231,15 +237,28 @@ def test_sigterm_ends_open_streams_and_exits(tmp_path):
                 pass
             ended.set()
 
+        def wait():
+            try:
+                httpx.post(base + CHAT, json={**body, "stream": False, "principle": None}, timeout=60)
+            except httpx.TransportError:
+                pass
+
         threading.Thread(target=read, daemon=True).start()
+        threading.Thread(target=wait, daemon=True).start()
         assert started.wait(60)
+        end = time.time() + 30
+        while httpx.get(base + "/health", timeout=5).json()["active"] < 2 and time.time() < end:
+            time.sleep(0.05)
         t0 = time.perf_counter()
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=20)
+        proc.send_signal(sig)
+        proc.wait(timeout=30)
         took = time.perf_counter() - t0
-        print(f"exit {took:.2f} s after SIGTERM with a stream open")
+        print(f"exit {took:.2f} s after {sig.name} with a stream and a request open")
         assert ended.wait(5)
         assert took < 15 and proc.returncode == 0
+        log.seek(0)
+        output = log.read()
+        assert "Traceback" not in output and "Error" not in output and "warning" not in output.lower(), output
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -247,6 +266,56 @@ def test_sigterm_ends_open_streams_and_exits(tmp_path):
         log.seek(0)
         print(log.read()[-3000:])
         log.close()
+
+
+def test_stop_waits_for_the_worker_threads(model_path):
+    # A worker still inside Aligner.submit (slowed down here) when stop() starts: stop() returns only
+    # after it, so nothing calls into the aligner once its owner may close it.
+    la = Aligner.load(model_path, n_ctx=1024, max_requests=2, n_threads=THREADS)
+    http = BackgroundServer(Server(la, model_name="smollm2"), grace_s=0.5)
+    order, inside = [], threading.Event()
+    real_submit = la.submit
+
+    def slow_submit(*args, **kw):
+        request = real_submit(*args, **kw)
+        if kw["params"].max_tokens == 3:
+            inside.set()
+            time.sleep(1.5)
+            order.append("submit returned")
+        return request
+
+    la.submit = slow_submit
+    streaming = threading.Event()
+
+    def stream():
+        body = user("Write a long story.", max_tokens=400, ignore_eos=True, stream=True, temperature=0.7)
+        try:
+            with httpx.stream("POST", http.base_url + CHAT, json=body, timeout=60) as s:
+                for n, _ in enumerate(s.iter_lines()):
+                    if n >= 4:
+                        streaming.set()
+        except httpx.TransportError:
+            pass
+
+    def post_slowly():
+        try:
+            httpx.post(http.base_url + CHAT, json=user("Say hi.", max_tokens=3), timeout=60)
+        except httpx.TransportError:
+            pass
+
+    clients = [threading.Thread(target=stream), threading.Thread(target=post_slowly)]
+    try:
+        clients[0].start()
+        assert streaming.wait(60)
+        clients[1].start()
+        assert inside.wait(30)
+        assert http.stop() is True
+        order.append("stopped")
+        assert order == ["submit returned", "stopped"]
+    finally:
+        la.close()
+        for t in clients:
+            t.join(60)
 
 
 # ---- the cancellation race, through HTTP --------------------------------------------------------

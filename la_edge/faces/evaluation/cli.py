@@ -36,8 +36,9 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
     p.add_argument("--out", default=None, metavar="DIR", help="write results.json, results.md and plot.png")
     p.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
-    from ..flags import add_model_flags
+    from ..flags import add_model_flags, add_request_timeout_flag
 
+    add_request_timeout_flag(p)
     add_model_flags(p, n_ctx=2048)
     p.set_defaults(func=cmd_eval)
     return p
@@ -52,7 +53,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     limit = args.limit if args.limit is not None or args.mc else 4
     config = EvalConfig(ratios=args.ratios, max_tokens=args.max_tokens, limit=limit, seed=args.seed,
-                        temperature=args.temperature, principles=args.principles)
+                        temperature=args.temperature, principles=args.principles, timeout=args.timeout)
     config.validate()
     if not args.mc:
         load_tasks(1, config.principles)

@@ -28,6 +28,7 @@ class EvalConfig:
     seed: int = 0
     temperature: float = 0.0
     principles: Optional[Tuple[str, ...]] = None
+    timeout: Optional[float] = None  # seconds per answer (None: no deadline)
 
     def settings(self) -> List[str]:
         """Setting names in order: 'plain', 'r=0', then 'r=<ratio>'."""
@@ -116,7 +117,7 @@ class Progress:
 def _params(config: EvalConfig, setting: str, **extra) -> GenerationParams:
     ratio = _ratio_of(setting)
     return GenerationParams(ratio=ratio or 0.0, temperature=config.temperature, seed=config.seed,
-                            max_tokens=config.max_tokens, **extra)
+                            max_tokens=config.max_tokens, timeout=config.timeout, **extra)
 
 
 def _pair(la, prompt: str, principle: str, setting: str):
