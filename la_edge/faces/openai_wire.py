@@ -51,8 +51,7 @@ def _mapped(exc: BaseException, retry_after_s: int = 1) -> Tuple[int, Dict[str, 
     if isinstance(exc, (InvalidParameterError, ChatTemplateError)):
         return 400, error_body(str(exc), code="invalid_value"), {}
     if isinstance(exc, RequestTimeoutError):
-        return 504, error_body(f"{exc}; a larger `timeout` (seconds) or fewer max_tokens lets it finish",
-                               "server_error", "request_timeout"), {}
+        return 504, error_body(str(exc), "server_error", "request_timeout"), {}
     if isinstance(exc, EngineUnavailableError):
         return 503, error_body(f"{exc}; the server cannot generate", "server_error", "engine_unavailable"), {}
     if isinstance(exc, StepFailedError):
