@@ -92,27 +92,33 @@ static double seq_sum(const double* w, int32_t n) {
   return s;
 }
 
-/* log2_exact of sampling.py: fdlibm's log kernel on m in [sqrt(2)/2, sqrt(2)); x > 0 finite. */
+static inline uint64_t bits_of(double x) {
+  uint64_t b;
+  memcpy(&b, &x, sizeof b);
+  return b;
+}
+
+static inline double of_bits(uint64_t b) {
+  double x;
+  memcpy(&x, &b, sizeof x);
+  return x;
+}
+
+/* a where mask is all ones, b where it is 0: a select without control flow, so loops vectorize. */
+static inline double pick(uint64_t mask, double a, double b) { return of_bits((bits_of(a) & mask) | (bits_of(b) & ~mask)); }
+
+/* log2_exact of sampling.py: fdlibm's log kernel on m in [sqrt(2)/2, sqrt(2)); x > 0 finite.
+   e is an exact integer held in a double; bit tests stand for x < 2^-1022 and m >= sqrt(2). */
 static inline double log2_exact(double x) {
-  int64_t e = -1023;
-  if (x < 0x1p-1022) { /* subnormal: scale up first */
-    x = x * 0x1p54;
-    e -= 54;
-  }
-  uint64_t bits;
-  memcpy(&bits, &x, sizeof bits);
-  e += (int64_t)(bits >> 52);
-  uint64_t mb = (bits & 0xFFFFFFFFFFFFFULL) | 0x3FF0000000000000ULL;
-  double m;
-  memcpy(&m, &mb, sizeof m);
-  if (m >= SQRT2) {
-    m = m * 0.5;
-    e += 1;
-  }
+  uint64_t sub = -(uint64_t)(bits_of(x) < 0x0010000000000000ULL); /* subnormal: scale up first */
+  uint64_t bits = bits_of(pick(sub, x * 0x1p54, x)), frac = bits & 0xFFFFFFFFFFFFFULL;
+  uint64_t big = -(uint64_t)(frac >= 0x6a09e667f3bcdULL);
+  double m = of_bits(frac | (big & 0x3FE0000000000000ULL) | (~big & 0x3FF0000000000000ULL));
+  double e = of_bits((bits >> 52) | 0x4330000000000000ULL) - 0x1p52 - pick(sub, 1077.0, 1023.0) + pick(big, 1.0, 0.0);
   double f = m - 1.0, s = f / (2.0 + f), z = s * s;
   double r = (((((LG[6] * z + LG[5]) * z + LG[4]) * z + LG[3]) * z + LG[2]) * z + LG[1]) * z + LG[0];
   double hfsq = 0.5 * f * f;
-  return (double)e + (f - (hfsq - s * (hfsq + z * r))) * LOG2E;
+  return e + (f - (hfsq - s * (hfsq + z * r))) * LOG2E;
 }
 
 /* ---- full-vocabulary passes ---- */
@@ -201,23 +207,26 @@ LA_CLONES static double row_mass(const float* z, int32_t n, double top, double c
 
 /* One token's JSD term: p log2(2p/(p+q)) + q log2(2q/(p+q)), each part 0 when its mass is 0. */
 static inline double jsd_term(double p, double q) {
-  double s = p + q;
-  double tp = p > 0.0 ? p * log2_exact((p + p) / s) : 0.0;
-  double tq = q > 0.0 ? q * log2_exact((q + q) / s) : 0.0;
-  return tp + tq;
+  double inv = 1.0 / (p + q);
+  double tp = p * log2_exact((p + p) * inv), tq = q * log2_exact((q + q) * inv);
+  return pick(-(uint64_t)(bits_of(p) != 0), tp, 0.0) + pick(-(uint64_t)(bits_of(q) != 0), tq, 0.0); /* p, q >= +0 */
 }
 
-/* The JSD terms of two rows summed in mass_total's order (sb, sr: their weight totals). */
-LA_CLONES static double row_jsd(const float* zb, const float* zr, int32_t n, double tb, double tr, double sb,
-                                double sr, double c, double dlo) {
+/* The JSD terms of two rows summed in mass_total's order (ib, ir: 1 / their weight totals). */
+LA_CLONES static double row_jsd(const float* zb, const float* zr, int32_t n, double tb, double tr, double ib,
+                                double ir, double c, double dlo) {
   double total = 0.0;
   for (int32_t base = 0; base < n; base += MASS_CHUNK) {
     int32_t end = n - base > MASS_CHUNK ? base + MASS_CHUNK : n;
     double acc[LANES] = {0};
-    for (int32_t i = base; i < end; i += LANES)
-      for (int k = 0; k < LANES && i + k < end; k++)
-        acc[k] += jsd_term(exp2_weight((double)zb[i + k] - tb, c, dlo) / sb,
-                           exp2_weight((double)zr[i + k] - tr, c, dlo) / sr);
+    int32_t i = base;
+    for (; i + LANES <= end; i += LANES)
+      for (int k = 0; k < LANES; k++)
+        acc[k] += jsd_term(exp2_weight((double)zb[i + k] - tb, c, dlo) * ib,
+                           exp2_weight((double)zr[i + k] - tr, c, dlo) * ir);
+    for (int k = 0; i + k < end; k++)
+      acc[k] += jsd_term(exp2_weight((double)zb[i + k] - tb, c, dlo) * ib,
+                         exp2_weight((double)zr[i + k] - tr, c, dlo) * ir);
     for (int width = LANES / 2; width > 0; width /= 2)
       for (int k = 0; k < width; k++) acc[k] = acc[k] + acc[k + width];
     total += acc[0];
@@ -230,7 +239,7 @@ static double jsd_bits(const float* zb, float tb, const float* zr, float tr, int
   double c = weight_scale(temperature), dlo = Y_MIN / c;
   double sb = row_mass(zb, n, tb, c, dlo), sr = row_mass(zr, n, tr, c, dlo);
   if (!(sb > 0.0 && sr > 0.0)) return 1.0;
-  double j = 0.5 * row_jsd(zb, zr, n, tb, tr, sb, sr, c, dlo);
+  double j = 0.5 * row_jsd(zb, zr, n, tb, tr, 1.0 / sb, 1.0 / sr, c, dlo);
   return j > 0.0 ? (j < 1.0 ? j : 1.0) : 0.0;
 }
 
@@ -532,7 +541,7 @@ double la_row_mass(const float* z, int32_t n, double temperature) {
   return row_mass(z, n, top, s, Y_MIN / s);
 }
 
-void la_log2(const double* x, int32_t n, double* out) {
+LA_CLONES void la_log2(const double* x, int32_t n, double* out) {
   for (int32_t i = 0; i < n; i++) out[i] = log2_exact(x[i]);
 }
 

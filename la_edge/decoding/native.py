@@ -27,6 +27,7 @@ MAX_TOP_LOGPROBS = 20
 _ERR_NONFINITE, _ERR_INVALID = -1, -3
 _PFLOAT = ctypes.POINTER(ctypes.c_float)
 _CACHE = 64  # converted params / combinations kept per sampler
+_I32_MAX = 2**31 - 1
 
 if sys.platform == "win32":
     _LIB_NAMES = ("la_sampler.dll",)
@@ -289,6 +290,8 @@ class NativeSampler:
         self._state = ctypes.c_uint64(0)
         self._rows = (ctypes.c_void_p * MAX_BRANCHES)()
         self._addr = tuple(ctypes.addressof(x) for x in (self._result, self._state, self._rows))
+        self._hist = (ctypes.c_int32 * 64)()
+        self._hist_array: Optional[np.ndarray] = None
         self._params: Dict[int, tuple] = {}
         self._combos: Dict[int, tuple] = {}
 
@@ -307,7 +310,7 @@ class NativeSampler:
             ptrs[i] = _address(row, self.n_vocab, f"branch {i}")
         lp = _cached(self._params, params, _PARAMS_AT)
         lc = _cached(self._combos, combo, _COMBINATION_AT)
-        hist = self._history(history, params)
+        hist, n_hist = self._history(history, params)
         result, state, rows_addr = self._addr
         if not params.greedy:
             if rng is None:
@@ -315,7 +318,7 @@ class NativeSampler:
             self._state.value = rng.state
         rc = self._lib.la_choose(
             rows_addr, combo.k, lc, self.n_vocab, lp,
-            hist.ctypes.data if hist.size else None, hist.size, state, self._ws, result,
+            hist, n_hist, state, self._ws, result,
         )
         res = self._result
         if rc != 0:
@@ -333,19 +336,23 @@ class NativeSampler:
         """Linear Alignment over (z_P, z_0) at params.ratio; z0 None decodes z_P alone."""
         return self.choose(*_pair(zp, z0, params), params, rng, history)
 
-    @staticmethod
-    def _history(history, params: GenerationParams) -> np.ndarray:
+    def _history(self, history, params: GenerationParams) -> Tuple[Optional[int], int]:
+        """(address, count) of the penalty window, copied into a reused int32 buffer."""
         if params.repeat_last_n == 0 or len(history) == 0 or (
             params.repeat_penalty == 1.0 and params.frequency_penalty == 0.0 and params.presence_penalty == 0.0
         ):
-            return _NO_HISTORY
+            return None, 0
         recent = history[-params.repeat_last_n:]
-        if isinstance(recent, np.ndarray) and recent.dtype == np.int32 and recent.flags.c_contiguous:
-            return recent
-        return np.ascontiguousarray(recent, dtype=np.int32)
-
-
-_NO_HISTORY = np.zeros(0, dtype=np.int32)
+        if isinstance(recent, np.ndarray):
+            self._hist_array = np.ascontiguousarray(recent, dtype=np.int32)  # alive until the call returns
+            return self._hist_array.ctypes.data, self._hist_array.size
+        if min(recent) < 0 or max(recent) > _I32_MAX:  # keep int32 from wrapping: negatives stay invalid,
+            recent = [-1 if t < 0 else t for t in recent if t <= _I32_MAX]  # ids past the vocab are ignored
+        m = len(recent)
+        if m > len(self._hist):
+            self._hist = (ctypes.c_int32 * max(m, 2 * len(self._hist)))()
+        self._hist[:m] = recent
+        return ctypes.addressof(self._hist), m
 
 
 def _pair(zp, z0, params: GenerationParams) -> Tuple[tuple, Combination]:

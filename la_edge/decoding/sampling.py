@@ -180,10 +180,10 @@ def jsd_bits(b: np.ndarray, ref: np.ndarray, temperature: float) -> float:
     sb, sr = mass_total(wb), mass_total(wr)
     if not (sb > 0 and sr > 0):
         return 1.0
-    p, q = wb / sb, wr / sr
+    p, q = wb * (1.0 / sb), wr * (1.0 / sr)
     with np.errstate(divide="ignore", invalid="ignore"):
-        s = p + q
-        t = np.where(p > 0, p * log2_exact((p + p) / s), 0.0) + np.where(q > 0, q * log2_exact((q + q) / s), 0.0)
+        inv = 1.0 / (p + q)
+        t = np.where(p > 0, p * log2_exact((p + p) * inv), 0.0) + np.where(q > 0, q * log2_exact((q + q) * inv), 0.0)
     j = 0.5 * mass_total(t)
     return min(j, 1.0) if j > 0 else 0.0
 
