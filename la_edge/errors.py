@@ -35,24 +35,24 @@ class BusyError(LaEdgeError):
     """The engine is at capacity; retry later."""
 
 
-class EngineUnavailableError(LaEdgeError):
-    """The engine stopped (shut down, or its thread died); `cause` keeps why. Servers answer 503."""
+class _WithCause(LaEdgeError):
+    """An error that keeps the exception behind it as `cause`."""
 
     def __init__(self, message: str, cause: "BaseException | None" = None):
         self.cause = cause
         super().__init__(message)
+
+
+class EngineUnavailableError(_WithCause):
+    """The engine stopped (shut down, or its thread died); `cause` keeps why. Servers answer 503."""
 
 
 class RequestTimeoutError(LaEdgeError, TimeoutError):
     """The request ran past its deadline (GenerationParams.timeout); its sequences are freed."""
 
 
-class StepFailedError(LaEdgeError):
+class StepFailedError(_WithCause):
     """An unexpected error while decoding or sampling a batch; only that batch's requests get it."""
-
-    def __init__(self, message: str, cause: "BaseException | None" = None):
-        self.cause = cause
-        super().__init__(message)
 
 
 class DecodeError(LaEdgeError):

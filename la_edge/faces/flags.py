@@ -78,8 +78,8 @@ def add_max_requests_flag(p: argparse.ArgumentParser, default: int) -> None:
 def params_from_args(args: argparse.Namespace) -> GenerationParams:
     """Build the validated parameters object from parsed flags (unset flags keep defaults)."""
     given: Dict[str, Any] = {prm.field: getattr(args, prm.field) for prm in PARAMS
-                             if getattr(args, prm.field, None) is not None}
-    if getattr(args, "stop", None):
+                             if getattr(args, prm.field) is not None}
+    if args.stop:
         given["stop"] = tuple(args.stop)
     return GenerationParams(**given)
 
