@@ -142,6 +142,15 @@ def test_a_request_past_its_deadline_ends_with_a_timeout_error_and_frees_its_seq
     assert chat(client, "Say hi.", "Be brief.", max_tokens=4).choices[0].message.content
 
 
+def test_the_servers_request_timeout_applies_to_requests_that_bring_none(model_path):
+    with running_server(model_path, server_kw={"request_timeout": 0.05}, n_ctx=512, n_threads=1) as srv:
+        client = openai.OpenAI(base_url=srv.base + "/v1", api_key="unused", max_retries=0, timeout=120)
+        with pytest.raises(openai.InternalServerError) as e:
+            chat(client, "Write a long story.", max_tokens=200, extra={"ignore_eos": True})
+        assert e.value.status_code == 504
+        assert chat(client, "Say hi.", max_tokens=4, extra={"timeout": 60}).choices[0].message.content
+
+
 def test_prompt_beyond_context_and_unknown_route(server, client):
     with pytest.raises(openai.BadRequestError) as e:
         chat(client, "word " * 1200, "Be brief.")
