@@ -19,7 +19,8 @@
 #define Y_MIN (-1100.0)
 #define MASS_CHUNK 8192
 #define LANES 16
-#define SQRT2 0x1.6a09e667f3bcdp+0
+#define LN2_HI 0x1.62e42fee00000p-1
+#define LN2_LO 0x1.a39ef35793c76p-33
 #define SMALL_SORT 16
 #define HEAD_START 64
 
@@ -107,18 +108,18 @@ static inline double of_bits(uint64_t b) {
 /* a where mask is all ones, b where it is 0: a select without control flow, so loops vectorize. */
 static inline double pick(uint64_t mask, double a, double b) { return of_bits((bits_of(a) & mask) | (bits_of(b) & ~mask)); }
 
-/* log2_exact of sampling.py: fdlibm's log kernel on m in [sqrt(2)/2, sqrt(2)); x > 0 finite.
-   e is an exact integer held in a double; bit tests stand for x < 2^-1022 and m >= sqrt(2). */
-static inline double log2_exact(double x) {
+/* log_exact of sampling.py: fdlibm's log on m in [sqrt(2)/2, sqrt(2)); x > 0 finite.
+   k is an exact integer held in a double; bit tests stand for x < 2^-1022 and m >= sqrt(2). */
+static inline double log_exact(double x) {
   uint64_t sub = -(uint64_t)(bits_of(x) < 0x0010000000000000ULL); /* subnormal: scale up first */
   uint64_t bits = bits_of(pick(sub, x * 0x1p54, x)), frac = bits & 0xFFFFFFFFFFFFFULL;
   uint64_t big = -(uint64_t)(frac >= 0x6a09e667f3bcdULL);
   double m = of_bits(frac | (big & 0x3FE0000000000000ULL) | (~big & 0x3FF0000000000000ULL));
-  double e = of_bits((bits >> 52) | 0x4330000000000000ULL) - 0x1p52 - pick(sub, 1077.0, 1023.0) + pick(big, 1.0, 0.0);
+  double k = of_bits((bits >> 52) | 0x4330000000000000ULL) - 0x1p52 - pick(sub, 1077.0, 1023.0) + pick(big, 1.0, 0.0);
   double f = m - 1.0, s = f / (2.0 + f), z = s * s;
   double r = (((((LG[6] * z + LG[5]) * z + LG[4]) * z + LG[3]) * z + LG[2]) * z + LG[1]) * z + LG[0];
   double hfsq = 0.5 * f * f;
-  return e + (f - (hfsq - s * (hfsq + z * r))) * LOG2E;
+  return k * LN2_HI - ((hfsq - (s * (hfsq + z * r) + k * LN2_LO)) - f);
 }
 
 /* ---- full-vocabulary passes ---- */
@@ -205,10 +206,10 @@ LA_CLONES static double row_mass(const float* z, int32_t n, double top, double c
   return total;
 }
 
-/* One token's JSD term: p log2(2p/(p+q)) + q log2(2q/(p+q)), each part 0 when its mass is 0. */
+/* One token's JSD term in nats: p ln(2p/(p+q)) + q ln(2q/(p+q)), each part 0 when its mass is 0. */
 static inline double jsd_term(double p, double q) {
-  double inv = 1.0 / (p + q);
-  double tp = p * log2_exact((p + p) * inv), tq = q * log2_exact((q + q) * inv);
+  double s = p + q;
+  double tp = p * log_exact((p + p) / s), tq = q * log_exact((q + q) / s);
   return pick(-(uint64_t)(bits_of(p) != 0), tp, 0.0) + pick(-(uint64_t)(bits_of(q) != 0), tq, 0.0); /* p, q >= +0 */
 }
 
@@ -239,7 +240,7 @@ static double jsd_bits(const float* zb, float tb, const float* zr, float tr, int
   double c = weight_scale(temperature), dlo = Y_MIN / c;
   double sb = row_mass(zb, n, tb, c, dlo), sr = row_mass(zr, n, tr, c, dlo);
   if (!(sb > 0.0 && sr > 0.0)) return 1.0;
-  double j = 0.5 * row_jsd(zb, zr, n, tb, tr, 1.0 / sb, 1.0 / sr, c, dlo);
+  double j = 0.5 * row_jsd(zb, zr, n, tb, tr, 1.0 / sb, 1.0 / sr, c, dlo) * LOG2E; /* nats to bits */
   return j > 0.0 ? (j < 1.0 ? j : 1.0) : 0.0;
 }
 
@@ -472,11 +473,11 @@ static void stage_logprobs(const la_cand* c, int32_t n, int32_t token, double te
                            double* w, la_result* out) {
   cand_weights(c, n, temperature > 0 ? temperature : 1.0, w);
   double total = seq_sum(w, n);
-  double lt = total > 0.0 ? log(total) : 0.0;
+  double lt = total > 0.0 ? log_exact(total) : 0.0;
   int32_t cnt = 0;
   double tw[LA_MAX_TOP_LOGPROBS];
   for (int32_t i = 0; i < n; i++) {
-    if (c[i].id == token) out->logprob = total > 0.0 ? log(w[i]) - lt : -INFINITY;
+    if (c[i].id == token) out->logprob = total > 0.0 && w[i] > 0.0 ? log_exact(w[i]) - lt : -INFINITY;
     if (n_top <= 0) continue;
     if (cnt == n_top && !(w[i] > tw[cnt - 1] || (w[i] == tw[cnt - 1] && c[i].id < out->top_ids[cnt - 1])))
       continue;
@@ -490,7 +491,7 @@ static void stage_logprobs(const la_cand* c, int32_t n, int32_t token, double te
     out->top_ids[j] = c[i].id;
   }
   out->n_top = cnt;
-  for (int32_t j = 0; j < cnt; j++) out->top_logprobs[j] = total > 0.0 ? log(tw[j]) - lt : -INFINITY;
+  for (int32_t j = 0; j < cnt; j++) out->top_logprobs[j] = total > 0.0 && tw[j] > 0.0 ? log_exact(tw[j]) - lt : -INFINITY;
 }
 
 /* ---- public API ---- */
@@ -541,8 +542,8 @@ double la_row_mass(const float* z, int32_t n, double temperature) {
   return row_mass(z, n, top, s, Y_MIN / s);
 }
 
-LA_CLONES void la_log2(const double* x, int32_t n, double* out) {
-  for (int32_t i = 0; i < n; i++) out[i] = log2_exact(x[i]);
+LA_CLONES void la_log(const double* x, int32_t n, double* out) {
+  for (int32_t i = 0; i < n; i++) out[i] = log_exact(x[i]);
 }
 
 double la_jsd_bits(const float* b, const float* ref, int32_t n, double temperature) {

@@ -25,19 +25,20 @@ MAX_BRANCHES = 16  # the C sampler's LA_MAX_BRANCHES
 MIX_MIN = 1e-30  # smaller nonzero weights would round to 0 in float32 (and 0 * -inf is NaN)
 
 
+def _number(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InvalidParameterError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
 def _floats(name: str, values: Sequence[float]) -> Tuple[float, ...]:
     if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
         raise InvalidParameterError(f"{name} must be a sequence of numbers, got {type(values).__name__}")
-    out = []
-    for i, v in enumerate(values):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise InvalidParameterError(f"{name}[{i}] must be a finite number, got {v!r}")
-        out.append(float(v))
-    return tuple(out)
+    return tuple(_number(f"{name}[{i}]", v) for i, v in enumerate(values))
 
 
 def _ratio(name: str, value: float, low: float = RATIO_MIN) -> float:
-    (v,) = _floats(name, (value,))
+    v = _number(name, value)
     if not low <= v <= RATIO_MAX:
         raise InvalidParameterError(f"{name} must be in [{low:g}, {RATIO_MAX:g}] (0 = no guidance), got {v:g}")
     return v

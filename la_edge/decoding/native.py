@@ -125,8 +125,8 @@ def _bind(lib: ctypes.CDLL) -> None:
     lib.la_relative_weights.argtypes = [ctypes.c_void_p, ctypes.c_int32, ctypes.c_double, ctypes.c_void_p]
     lib.la_row_mass.restype = ctypes.c_double
     lib.la_row_mass.argtypes = [ctypes.c_void_p, ctypes.c_int32, ctypes.c_double]
-    lib.la_log2.restype = None
-    lib.la_log2.argtypes = [ctypes.c_void_p, ctypes.c_int32, ctypes.c_void_p]
+    lib.la_log.restype = None
+    lib.la_log.argtypes = [ctypes.c_void_p, ctypes.c_int32, ctypes.c_void_p]
     lib.la_jsd_bits.restype = ctypes.c_double
     lib.la_jsd_bits.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32, ctypes.c_double]
     # Pointers travel as plain ints (c_void_p): the cheapest conversion per call.
@@ -238,11 +238,11 @@ def native_row_mass(values: np.ndarray, temperature: float) -> float:
     return float(_LIB.la_row_mass(v.ctypes.data, v.size, float(temperature)))
 
 
-def native_log2(x: np.ndarray) -> np.ndarray:
-    """The C log2_exact of positive finite doubles (for bit-exactness checks)."""
+def native_log(x: np.ndarray) -> np.ndarray:
+    """The C log_exact of positive finite doubles (for bit-exactness checks)."""
     x = np.ascontiguousarray(x, dtype=np.float64)
     out = np.empty(x.size, dtype=np.float64)
-    _LIB.la_log2(x.ctypes.data, x.size, out.ctypes.data)
+    _LIB.la_log(x.ctypes.data, x.size, out.ctypes.data)
     return out
 
 

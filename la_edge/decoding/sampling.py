@@ -8,8 +8,8 @@ temperature -> seeded draw, all restricted to the nucleus.
 Candidates are ordered by value descending, ties by token id ascending. Sums run sequentially
 in that order, except the nucleus total over the whole vocabulary, which is `mass_total`
 (fixed chunk/lane order in token-id order, so the native sampler needs no full sort). Weights
-use `exp2_weights`, a portable IEEE-exact exp (and s_t uses `log2_exact`) that
-native/la_sampler.c reproduces bit for bit.
+use `exp2_weights`, a portable IEEE-exact exp, and logprobs and s_t use `log_exact`, a portable log:
+native/la_sampler.c reproduces both bit for bit.
 """
 
 from __future__ import annotations
@@ -144,23 +144,25 @@ _LN_POLY = tuple(float.fromhex(h) for h in (  # fdlibm's log kernel, Lg1..Lg7
     "0x1.5555555555593p-1", "0x1.999999997fa04p-2", "0x1.2492494229359p-2", "0x1.c71c51d8e78afp-3",
     "0x1.7466496cb03dep-3", "0x1.39a09d078c69fp-3", "0x1.2f112df3e5244p-3",
 ))
+_LN2_HI, _LN2_LO = float.fromhex("0x1.62e42fee00000p-1"), float.fromhex("0x1.a39ef35793c76p-33")
 _SQRT2 = float.fromhex("0x1.6a09e667f3bcdp+0")
 
 
-def log2_exact(x: np.ndarray) -> np.ndarray:
-    """log2 of positive finite doubles via fdlibm's log kernel (about 1 ulp).
+def log_exact(x: np.ndarray) -> np.ndarray:
+    """Natural log of positive finite doubles, fdlibm's algorithm (< 1 ulp).
 
     Only IEEE +, -, *, / and bit operations, so native/la_sampler.c gives identical bits.
     """
     x = np.asarray(x, dtype=np.float64)
     small = x < 2.0 ** -1022  # subnormal: scale up by 2^54 first
-    x = np.where(small, x * 2.0 ** 54, x)
+    with np.errstate(over="ignore"):
+        x = np.where(small, x * 2.0 ** 54, x)
     bits = x.view(np.uint64)
     e = (bits >> np.uint64(52)).astype(np.int64) - np.where(small, 1023 + 54, 1023)
     m = ((bits & np.uint64(0xFFFFFFFFFFFFF)) | np.uint64(0x3FF0000000000000)).view(np.float64)
     big = m >= _SQRT2  # m in [sqrt(2)/2, sqrt(2))
     m = np.where(big, m * 0.5, m)
-    e = e + big
+    k = (e + big).astype(np.float64)
     f = m - 1.0
     s = f / (2.0 + f)
     z = s * s
@@ -168,13 +170,15 @@ def log2_exact(x: np.ndarray) -> np.ndarray:
     for coef in _LN_POLY[-2::-1]:
         r = r * z + coef
     hfsq = 0.5 * f * f
-    return e.astype(np.float64) + (f - (hfsq - s * (hfsq + z * r))) * _LOG2E
+    return k * _LN2_HI - ((hfsq - (s * (hfsq + z * r) + k * _LN2_LO)) - f)
 
 
 def jsd_bits(b: np.ndarray, ref: np.ndarray, temperature: float) -> float:
     """JSD(softmax(b/T) || softmax(ref/T)) in bits, clamped to [0, 1]; 1 when a row is all -inf.
 
-    Float64: weights by relative_weights, totals and the sum of per-token terms by mass_total.
+    Float64: p = w_b * (1 / total_b) by relative_weights and mass_total (q alike); the per-token
+    terms p ln((p + p) / (p + q)) + q ln((q + q) / (p + q)) (0 where p, q is 0) summed by
+    mass_total; then times 0.5 * log2(e).
     """
     wb, wr = relative_weights(b, temperature), relative_weights(ref, temperature)
     sb, sr = mass_total(wb), mass_total(wr)
@@ -182,9 +186,9 @@ def jsd_bits(b: np.ndarray, ref: np.ndarray, temperature: float) -> float:
         return 1.0
     p, q = wb * (1.0 / sb), wr * (1.0 / sr)
     with np.errstate(divide="ignore", invalid="ignore"):
-        inv = 1.0 / (p + q)
-        t = np.where(p > 0, p * log2_exact((p + p) * inv), 0.0) + np.where(q > 0, q * log2_exact((q + q) * inv), 0.0)
-    j = 0.5 * mass_total(t)
+        s = p + q
+        t = np.where(p > 0, p * log_exact((p + p) / s), 0.0) + np.where(q > 0, q * log_exact((q + q) / s), 0.0)
+    j = 0.5 * mass_total(t) * _LOG2E  # nats to bits
     return min(j, 1.0) if j > 0 else 0.0
 
 
@@ -205,12 +209,16 @@ def nucleus_count(weights_sorted: np.ndarray, top_p: float, total: Optional[floa
 
 
 def plausibility_mask(z_p: np.ndarray, top_p: float, temperature: float) -> np.ndarray:
-    """Token ids of the nucleus of softmax(z_P/T_m), ordered by z_P descending."""
+    """Token ids of the nucleus of softmax(z_P/T_m), ordered by z_P descending.
+
+    The whole vocabulary (top_p = 1, no zero weight) stays in id order: the C sampler never sorts it.
+    """
     ids = np.arange(z_p.shape[0])
     w = relative_weights(z_p, temperature)
     order = order_desc(z_p, ids)
     total = mass_total(w) if top_p < 1.0 else None
-    return ids[order[: nucleus_count(w[order], top_p, total)]]
+    count = nucleus_count(w[order], top_p, total)
+    return ids if top_p >= 1.0 and count == ids.size else ids[order[:count]]
 
 
 def apply_penalties(z: np.ndarray, ids: np.ndarray, history: Sequence[int], p: GenerationParams) -> np.ndarray:
@@ -235,8 +243,8 @@ def _logprobs(z_kept: np.ndarray, ids: np.ndarray, token: int, temperature: floa
     t = temperature if temperature > 0 else 1.0
     w = relative_weights(z_kept, t)
     total = float(np.cumsum(w)[-1]) if w.size else 0.0
-    with np.errstate(divide="ignore"):
-        lp = np.log(w) - np.log(total) if total > 0 else np.full_like(w, -np.inf)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lp = np.where(w > 0, log_exact(w) - log_exact(total), -np.inf) if total > 0 else np.full_like(w, -np.inf)
     chosen = float(lp[np.nonzero(ids == token)[0][0]])
     top = ()
     if n:
@@ -281,12 +289,12 @@ def choose_rows(
         ids, kept = _filtered(z, nucleus, params)
         token = _draw(kept, ids, params.temperature, rng)
         if token < 0:
-            # Aligned weights underflowed: fall back to the base row's nucleus.
-            ids = nucleus
-            kept = b[nucleus]
+            # Aligned weights underflowed: fall back to the base row's nucleus, ordered by b.
+            ids = nucleus[order_desc(b[nucleus], nucleus)]
+            kept = b[ids]
             token = _draw(kept, ids, params.mask_temperature, rng)
             if token < 0:
-                token = int(nucleus[0])  # every b is -inf: the nucleus is its single token
+                token = int(ids[0])  # every b is -inf: the nucleus is its single token
     logprob, top = _logprobs(kept, ids, token, params.temperature, params.top_logprobs)
     return Choice(token=token, logprob=logprob, top=top, nucleus_size=int(nucleus.size), ratio_scale=scale)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import math
+import struct
 import warnings
 
 import numpy as np
@@ -12,10 +13,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from la_edge.decoding import native
+from la_edge.decoding.combination import Combination
 from la_edge.errors import InvalidParameterError, NonFiniteLogitsError
 from la_edge.decoding.params import GenerationParams
 from la_edge.decoding.rng import SplitMix64
-from la_edge.decoding.sampling import choose_token, exp2_weights, mass_total, relative_weights
+from la_edge.decoding.sampling import (choose_rows, choose_token, exp2_weights, jsd_bits, log_exact, mass_total,
+                                       relative_weights)
 
 if not native.available():
     pytest.skip(f"native sampler library not found: {native.load_error()}", allow_module_level=True)
@@ -334,3 +337,129 @@ def test_native_matches_reference_long_seeded_run(temperature):
         nat = sampler.choose_pair(zp, z0, p, r_nat, history)
         assert_same(ref, nat, r_ref, r_nat)
         history.append(ref.token)
+
+
+# ---- ABI 3: K rows, a Combination, the adaptive ratio ----
+
+def bits(x: float) -> bytes:
+    return struct.pack("<d", x)
+
+
+def assert_identical(ref, nat, r_ref, r_nat):
+    """Same ids, RNG state, logprobs and ratio_scale, bit for bit."""
+    assert (nat.token, nat.nucleus_size) == (ref.token, ref.nucleus_size)
+    assert r_nat.state == r_ref.state
+    assert [t for t, _ in nat.top] == [t for t, _ in ref.top]
+    assert [bits(v) for _, v in nat.top] == [bits(v) for _, v in ref.top]
+    assert bits(nat.logprob) == bits(ref.logprob)
+    assert bits(nat.ratio_scale) == bits(ref.ratio_scale)
+
+
+def test_log_is_bit_exact():
+    rs = np.random.default_rng(4)
+    x = np.concatenate([rs.random(50000) * 2, np.exp(rs.uniform(-740, 700, 50000)), [
+        5e-324, 1e-310, 2.0 ** -1022, np.nextafter(2.0 ** -1022, 0), 1.0, 2.0, 0.5, np.nextafter(1.0, 0),
+        np.nextafter(1.0, 2), math.sqrt(2), np.nextafter(math.sqrt(2), 0), 1.7976931348623157e308]])
+    assert np.array_equal(native.native_log(x).view(np.uint64), log_exact(x).view(np.uint64))
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.sampled_from([1, 2, 17, 1000, 8193, 40000]), kind=st.sampled_from(ROW_KINDS),
+       ref_kind=st.sampled_from(["perturbed", "same", "other"]),
+       temperature=st.sampled_from([0.05, 0.7, 1.0, 3.0]), seed=st.integers(0, 2**32 - 1))
+def test_jsd_is_bit_exact(n, kind, ref_kind, temperature, seed):
+    rs = np.random.default_rng(seed)
+    b = make_row(rs, n, kind)
+    ref = {"perturbed": (b + rs.standard_normal(n).astype(F32) * F32(0.3)).astype(F32), "same": b,
+           "other": make_row(rs, n, kind)}[ref_kind]
+    want = jsd_bits(b, ref, temperature)
+    assert bits(native.native_jsd_bits(b, ref, temperature)) == bits(want)
+    assert 0.0 <= want <= 1.0
+
+
+SHAPES = ("two_principles", "principles_and_avoid", "base_with_plain")
+
+
+def make_combination(rs: np.random.Generator, shape: str, adaptive: bool) -> Combination:
+    ratios = tuple(float(r) for r in rs.uniform(-1.0, 6.0, 2))
+    weights = tuple(float(w) for w in rs.random(2) + 0.05)
+    if shape == "two_principles":  # K = 3
+        return Combination.compose(ratios, weights, adaptive=adaptive)
+    if shape == "principles_and_avoid":  # K = 4
+        return Combination.compose(ratios, weights, (float(rs.uniform(0.0, 3.0)),), adaptive)
+    w = float(rs.uniform(0.2, 0.8))  # K = 3, the plain branch inside the base row too
+    return Combination((w, 0.0, 1.0 - w), (ratios[0], ratios[1], 0.0), 2, adaptive)
+
+
+def run_rows_case(n, kind, shape, adaptive, params, seed, steps):
+    rs = np.random.default_rng(seed % 2**32)
+    combo = make_combination(rs, shape, adaptive)
+    zp = make_row(rs, n, kind)
+    rows = [zp] + [(zp + rs.standard_normal(n).astype(F32) * F32(rs.uniform(0.1, 2.0))).astype(F32)
+                   for _ in range(combo.k - 1)]
+    history = [int(t) for t in rs.integers(0, n + 3, 40)]
+    sampler = native.NativeSampler(n)
+    r_ref, r_nat = SplitMix64(seed), SplitMix64(seed)
+    for _ in range(steps):
+        ref = choose_rows(rows, combo, params, r_ref, history)
+        nat = sampler.choose(tuple(rows), combo, params, r_nat, history)
+        assert_identical(ref, nat, r_ref, r_nat)
+        assert (ref.ratio_scale == 1.0) or adaptive
+        history.append(ref.token)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n=st.integers(1, 3000), kind=st.sampled_from(ROW_KINDS), shape=st.sampled_from(SHAPES),
+       adaptive=st.booleans(), params=params_st, seed=st.integers(0, 2**64 - 1))
+def test_rows_native_matches_reference_small(n, kind, shape, adaptive, params, seed):
+    run_rows_case(n, kind, shape, adaptive, params, seed, steps=3)
+
+
+@pytest.mark.parametrize("n", [49152, 262144])
+@pytest.mark.parametrize("shape", SHAPES[:2])
+@pytest.mark.parametrize("adaptive", [False, True])
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_rows_native_matches_reference_large(n, shape, adaptive, temperature):
+    p = GenerationParams(temperature=temperature, top_k=50, top_p=0.95, min_p=0.01, repeat_penalty=1.2,
+                         frequency_penalty=0.3, presence_penalty=0.2, top_logprobs=20)
+    run_rows_case(n, "normal", shape, adaptive, p, seed=n + 7 * SHAPES.index(shape) + int(adaptive), steps=2)
+
+
+def test_rows_errors_are_typed():
+    s = native.NativeSampler(4)
+    good, bad = np.zeros(4, F32), np.array([0, 0, np.nan, 0], F32)
+    combo = Combination.compose((1.0, 2.0))
+    with pytest.raises(NonFiniteLogitsError, match=r"branch 1 \(principled\)"):
+        s.choose((good, bad, good), combo, GREEDY)
+    with pytest.raises(NonFiniteLogitsError, match=r"branch 2 \(plain\)"):
+        s.choose((good, good, bad), combo, GREEDY)
+    mix = (0.1259088322702662, 0.3272475471886114, 0.32187400796042553, 0.22496961258069686)
+    big = np.full(4, np.finfo(np.float32).max, F32)
+    with pytest.raises(NonFiniteLogitsError, match="mixed base row"):
+        s.choose((big,) * 4, Combination(mix, (0.0,) * 4), GREEDY)
+    with pytest.raises(InvalidParameterError, match="2 logits rows"):
+        s.choose((good, good), combo, GREEDY)
+    with pytest.raises(InvalidParameterError, match="NULL"):
+        s.choose((good, ctypes.POINTER(ctypes.c_float)(), good), combo, GREEDY)
+
+
+def test_choosers_take_pointer_rows():
+    rs = np.random.default_rng(8)
+    rows = [rs.standard_normal(2000).astype(F32) for _ in range(4)]
+    ptrs = tuple(r.ctypes.data_as(ctypes.POINTER(ctypes.c_float)) for r in rows)
+    combo = Combination.compose((2.0, 1.0), (1.0, 2.0), (0.5,), adaptive=True)
+    p = GenerationParams(temperature=0.9, top_logprobs=4)
+    want = choose_rows(rows, combo, p, SplitMix64(5))
+    for chooser in (native.make_chooser(2000), native.make_chooser(2000, prefer_native=False)):
+        got = chooser.choose(ptrs, combo, p, SplitMix64(5), [])
+        assert (got.token, got.top, bits(got.ratio_scale)) == (want.token, want.top, bits(want.ratio_scale))
+
+
+def test_history_ids_past_int32_are_ignored_not_wrapped():
+    p = GREEDY.with_(repeat_penalty=5.0, plausibility_top_p=1.0, top_logprobs=2)
+    zp = np.array([2.0, 1.9, 0.5], F32)
+    s = native.NativeSampler(3)
+    assert s.choose_pair(zp, None, p, None, [2**32 + 1, 0]) == choose_token(zp, None, p, None, [0])
+    assert s.choose_pair(zp, None, p, None, [2**32, 2**31]) == choose_token(zp, None, p, None, [])
+    with pytest.raises(InvalidParameterError):
+        s.choose_pair(zp, None, p, None, [-2**32 + 1])

@@ -3,9 +3,11 @@
 import numpy as np
 import pytest
 
-from la_edge import GenerationParams, NonFiniteLogitsError
+from la_edge import GenerationParams, InvalidParameterError, NonFiniteLogitsError
+from la_edge.decoding.combination import Combination
 from la_edge.decoding.rng import SplitMix64
-from la_edge.decoding.sampling import choose_token, combine, plausibility_mask
+from la_edge.decoding.sampling import (base_row, choose_rows, choose_token, combine, jsd_bits, log_exact,
+                                       plausibility_mask)
 
 f32 = lambda *v: np.array(v, dtype=np.float32)  # noqa: E731
 
@@ -147,3 +149,74 @@ def test_logprobs_are_normalised_over_the_nucleus():
     c = choose_token(zp, None, p)
     assert c.token == 0 and abs(c.logprob - np.log(0.625)) < 1e-6
     assert [t for t, _ in c.top] == [0, 1]
+
+
+# ---- K rows and a Combination ----
+
+def test_jsd_of_hand_computed_vectors():
+    # p = (1/2, 1/2), q = (1, 0): JSD = H(3/4, 1/4) - (H(p) + H(q)) / 2 = 0.8112781244591328 - 1/2 bits.
+    half = np.log(f32(0.5, 0.5))
+    assert abs(jsd_bits(half, f32(0.0, -np.inf), 1.0) - 0.3112781244591328) < 1e-15
+    assert jsd_bits(f32(0.0, -np.inf), f32(-np.inf, 0.0), 1.0) == 1.0  # disjoint supports
+    assert jsd_bits(half, half, 1.0) < 1e-15
+    assert jsd_bits(f32(-np.inf, -np.inf), half, 1.0) == 1.0  # undefined: keep the fixed ratio
+    # Temperature sharpens both distributions first: softmax((0, -1) / 0.5) vs uniform.
+    p = np.exp(np.array([0.0, -2.0])) / np.exp(np.array([0.0, -2.0])).sum()
+    m = (p + 0.5) / 2
+    want = 0.5 * (np.sum(p * np.log2(p / m)) + np.sum(0.5 * np.log2(0.5 / m)))
+    assert abs(jsd_bits(f32(0.0, -1.0), f32(0.0, 0.0), 0.5) - want) < 1e-15
+
+
+def test_log_exact_is_accurate():
+    x = np.concatenate([np.random.default_rng(0).random(100000) * 4, [5e-324, 1e-310, 2.0 ** -1022, 1.0, 2.0,
+                                                                      np.nextafter(1.0, 0), 1e300]])
+    got, want = log_exact(x), np.log(x)
+    assert np.all(np.abs(got - want) <= np.spacing(np.abs(want)))  # within 1 ulp
+    assert log_exact(np.array([1.0]))[0] == 0.0
+
+
+def test_adaptive_scale_multiplies_every_guide():
+    zp, z0 = np.log(f32(0.6, 0.3, 0.1)), np.log(f32(0.2, 0.5, 0.3))
+    p = GenerationParams(temperature=0.0, plausibility_top_p=1.0, top_logprobs=3)
+    c = choose_rows((zp, z0), Combination((1.0, 0.0), (2.0, 0.0), 1, adaptive=True), p)
+    s = jsd_bits(zp, z0, p.mask_temperature)
+    assert c.ratio_scale == s and 0.0 < s < 1.0
+    z = zp + np.float32(2.0 * s) * (zp - z0)
+    assert c.token == int(np.argmax(z))
+    assert choose_token(zp, z0, p.with_(ratio=2.0)).ratio_scale == 1.0
+
+
+def test_three_rows_mix_the_base_and_guide_from_plain():
+    a, b, plain = f32(2.0, 0.0, 1.0, -9.0), f32(0.0, 2.0, 1.0, -9.0), f32(0.0, 0.0, 0.0, 0.0)
+    p = GenerationParams(temperature=0.0, plausibility_top_p=0.99)
+    combo = Combination.compose((1.0, 1.0))  # b = (1, 1, 1, -9); z = b + 0.5(a - plain) + 0.5(b - plain)
+    assert np.array_equal(base_row((a, b, plain), combo), f32(1.0, 1.0, 1.0, -9.0))
+    c = choose_rows((a, b, plain), combo, p)
+    assert c.nucleus_size == 3 and c.token == 0  # 2, 2, 2: ties break by id
+    c = choose_rows((a, b, plain), Combination.compose((1.0, 3.0)), p)
+    assert c.token == 1  # the second principle pulls harder
+    avoid = f32(0.0, 5.0, 0.0, 0.0)
+    c = choose_rows((a, b, avoid, plain), Combination.compose((1.0, 3.0), avoid_ratios=(1.0,)), p)
+    assert c.token == 2  # z = (1, 6 - 5, 3.25): pushed away from token 1
+
+
+def test_rows_must_match_the_combination():
+    p = GenerationParams(temperature=0.0)
+    with pytest.raises(InvalidParameterError, match="2 logits rows for a combination of 3"):
+        choose_rows((f32(0.0), f32(0.0)), Combination.compose((1.0, 1.0)), p)
+    with pytest.raises(InvalidParameterError, match="same length"):
+        choose_rows((f32(0.0), f32(0.0, 1.0)), Combination.linear_alignment(1.0), p)
+
+
+def test_non_finite_errors_name_the_branch():
+    p = GenerationParams(temperature=0.0)
+    rows = (f32(0.0, 1.0), f32(0.0, 1.0), f32(np.nan, 1.0))
+    with pytest.raises(NonFiniteLogitsError, match=r"branch 2 \(plain\)"):
+        choose_rows(rows, Combination.compose((1.0, 1.0)), p)
+    with pytest.raises(NonFiniteLogitsError, match=r"plain"):
+        choose_token(f32(0.0, 1.0), f32(np.inf, 0.0), p)
+    # float32 weights summing just above 1 over rows at the float32 maximum overflow the base row.
+    mix = (0.1259088322702662, 0.3272475471886114, 0.32187400796042553, 0.22496961258069686)
+    big = f32(np.finfo(np.float32).max, 0.0)
+    with pytest.raises(NonFiniteLogitsError, match="mixed base row"):
+        choose_rows((big,) * 4, Combination(mix, (0.0,) * 4), p)
