@@ -243,7 +243,8 @@ class Engine:
         self.max_queue = max_queue
         self.max_branches = max_branches
         self.chooser = make_chooser(backend.n_vocab, prefer_native=prefer_native)
-        self.pool = SequencePool(backend.n_seq_max, backend.n_ctx_total, backend.kv_unified,
+        # The pool hands out max_requests x max_branches ids (parked ones included).
+        self.pool = SequencePool(max_requests * max_branches, backend.n_ctx_total, backend.kv_unified,
                                  prompt_cache=prompt_cache, reuse_block=backend.reuse_block)
         self.scheduler = Scheduler(self.pool, max_requests, backend.n_batch, prefill_chunk, mix_prefill)
         self._lock = _OwnedLock()  # guards the scheduler, the pool and the requests; never held in a decode
