@@ -46,7 +46,8 @@ struct la_workspace {
   la_cand* cand;   /* the working candidates */
   la_cand* nuc;    /* the plausibility nucleus, kept for the fallback draw */
   float* base;     /* the mixed base row, when it is not one of the rows */
-  double* w;       /* weights of the candidates */
+  double* w;       /* weights of the candidates (and of the base row for the adaptive ratio) */
+  double* w2;      /* weights of the reference row for the adaptive ratio */
   int32_t* counts; /* history counts by token id; all zero between calls */
 };
 
@@ -213,21 +214,21 @@ static inline double jsd_term(double p, double q) {
   return pick(-(uint64_t)(bits_of(p) != 0), tp, 0.0) + pick(-(uint64_t)(bits_of(q) != 0), tq, 0.0); /* p, q >= +0 */
 }
 
-/* The JSD terms of two rows summed in mass_total's order (ib, ir: 1 / their weight totals). */
-LA_CLONES static double row_jsd(const float* zb, const float* zr, int32_t n, double tb, double tr, double ib,
-                                double ir, double c, double dlo) {
+/* relative_weights of a whole row (top: its maximum, finite). */
+LA_CLONES static void row_weights(const float* z, int32_t n, double top, double c, double dlo, double* w) {
+  for (int32_t i = 0; i < n; i++) w[i] = exp2_weight((double)z[i] - top, c, dlo);
+}
+
+/* mass_total of sampling.py over an array. */
+LA_CLONES static double lane_sum(const double* w, int32_t n) {
   double total = 0.0;
   for (int32_t base = 0; base < n; base += MASS_CHUNK) {
     int32_t end = n - base > MASS_CHUNK ? base + MASS_CHUNK : n;
     double acc[LANES] = {0};
     int32_t i = base;
     for (; i + LANES <= end; i += LANES)
-      for (int k = 0; k < LANES; k++)
-        acc[k] += jsd_term(exp2_weight((double)zb[i + k] - tb, c, dlo) * ib,
-                           exp2_weight((double)zr[i + k] - tr, c, dlo) * ir);
-    for (int k = 0; i + k < end; k++)
-      acc[k] += jsd_term(exp2_weight((double)zb[i + k] - tb, c, dlo) * ib,
-                         exp2_weight((double)zr[i + k] - tr, c, dlo) * ir);
+      for (int k = 0; k < LANES; k++) acc[k] += w[i + k];
+    for (int k = 0; i + k < end; k++) acc[k] += w[i + k];
     for (int width = LANES / 2; width > 0; width /= 2)
       for (int k = 0; k < width; k++) acc[k] = acc[k] + acc[k + width];
     total += acc[0];
@@ -235,12 +236,33 @@ LA_CLONES static double row_jsd(const float* zb, const float* zr, int32_t n, dou
   return total;
 }
 
-static double jsd_bits(const float* zb, float tb, const float* zr, float tr, int32_t n, double temperature) {
+/* The JSD terms of two weight rows, scaled by ib and ir, summed in mass_total's order. */
+LA_CLONES static double row_jsd(const double* wb, const double* wr, int32_t n, double ib, double ir) {
+  double total = 0.0;
+  for (int32_t base = 0; base < n; base += MASS_CHUNK) {
+    int32_t end = n - base > MASS_CHUNK ? base + MASS_CHUNK : n;
+    double acc[LANES] = {0};
+    int32_t i = base;
+    for (; i + LANES <= end; i += LANES)
+      for (int k = 0; k < LANES; k++) acc[k] += jsd_term(wb[i + k] * ib, wr[i + k] * ir);
+    for (int k = 0; i + k < end; k++) acc[k] += jsd_term(wb[i + k] * ib, wr[i + k] * ir);
+    for (int width = LANES / 2; width > 0; width /= 2)
+      for (int k = 0; k < width; k++) acc[k] = acc[k] + acc[k + width];
+    total += acc[0];
+  }
+  return total;
+}
+
+/* jsd_bits of sampling.py; wb and wr are scratch for n weights each. */
+static double jsd_bits(const float* zb, float tb, const float* zr, float tr, int32_t n, double temperature,
+                       double* wb, double* wr) {
   if (tb == -INFINITY || tr == -INFINITY) return 1.0;
   double c = weight_scale(temperature), dlo = Y_MIN / c;
-  double sb = row_mass(zb, n, tb, c, dlo), sr = row_mass(zr, n, tr, c, dlo);
+  row_weights(zb, n, tb, c, dlo, wb);
+  row_weights(zr, n, tr, c, dlo, wr);
+  double sb = lane_sum(wb, n), sr = lane_sum(wr, n);
   if (!(sb > 0.0 && sr > 0.0)) return 1.0;
-  double j = 0.5 * row_jsd(zb, zr, n, tb, tr, 1.0 / sb, 1.0 / sr, c, dlo) * LOG2E; /* nats to bits */
+  double j = 0.5 * row_jsd(wb, wr, n, 1.0 / sb, 1.0 / sr) * LOG2E; /* nats to bits */
   return j > 0.0 ? (j < 1.0 ? j : 1.0) : 0.0;
 }
 
@@ -505,8 +527,9 @@ la_workspace* la_workspace_new(int32_t n_vocab) {
   ws->nuc = malloc((size_t)n_vocab * sizeof *ws->nuc);
   ws->base = malloc((size_t)n_vocab * sizeof *ws->base);
   ws->w = malloc((size_t)n_vocab * sizeof *ws->w);
+  ws->w2 = malloc((size_t)n_vocab * sizeof *ws->w2);
   ws->counts = calloc((size_t)n_vocab, sizeof *ws->counts);
-  if (!ws->cand || !ws->nuc || !ws->base || !ws->w || !ws->counts) {
+  if (!ws->cand || !ws->nuc || !ws->base || !ws->w || !ws->w2 || !ws->counts) {
     la_workspace_free(ws);
     return NULL;
   }
@@ -519,6 +542,7 @@ void la_workspace_free(la_workspace* ws) {
   free(ws->nuc);
   free(ws->base);
   free(ws->w);
+  free(ws->w2);
   free(ws->counts);
   free(ws);
 }
@@ -549,7 +573,11 @@ LA_CLONES void la_log(const double* x, int32_t n, double* out) {
 double la_jsd_bits(const float* b, const float* ref, int32_t n, double temperature) {
   float tb, tr;
   if (n < 1 || row_scan(b, n, &tb) || row_scan(ref, n, &tr)) return 1.0;
-  return jsd_bits(b, tb, ref, tr, n, temperature);
+  double *wb = malloc((size_t)n * sizeof *wb), *wr = malloc((size_t)n * sizeof *wr), j = -1.0;
+  if (wb != NULL && wr != NULL) j = jsd_bits(b, tb, ref, tr, n, temperature, wb, wr);
+  free(wb);
+  free(wr);
+  return j;
 }
 
 int32_t la_abi_version(void) { return LA_ABI_VERSION; }
@@ -621,7 +649,8 @@ int32_t la_choose(const float* const* rows, int32_t k, const la_combination* com
   out->nucleus_size = nn;
   if (!greedy) memcpy(ws->nuc, c, (size_t)nn * sizeof *c);
   if (combo->adaptive)
-    out->ratio_scale = jsd_bits(b, topf, rows[combo->ref], tops[combo->ref], n_vocab, p->mask_temperature);
+    out->ratio_scale =
+        jsd_bits(b, topf, rows[combo->ref], tops[combo->ref], n_vocab, p->mask_temperature, ws->w, ws->w2);
   stage_guide(c, nn, rows, combo, out->ratio_scale);
 
   /* Penalties on the aligned nucleus, greedy or not; the nucleus itself came from the unpenalised b. */
