@@ -107,7 +107,9 @@ static inline double of_bits(uint64_t b) {
 }
 
 /* a where mask is all ones, b where it is 0: a select without control flow, so loops vectorize. */
-static inline double pick(uint64_t mask, double a, double b) { return of_bits((bits_of(a) & mask) | (bits_of(b) & ~mask)); }
+static inline double pick(uint64_t mask, double a, double b) {
+  return of_bits((bits_of(a) & mask) | (bits_of(b) & ~mask));
+}
 
 /* log_exact of sampling.py: fdlibm's log on m in [sqrt(2)/2, sqrt(2)); x > 0 finite.
    k is an exact integer held in a double; bit tests stand for x < 2^-1022 and m >= sqrt(2). */
@@ -513,7 +515,8 @@ static void stage_logprobs(const la_cand* c, int32_t n, int32_t token, double te
     out->top_ids[j] = c[i].id;
   }
   out->n_top = cnt;
-  for (int32_t j = 0; j < cnt; j++) out->top_logprobs[j] = total > 0.0 && tw[j] > 0.0 ? log_exact(tw[j]) - lt : -INFINITY;
+  for (int32_t j = 0; j < cnt; j++)
+    out->top_logprobs[j] = total > 0.0 && tw[j] > 0.0 ? log_exact(tw[j]) - lt : -INFINITY;
 }
 
 /* ---- public API ---- */

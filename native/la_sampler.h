@@ -69,7 +69,8 @@ LA_API int32_t la_choose(const float* const* rows, int32_t k, const la_combinati
                          la_workspace* ws, la_result* out);
 
 /* Building blocks exposed for bit-exactness tests: relative_weights, the nucleus total (mass_total of
-   relative_weights), log_exact and jsd_bits of sampling.py. Rows must be free of NaN and +inf. */
+   relative_weights), log_exact and jsd_bits of sampling.py (-1 when out of memory). Rows must be free of
+   NaN and +inf. */
 LA_API void la_relative_weights(const float* values, int32_t n, double temperature, double* w);
 LA_API double la_row_mass(const float* z, int32_t n, double temperature);
 LA_API void la_log(const double* x, int32_t n, double* out);

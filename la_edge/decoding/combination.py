@@ -73,7 +73,8 @@ class Combination:
             if isinstance(ref, bool) or not isinstance(ref, int) or not 0 <= ref < len(mix):
                 raise InvalidParameterError(f"ref must be a branch index in [0, {len(mix) - 1}] or None, got {ref!r}")
             if guide[ref] != 0.0:
-                raise InvalidParameterError(f"guide[ref] must be 0 (the plain branch guides nothing), got {guide[ref]:g}")
+                raise InvalidParameterError(
+                    f"guide[ref] must be 0 (the plain branch guides nothing), got {guide[ref]:g}")
         elif any(guide):
             raise InvalidParameterError("nonzero guide weights need ref, the plain branch they are relative to")
         if not isinstance(self.adaptive, bool):
@@ -123,7 +124,8 @@ class Combination:
         """Branches [P_1..P_n, N_1..N_m, plain]: principles mixed by `weights` (default equal,
         normalised), each guided by w_i r_i; each avoided prompt pushed away by its ratio s_j."""
         ratios = tuple(_ratio(f"ratios[{i}]", r) for i, r in enumerate(_floats("ratios", ratios)))
-        avoid = tuple(_ratio(f"avoid_ratios[{j}]", s, 0.0) for j, s in enumerate(_floats("avoid_ratios", avoid_ratios)))
+        avoid = tuple(_ratio(f"avoid_ratios[{j}]", s, 0.0)
+                      for j, s in enumerate(_floats("avoid_ratios", avoid_ratios)))
         if not ratios:
             raise InvalidParameterError("compose needs at least one principle ratio")
         w = (1.0,) * len(ratios) if weights is None else _floats("weights", weights)
@@ -133,8 +135,8 @@ class Combination:
             raise InvalidParameterError("each weight must be >= 0 and the weights must sum to more than 0")
         total = math.fsum(w)
         w = tuple(x / total for x in w)
-        return cls(w + (0.0,) * (len(avoid) + 1), tuple(x * r for x, r in zip(w, ratios)) + tuple(-s for s in avoid)
-                   + (0.0,), len(ratios) + len(avoid), adaptive)
+        guide = tuple(x * r for x, r in zip(w, ratios)) + tuple(-s for s in avoid) + (0.0,)
+        return cls(w + (0.0,) * (len(avoid) + 1), guide, len(ratios) + len(avoid), adaptive)
 
 
 _PLAIN = Combination((1.0,), (0.0,), None)

@@ -17,9 +17,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import InvalidParameterError, NonFiniteLogitsError
+from .combination import MAX_BRANCHES, Combination
 from .params import GenerationParams
 from .rng import SplitMix64
-from .combination import MAX_BRANCHES, Combination
 from .sampling import Choice, choose_rows
 
 ABI_VERSION = 3  # 3: K rows and a combination; 2: penalties apply in greedy decoding too

@@ -5,9 +5,10 @@ plausibility nucleus of softmax(b / T_m) (always from the unpenalised b); the ad
 when asked for; the aligned z = b + sum_k guide_k s_t (z_k - z_ref) over the nucleus in float32
 (see combination.py); penalties on z; then greedy argmax, or top-k -> top-p -> min-p ->
 temperature -> seeded draw, all restricted to the nucleus.
-Candidates are ordered by value descending, ties by token id ascending. Sums run sequentially
-in that order, except the nucleus total over the whole vocabulary, which is `mass_total`
-(fixed chunk/lane order in token-id order, so the native sampler needs no full sort). Weights
+Candidates are ordered by value descending, ties by token id ascending (a nucleus of the whole
+vocabulary stays in id order). Sums run sequentially in candidate order, except totals over the
+whole vocabulary (the nucleus mass, s_t), which are `mass_total` (fixed chunk/lane order in
+token-id order, so the native sampler needs no full sort). Weights
 use `exp2_weights`, a portable IEEE-exact exp, and logprobs and s_t use `log_exact`, a portable log:
 native/la_sampler.c reproduces both bit for bit.
 """
@@ -209,7 +210,7 @@ def nucleus_count(weights_sorted: np.ndarray, top_p: float, total: Optional[floa
 
 
 def plausibility_mask(z_p: np.ndarray, top_p: float, temperature: float) -> np.ndarray:
-    """Token ids of the nucleus of softmax(z_P/T_m), ordered by z_P descending.
+    """Token ids of the nucleus of softmax(z_P/T_m) (z_P: the base row b), ordered by z_P descending.
 
     The whole vocabulary (top_p = 1, no zero weight) stays in id order: the C sampler never sorts it.
     """
