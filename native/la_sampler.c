@@ -642,7 +642,7 @@ int32_t la_choose(const float* const* rows, int32_t k, const la_combination* com
   const float* b;
   int32_t rc = base_row(rows, combo, tops, n_vocab, ws, &b, &topf);
   if (rc != LA_OK) {
-    out->bad_row = k;
+    if (rc == LA_ERR_NONFINITE) out->bad_row = k;
     return rc;
   }
 
