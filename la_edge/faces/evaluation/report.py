@@ -6,14 +6,11 @@ import json
 import os
 from typing import Dict, List, Optional
 
+from ..tables import markdown_lines as _table, pyplot
+
 
 def _pct(x: float) -> str:
     return f"{100 * x:.0f}%"
-
-
-def _table(header: List[str], rows: List[List[str]]) -> List[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
-    return lines + ["| " + " | ".join(r) + " |" for r in rows]
 
 
 def markdown(doc: Dict[str, object]) -> str:
@@ -44,12 +41,9 @@ def markdown(doc: Dict[str, object]) -> str:
 def plot(doc: Dict[str, object], path: str) -> Optional[str]:
     """Write a PNG of adherence (or accuracy) and fluency per setting; returns a message if skipped."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return "matplotlib is not installed, so no plot.png: pip install 'la-edge[eval]'"
+        plt = pyplot()
+    except ImportError as exc:
+        return f"no plot.png: {exc}"
     settings = doc["settings"]
     x = list(range(len(settings)))
     if doc["mode"] == "mc":

@@ -2,7 +2,7 @@
 
 Starts `la-edge serve`'s app on 127.0.0.1 in-process and drives it with the official openai client.
 Tokens are counted from the server's usage (completion_tokens), not from stream events.
-Usage: python -m la_edge.faces.bench_server [--tokens 64] [--levels 1,2,4,8] [--json]
+Usage: python -m la_edge.faces.bench.server [--tokens 64] [--levels 1,2,4,8] [--json]
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import json
 import statistics
 import time
 from typing import Dict, List, Optional
+
+from ..tables import markdown_table
 
 PRINCIPLES = ["Answer in French.", "Be extremely brief.", "Answer like a pirate.", "Use a bullet list.",
               "Explain it to a child.", "Be very formal.", "Mention the ocean.", "Answer in one sentence."]
@@ -44,8 +46,8 @@ def run(model: Optional[str] = None, levels=(1, 2, 4, 8), tokens: int = 64) -> D
     """Aggregate tokens/s, time to first token and per-token latency at each concurrency level."""
     import openai
 
-    from ..runtime.aligner import Aligner
-    from .server import BackgroundServer, Server
+    from ...runtime.aligner import Aligner
+    from ..server import BackgroundServer, Server
 
     la = Aligner.load(model, n_ctx=1024, max_requests=max(levels), max_queue=64)
     http = BackgroundServer(Server(la, model_name="la-edge"))
@@ -75,12 +77,11 @@ def run(model: Optional[str] = None, levels=(1, 2, 4, 8), tokens: int = 64) -> D
 
 
 def table(result: Dict[str, object]) -> str:
-    lines = ["| concurrent | aggregate tok/s | x of 1 | TTFT median (ms) | token latency p50 / p95 (ms) |",
-             "|---:|---:|---:|---:|---:|"]
-    for k, v in result["levels"].items():
-        lines.append(f"| {k} | {v['aggregate_tokens_per_s']:.1f} | {result['scaling_vs_1'][k]:.2f} | "
-                     f"{v['ttft_ms_median']:.0f} | {v['token_latency_ms_p50']:.0f} / {v['token_latency_ms_p95']:.0f} |")
-    return "\n".join(lines)
+    """A Markdown table of a run() result."""
+    rows = [[k, f"{v['aggregate_tokens_per_s']:.1f}", f"{result['scaling_vs_1'][k]:.2f}", f"{v['ttft_ms_median']:.0f}",
+             f"{v['token_latency_ms_p50']:.0f} / {v['token_latency_ms_p95']:.0f}"] for k, v in result["levels"].items()]
+    return markdown_table(["concurrent", "aggregate tok/s", "x of 1", "TTFT median (ms)",
+                           "token latency p50 / p95 (ms)"], rows, "rrrrr")
 
 
 def main(argv=None) -> int:

@@ -1,6 +1,6 @@
 """Per-token cost of one Linear Alignment decision: native C sampler vs the NumPy reference.
 
-Usage: la-edge bench --sampler [--quick] [--json]   (or python -m la_edge.bench_sampler)
+Usage: la-edge bench --sampler [--quick] [--json]   (or python -m la_edge.faces.bench.sampler)
 """
 
 from __future__ import annotations
@@ -13,9 +13,11 @@ from typing import Dict, Iterable
 
 import numpy as np
 
-from ..decoding import native
-from ..decoding.params import GenerationParams
-from ..decoding.rng import SplitMix64
+from ...decoding import native
+from ...decoding.combination import Combination
+from ...decoding.params import GenerationParams
+from ...decoding.rng import SplitMix64
+from ..tables import markdown_table
 
 MODES = {
     "greedy": GenerationParams(temperature=0.0, ratio=2.0),
@@ -37,11 +39,12 @@ def realistic_rows(n_vocab: int, n_rows: int, seed: int = 0):
 def _median_ms(chooser, rows, params: GenerationParams, iters: int) -> float:
     rng = SplitMix64(1234)
     history = list(range(64))
+    combo = Combination.linear_alignment(params.ratio)
     times = []
     for i in range(iters):
-        zp, z0 = rows[i % len(rows)]
+        pair = rows[i % len(rows)]
         t0 = time.perf_counter()
-        chooser.choose(zp, z0, params, rng, history)
+        chooser.choose(pair, combo, params, rng, history)
         times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
 
@@ -59,8 +62,8 @@ def run(vocab_sizes: Iterable[int] = (49152, 151936, 262144), iters: int = 200, 
         res: Dict = {}
         for name, chooser in paths.items():
             n = iters if name == "native" else max(5, iters // 10)
-            for params in MODES.values():
-                chooser.choose(rows[0][0], rows[0][1], params, SplitMix64(0), [])  # warm-up
+            for params in MODES.values():  # warm-up
+                chooser.choose(rows[0], Combination.linear_alignment(params.ratio), params, SplitMix64(0), [])
             res[name] = {mode: round(_median_ms(chooser, rows, params, n), 4) for mode, params in MODES.items()}
         out["sampler_ms"][str(v)] = res
     return out
@@ -68,11 +71,9 @@ def run(vocab_sizes: Iterable[int] = (49152, 151936, 262144), iters: int = 200, 
 
 def table(result: Dict[str, object]) -> str:
     """A Markdown table of a run() result."""
-    lines = ["| vocab | path | greedy ms/token | sample ms/token |", "|---:|---|---:|---:|"]
-    for v, paths in result["sampler_ms"].items():
-        for name, modes in paths.items():
-            lines.append(f"| {v} | {name} | {modes['greedy']:.4f} | {modes['sample']:.4f} |")
-    return "\n".join(lines)
+    rows = [[v, name, f"{modes['greedy']:.4f}", f"{modes['sample']:.4f}"]
+            for v, paths in result["sampler_ms"].items() for name, modes in paths.items()]
+    return markdown_table(["vocab", "path", "greedy ms/token", "sample ms/token"], rows, "rlrr")
 
 
 def main(argv=None) -> int:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional
 
-from ..decoding.params import GenerationParams
+from ...decoding.params import GenerationParams
+from ..tables import markdown_table, pyplot
 
 USER_TURNS = [
     "I am planning a small vegetable garden. Where should I start?",
@@ -30,7 +31,7 @@ VARIANTS = ("aligned, cache", "aligned, no cache", "plain, cache", "plain, no ca
 def run_chat(model: Optional[str] = None, turns: int = 8, tokens: int = 80, ratio: float = 2.0,
              load: Optional[Dict[str, object]] = None) -> Dict[str, object]:
     """Per turn: prompt tokens, cached tokens and TTFT (seconds) of each variant; see the module doc."""
-    from ..runtime.aligner import Aligner
+    from ...runtime.aligner import Aligner
 
     load = dict(load or {})
     load["n_ctx"] = max(load.get("n_ctx") or 0, 2048)
@@ -71,30 +72,25 @@ def run_chat(model: Optional[str] = None, turns: int = 8, tokens: int = 80, rati
 
 def chat_table(result: Dict[str, object]) -> str:
     """A Markdown table of run_chat(): TTFT in ms per turn and variant, prompt and cached tokens."""
-    head = ("| turn | prompt tokens (P + plain) | " + " | ".join(f"TTFT {v}" for v in VARIANTS)
-            + " | cached (P + plain) |")
-    lines = [head, "|---:|---:|" + "---:|" * len(VARIANTS) + "---:|"]
+    rows = []
     for row in result["turns"]:
         a = row["aligned, cache"]
-        ttfts = " | ".join(f"{row[v]['ttft_s'] * 1000:.0f} ms" for v in VARIANTS)
-        lines.append(f"| {row['turn']} | {a['prompt_tokens']} + {a['plain_prompt_tokens']} | {ttfts} | "
-                     f"{a['cached_tokens']} + {a['plain_cached_tokens']} |")
+        rows.append([row["turn"], f"{a['prompt_tokens']} + {a['plain_prompt_tokens']}"]
+                    + [f"{row[v]['ttft_s'] * 1000:.0f} ms" for v in VARIANTS]
+                    + [f"{a['cached_tokens']} + {a['plain_cached_tokens']}"])
+    header = ["turn", "prompt tokens (P + plain)"] + [f"TTFT {v}" for v in VARIANTS] + ["cached (P + plain)"]
+    text = markdown_table(header, rows, "r" * len(header))
     if "last_vs_turn2" in result:
-        n = len(result["turns"])
-        lines.append("")
-        lines.append(f"turn {n} TTFT / turn 2 TTFT: " + ", ".join(
-            f"{v} {x:.2f}x" for v, x in result["last_vs_turn2"].items()))
-    return "\n".join(lines)
+        text += (f"\n\nturn {len(result['turns'])} TTFT / turn 2 TTFT: "
+                 + ", ".join(f"{v} {x:.2f}x" for v, x in result["last_vs_turn2"].items()))
+    return text
 
 
 def chat_plot(results: List[Dict[str, object]], path: str) -> None:
     """A PNG of TTFT per turn, one panel per model (needs matplotlib)."""
     import os
 
-    from .bench import pyplot
-
     plt = pyplot()
-
     fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 3.4), squeeze=False)
     styles = {"aligned, cache": ("#36c", "-"), "aligned, no cache": ("#36c", "--"),
               "plain, cache": ("#888", "-"), "plain, no cache": ("#888", "--")}
