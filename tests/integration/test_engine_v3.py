@@ -109,15 +109,19 @@ def test_unified_eviction_survives_a_cancel_before_the_step(model_path):
 
 
 def test_cancel_all_while_threads_submit(model_path):
-    """cancel_all() must not iterate the open requests while server threads add to them."""
-    with Aligner.load(model_path, n_ctx=128, max_requests=2, max_queue=10_000) as la:
+    """cancel_all() must not iterate the open requests while server threads add to them (on the
+    two-branch engine: RuntimeError "Set changed size during iteration")."""
+    with Aligner.load(model_path, n_ctx=128, max_requests=2, max_queue=100_000) as la:
+        kept = [la.submit("Hi", params=GenerationParams(max_tokens=1, ratio=0.0)) for _ in range(3000)]
+        for r in kept:
+            r.cancel()  # 3000 open (finished) requests make cancel_all's scan long
         la.start()
         stop, errors = threading.Event(), []
 
         def submitter():
             while not stop.is_set():
                 try:
-                    la.submit("Hi", params=GenerationParams(max_tokens=1, ratio=0.0))
+                    kept.append(la.submit("Hi", params=GenerationParams(max_tokens=1, ratio=0.0)))
                 except Exception as exc:  # BusyError is fine; anything else is not
                     if type(exc).__name__ != "BusyError":
                         errors.append(exc)
