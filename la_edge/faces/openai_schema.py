@@ -130,7 +130,7 @@ class _Request(_WithParams):
         if max_tokens is None:
             max_tokens = self.max_tokens if self.max_tokens is not None else defaults.max_tokens
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
-        timeout = self.timeout if self.timeout is not None else defaults.timeout
+        timeout = defaults.timeout if self.timeout is None else _field("timeout", _timeout, self.timeout)
         return params_from_fields(dict(self), max_tokens=max_tokens, top_logprobs=top_logprobs, stop=stop,
                                   timeout=timeout)
 
@@ -185,6 +185,10 @@ class CompletionRequest(_Request):
         if principle is None:
             return {"pair": raw_pair(self.prompt, None)}
         return {"pair": raw_pair(f"{principle}\n\n{self.prompt}", self.prompt)}
+
+
+def _timeout(seconds: float) -> float:
+    return GenerationParams(timeout=seconds).timeout
 
 
 def _field(name: str, check, value):

@@ -119,10 +119,10 @@ def test_bad_requests_get_openai_errors(server, client, payload, status):
 def test_bad_timeout_is_400_naming_the_field(client, bad):
     with pytest.raises(openai.BadRequestError) as e:
         chat(client, "hi", max_tokens=2, extra={"timeout": bad})
-    assert "timeout" in e.value.message
+    assert "timeout" in e.value.message and e.value.param == "timeout"
     with pytest.raises(openai.BadRequestError) as e:
         client.completions.create(model="smollm2", prompt="hi", max_tokens=2, extra_body={"timeout": bad})
-    assert "timeout" in e.value.message
+    assert "timeout" in e.value.message and e.value.param == "timeout"
 
 
 def test_a_request_past_its_deadline_ends_with_a_timeout_error_and_frees_its_sequences(server, client):
