@@ -1,7 +1,7 @@
 """Exactness on an accelerator: batched aligned decoding vs two private contexts, same device.
 
     python benchmarks/gpu_check.py --n-gpu-layers 99      # prints JSON
-    python benchmarks/gpu_check.py --n-gpu-layers 0 --prompts 2 --tokens 8   # a CPU smoke run
+    python benchmarks/gpu_check.py --n-gpu-layers 0 --prompts 1 --tokens 8 --threads 1   # a CPU smoke run
 
 For each prompt: greedy aligned tokens (r = 2) from the engine (two sequences, one batch per step)
 against an independent loop over two private single-sequence contexts with NumPy math, and the
@@ -35,8 +35,9 @@ def main() -> int:
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--ratio", type=float, default=2.0)
     ap.add_argument("--prompts", type=int, default=len(PROMPTS), help="how many of the prompts to check")
+    ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     args = ap.parse_args()
-    la = Aligner.load(n_ctx=1024, n_gpu_layers=args.n_gpu_layers)
+    la = Aligner.load(n_ctx=1024, n_gpu_layers=args.n_gpu_layers, n_threads=args.threads)
     out = {"n_gpu_layers": args.n_gpu_layers, "sampler": la.sampler, "prompts": []}
     try:
         for prompt in PROMPTS[:args.prompts]:

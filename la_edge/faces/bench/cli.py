@@ -14,7 +14,8 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
     b.add_argument("--quick", action="store_true", help="a short run (under two minutes here)")
     b.add_argument("--json", action="store_true")
     b.add_argument("--repetitions", type=int, default=None)
-    b.add_argument("--tokens", type=int, default=None)
+    b.add_argument("--tokens", type=int, default=None,
+                   help="tokens generated per request (with --scaling: decode calls per batch size)")
     b.add_argument("--ratio", type=float, default=2.0)
     mode = b.add_mutually_exclusive_group()
     mode.add_argument("--sampler", action="store_true", help="per-token sampler time, native vs NumPy")
@@ -52,7 +53,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.scaling:
         from .scaling import decode_scaling, scaling_table
 
-        ms = decode_scaling(args.model, load=load)
+        ms = decode_scaling(args.model, steps=args.tokens or 40, load=load)
         print(json.dumps({"llama_decode_ms": ms}, indent=2) if args.json else scaling_table(ms))
         return 0
     if args.profile:

@@ -75,7 +75,7 @@ def run_profile(model: Optional[str] = None, quick: bool = False, tokens: Option
         for k in (k for k in branches if k <= la.max_branches):
             requests = [_request(la, p, k, ratio) for p in prompts]
             _decode_steps(la, requests[0][0], params.with_(ratio=requests[0][1], max_tokens=8))  # warm-up
-            sums = dict.fromkeys(SUMS, 0.0)
+            sums = {key: 0 if key in ("steps", "tokens") else 0.0 for key in SUMS}
             for _ in range(reps):
                 for request, r in requests:
                     prof = _decode_steps(la, request, params.with_(ratio=r))
