@@ -80,9 +80,10 @@ LOG=$OUT/device.log
 STEPS=$WORK/steps.tsv
 : > "$STEPS"
 say() { echo "device.sh: $*" | tee -a "$LOG" >&2; }
-left() { echo $((BUDGET_S - ($(date +%s) - START))); }
+left() { local n=$((BUDGET_S - ($(date +%s) - START))); echo $((n > 1 ? n : 1)); }  # timeout 0 = none
 
-if [ "$MODE" = auto ] && ! nvidia-smi -L >/dev/null 2>&1; then
+if [ "$MODE" != cpu ] && ! nvidia-smi -L >/dev/null 2>&1; then
+  [ "$MODE" = build ] && { say "--build-only needs a GPU (nvidia-smi lists none)"; exit 1; }
   say "no GPU (nvidia-smi lists none): the CPU run"
   MODE=cpu
 fi
@@ -116,20 +117,30 @@ gpu_build_ok() { "$PY" -c "import llama_cpp, sys; sys.exit(0 if llama_cpp.llama_
 build_cuda() {
   local sdist=$STAGE/llama_cpp_python-$LLAMA_CPP_VERSION.tar.gz arch
   if gpu_build_ok; then say "llama-cpp-python with CUDA already importable: no build"; return 0; fi
-  [ -f "$sdist" ] || { say "no $sdist: run --stage here, then carry .device/a"; return 1; }
+  if [ ! -f "$sdist" ]; then  # a GPU box with network needs no staging
+    say "no staged sdist: trying pip download (needs network; offline: run --stage elsewhere, carry .device/a)"
+    "$PY" -m pip download -q --no-deps --no-binary :all: --retries 0 --timeout 10 \
+      "llama-cpp-python==$LLAMA_CPP_VERSION" -d "$STAGE" >>"$LOG" 2>&1 || return 1
+  fi
+  command -v nvcc >/dev/null || [ ! -x /usr/local/cuda/bin/nvcc ] || export PATH=/usr/local/cuda/bin:$PATH
+  if ! command -v nvcc >/dev/null || ! command -v cmake >/dev/null || ! "$PY" -c "import scikit_build_core" 2>/dev/null
+  then
+    say "the CUDA build needs nvcc (the CUDA toolkit), cmake and scikit-build-core in $PY"; return 1
+  fi
   # Only this machine's GPU(s): "9.0" -> 90 (CMAKE_CUDA_ARCHITECTURES takes a ;-list).
   arch=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | tr -d ' .' | sort -u | paste -sd';')
   say "building llama-cpp-python $LLAMA_CPP_VERSION for CUDA arch $arch ($(nproc) cores)"
-  local t0; t0=$(date +%s)
   CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=$arch -DGGML_CUDA_FA=OFF -DLLAVA_BUILD=OFF \
 -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON ${CMAKE_EXTRA:-}" \
   CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
     timeout "$(left)" "$PY" -m pip install -q --no-index --no-deps --no-build-isolation --no-cache-dir \
       --upgrade --target "$SITE" "$sdist" >>"$LOG" 2>&1
   local rc=$?
-  echo -e "build\t$rc\t$(( $(date +%s) - t0 ))" >> "$STEPS"
-  ls "$STAGE"/*.whl >/dev/null 2>&1 &&
+  if ls "$STAGE"/*.whl >/dev/null 2>&1; then  # llama_cpp imports diskcache
     "$PY" -m pip install -q --no-index --no-deps --no-cache-dir --target "$SITE" "$STAGE"/*.whl >>"$LOG" 2>&1
+  elif ! "$PY" -c "import diskcache" 2>/dev/null; then
+    "$PY" -m pip install -q --no-deps --retries 0 --timeout 10 --target "$SITE" diskcache >>"$LOG" 2>&1
+  fi
   [ $rc = 0 ] && gpu_build_ok
 }
 
@@ -166,7 +177,7 @@ if mode != "cpu":
     gpu = q.stdout.strip() or None
 doc = {"mode": mode, "n_gpu_layers": int(ngl), "gpu": gpu,
        "steps": {name: {"exit": int(rc) if rc.lstrip("-").isdigit() else rc, "seconds": int(s)} for name, rc, s in rows}}
-doc["ok"] = all(v["exit"] == 0 for v in doc["steps"].values())
+doc["ok"] = bool(rows) and all(v["exit"] == 0 for v in doc["steps"].values())
 json.dump(doc, open(out, "w"), indent=2)
 print(json.dumps(doc))
 EOF
@@ -177,13 +188,16 @@ build_native || say "the C sampler did not build (see device.log): the NumPy sam
 if [ "$MODE" != cpu ]; then
   NGL=99
   gather_stage
-  if ! build_cuda; then
-    say "no CUDA build of llama-cpp-python: stopping (see device.log)"
-    summary; exit 1
-  fi
+  t0=$(date +%s)
+  build_cuda
+  rc=$?
+  echo -e "build\t$rc\t$(( $(date +%s) - t0 ))" >> "$STEPS"
+  if [ $rc != 0 ]; then say "no CUDA build of llama-cpp-python: stopping (see device.log)"; summary; exit 1; fi
   [ "$MODE" = build ] && { summary; exit 0; }
-  "$PY" -c "from la_edge.backends.models import default_model_path as p; import sys; sys.exit(p() is None)" ||
-    { say "no model: carry .device/b too (see --stage)"; summary; exit 1; }
+  if ! "$PY" -c "from la_edge.backends.models import default_model_path as p; import sys; sys.exit(p() is None)"; then
+    echo -e "model\t1\t0" >> "$STEPS"
+    say "no model: carry .device/b too (see --stage)"; summary; exit 1
+  fi
 fi
 
 LA=("$PY" -m la_edge)
