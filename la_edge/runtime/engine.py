@@ -414,6 +414,10 @@ class Engine:
                 f"{self.max_branches}; use fewer principles or load with a larger max_branches")
         with self.lease() as b:
             prompts = tokenize_branches(b, branches)
+        for k, p in enumerate(prompts):
+            if not p:  # nothing to decode: such a job would never produce a logits row
+                raise InvalidParameterError(
+                    f"the {branches.branches[k].role} prompt (branch {k}) has no tokens; give a non-empty prompt")
         # A sliding-window cache's seq_copy is not exact: such backends decode every prompt in full.
         job = Job.for_branches(prompts, params.max_tokens, share_prefix=self.backend.supports_seq_copy)
         longest = max(len(p) for p in prompts)

@@ -174,3 +174,11 @@ def test_a_stop_string_keeps_the_prompt_cache(la):
     msgs += [{"role": "assistant", "content": first.text}, {"role": "user", "content": "And the sky?"}]
     nxt = la.generate(messages=msgs, principle=PRINCIPLES[0], params=params)
     assert nxt.usage["cached_tokens"] > 0 and nxt.usage["plain_cached_tokens"] > 0
+
+
+def test_a_prompt_with_no_tokens_is_refused_not_left_waiting(la):
+    """"\x1d" tokenizes to nothing on SmolLM2: the job used to wait for a logits row forever."""
+    assert la.tokenize("\x1d") == []
+    with pytest.raises(InvalidParameterError, match="no tokens"):
+        la.submit(pair=raw_pair("4\x88", "\x1d"), params=GenerationParams(max_tokens=3))
+    assert la.engine.n_queued == la.engine.n_active == 0
