@@ -76,6 +76,7 @@ class Backend(Protocol):
     supports_seq_copy: bool  # seq_copy gives exactly the logits of decoding the same tokens again
     n_swa: int  # sliding-window size of the KV cache (0: none); cells outside the window are forgotten
     reuse_block: int  # the prompt cache reuses whole blocks of this many tokens (exact only on their edges)
+    last_forward_s: float  # seconds inside the native forward pass of the last decode() (for profiles)
 
     def tokenize(self, text: str, add_special: bool = True, parse_special: bool = True) -> List[int]:
         """Token ids; with parse_special=False control-token strings stay plain text."""
@@ -91,7 +92,7 @@ class Backend(Protocol):
     def bos_eos_text(self) -> Tuple[str, str]: ...
 
     def decode(self, entries: Sequence[BatchEntry]) -> None:
-        """Run one forward pass; raises a DecodeError subclass on failure."""
+        """Run one forward pass (its native time goes to last_forward_s); raises a DecodeError subclass on failure."""
 
     def logits_row(self, index: int):
         """Logits of batch entry `index` of the last decode (a zero-copy float32 pointer or array)."""

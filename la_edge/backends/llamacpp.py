@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import time
 from typing import List, Optional, Sequence, Tuple
 
 import llama_cpp
@@ -251,9 +252,13 @@ class LlamaCppBackend(VocabMixin):
                    n_threads=options.n_threads, n_gpu_layers=options.n_gpu_layers, flash_attn=options.flash_attn,
                    kv_unified=options.kv_unified, verbose=options.verbose)
 
+    last_forward_s = 0.0
+
     def decode(self, entries: Sequence[BatchEntry]) -> None:
         self._batch.fill(entries)
+        t0 = time.perf_counter()
         rc = llama_cpp.llama_decode(self._ctx, self._batch.struct)
+        self.last_forward_s = time.perf_counter() - t0
         if rc != 0:
             raise decode_error(rc)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -267,6 +268,8 @@ class OnnxBackend(VocabMixin):
         self._kv = [self._ort.OrtValue.ortvalue_from_numpy(a, self._device, 0) for a in new]
         self._rows, self._seqs, self._width = list(order), seqs, width
 
+    last_forward_s = 0.0
+
     def decode(self, entries: Sequence[BatchEntry]) -> None:
         if not entries:
             return
@@ -317,7 +320,9 @@ class OnnxBackend(VocabMixin):
         for name in self._present:
             io.bind_output(name, self._device)
         try:
+            t0 = time.perf_counter()
             self._sess.run_with_iobinding(io)
+            self.last_forward_s = time.perf_counter() - t0
         except Exception as exc:  # onnxruntime's own exception types
             raise decode_error(-2) from exc
         outs = io.get_outputs()
