@@ -124,9 +124,9 @@ class RowSpy:
     def _arr(self, row):
         return row.copy() if isinstance(row, np.ndarray) else np.ctypeslib.as_array(row, shape=(self.n_vocab,)).copy()
 
-    def choose(self, zp, z0, params, rng, history):
-        self.rows.append((self._arr(zp), self._arr(z0)))
-        return self.inner.choose(zp, z0, params, rng, history)
+    def choose(self, rows, combo, params, rng, history):
+        self.rows.append(tuple(self._arr(r) for r in rows))
+        return self.inner.choose(rows, combo, params, rng, history)
 
 
 def spied_generate(la, prompt, params):

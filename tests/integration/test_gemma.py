@@ -67,6 +67,22 @@ def test_aligned_greedy_equals_two_context_reference(la, prompt):
     assert got == aligned_greedy(la.backend.model.handle, tp, t0, 2.0, 24, la.backend.is_eog)
 
 
+@pytest.mark.parametrize("prompt", PROMPTS[:2])
+def test_three_branches_equal_three_context_reference(la, prompt):
+    """Two principles and the plain prompt (K = 3, each prefilled in full on this sliding-window model)."""
+    from la_edge.decoding.combination import Combination
+    from la_edge.runtime.branches import Branch, BranchSet
+    from tests.integration.test_engine_v3 import composed_greedy
+
+    short = "The following answer is very short.\n\n"
+    bs = BranchSet((Branch(PRINCIPLE + prompt), Branch(short + prompt), Branch(prompt, role="plain")),
+                   Combination.compose((2.0, 2.0)))
+    got = la.generate(params=GenerationParams(temperature=0.0, max_tokens=16), branches=bs).tokens
+    toks = [la.tokenize(b.text) for b in bs.branches]
+    ref = composed_greedy(la.backend.model.handle, toks[:2], toks[2], [2.0, 2.0], [1, 1], 16, la.backend.is_eog)
+    assert got == ref
+
+
 def test_native_and_numpy_samplers_agree_on_gemma_rows(la):
     if not native.available():
         pytest.skip("native sampler not built")
@@ -81,7 +97,7 @@ def test_native_and_numpy_samplers_agree_on_gemma_rows(la):
         params = GenerationParams(temperature=0.9, ratio=2.0, top_p=0.95, seed=seed, repeat_penalty=1.1,
                                   top_logprobs=5)
         r1, r2 = SplitMix64(seed), SplitMix64(seed)
-        c = chooser.choose(zp, z0, params, r1, [5, 17, 17])
+        c = chooser.choose_pair(zp, z0, params, r1, [5, 17, 17])
         ref = choose_token(zp, z0, params, r2, [5, 17, 17])
         assert c.token == ref.token and r1.state == r2.state
         assert np.isclose(c.logprob, ref.logprob, rtol=0, atol=1e-9)
