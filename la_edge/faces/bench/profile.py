@@ -2,9 +2,10 @@
 
 The engine's requests of K = 1, 2, 3 branches on one model, greedy: K = 1 is the principle in the
 prompt (r = 0), K = 2 one principle and the plain prompt, K = 3 two principles and the plain
-prompt. Aligner.profile() counts each decode call: the time inside backend.decode, in the sampler,
-and the rest of the wall time between consecutive decode calls (Python bookkeeping, hand-offs).
-The count starts after each request's first token, so only decode steps are counted, not prefill.
+prompt. Aligner.profile() splits each decode step: the native forward pass (llama_decode), the
+sampler, and the rest of the wall time between consecutive steps (filling the batch, Python
+bookkeeping, locks, thread hand-offs). The count starts after each request's first token, so only
+decode steps are counted, not prefill.
 """
 
 from __future__ import annotations
