@@ -237,7 +237,7 @@ class Aligner:
         self._closed = True
         self.cancel_all()
         clean = self.engine.stop(timeout) or self.engine.stop(STOP_EXTRA_S)
-        if clean and self.engine.release_backend(STOP_EXTRA_S):
+        if clean:
             self.backend.close()
         else:
             warnings.warn(f"la_edge: a decode was still running {timeout + STOP_EXTRA_S:g} s after close(); "

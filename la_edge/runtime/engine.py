@@ -257,7 +257,6 @@ class Engine:
         self._closed = False
         self._failure: Optional[BaseException] = None
         self._leases = 0  # vocabulary calls running now (see lease())
-        self._freed = False
         self._profile = _Profile()
         self._last_end: Optional[float] = None
         self.steps = 0  # decode calls so far
@@ -373,7 +372,7 @@ class Engine:
     def lease(self):
         """Hold the backend for a vocabulary call: close() frees it only after every lease ends."""
         with self._cond:
-            if self._freed or self._closed:
+            if self._closed:
                 raise EngineUnavailableError("engine stopped")
             self._leases += 1
         try:
@@ -391,15 +390,6 @@ class Engine:
     def token_bytes(self, token: int) -> bytes:
         with self.lease() as b:
             return b.token_bytes(token)
-
-    def release_backend(self, timeout: float) -> bool:
-        """After stop(): wait (bounded) for leases and the decode in flight, then mark the backend
-        freed; True if the caller may free it now."""
-        with self._cond:
-            ok = self._wait_until(lambda: self._leases == 0 and not self.decode_in_flight, timeout)
-            if ok:
-                self._freed = True
-            return ok
 
     # ---- submission --------------------------------------------------------------------------
     def submit(self, branches: Union[BranchSet, PromptPair], params: GenerationParams) -> RequestHandle:
@@ -732,8 +722,9 @@ class Engine:
     def stop(self, timeout: float = 10.0) -> bool:
         """Stop the engine for good; open requests end as "cancelled" and later submits raise.
 
-        Waits (at most `timeout` seconds) for the background thread and the decode in flight. Returns
-        True when no decode is in flight any more, so the context may be freed.
+        Waits (at most `timeout` seconds) for the background thread, the decode in flight and the
+        vocabulary calls running. Returns True when none is left (later leases are refused), so the
+        backend may be freed.
         """
         deadline = time.monotonic() + timeout
         with self._cond:
@@ -747,7 +738,8 @@ class Engine:
             self._cancels.clear()  # every open request ends here anyway
             for req in list(self._open.values()):
                 self._finish(req, "cancelled")
-            idle = not self.decode_in_flight and not (t is not None and t.is_alive())
+            self._wait_until(lambda: self._leases == 0, max(0.0, deadline - time.monotonic()))
+            idle = not self.decode_in_flight and not (t is not None and t.is_alive()) and self._leases == 0
             if idle:
                 self.pool.drop_parked()  # a stopped engine leaves the KV cache empty
                 self._apply_changes()
