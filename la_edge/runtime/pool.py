@@ -145,15 +145,18 @@ class SequencePool:
         return reuse, taken, copy, cells, evict
 
     def _best(self, tokens: Sequence[int], taken) -> Tuple[Optional[int], int]:
-        """The parked sequence holding the most of `tokens` (the most recently used on ties)."""
-        best, best_n = None, 0
+        """The parked sequence holding the most of `tokens` in whole blocks; on a tie the longer
+        match before rounding (the same conversation, not one sharing its system prompt), then
+        the most recently used."""
+        best, best_key = None, (0, 0)
         for sid, p in reversed(self.parked.items()):
             if sid in taken:
                 continue
-            n = matched(p.tokens, tokens, self.reuse_block)
-            if n > best_n:
-                best, best_n = sid, n
-        return best, best_n
+            whole = matched(p.tokens, tokens)
+            key = (whole - whole % self.reuse_block, whole)
+            if key[0] > 0 and key > best_key:
+                best, best_key = sid, key
+        return best, best_key[0]
 
     def _commit(self, prompts, shared, job, reuse, taken, copy, cells, evict) -> Placement:
         for sid in evict:

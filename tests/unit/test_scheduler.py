@@ -588,3 +588,19 @@ def test_a_request_s_sequences_get_neighbouring_ids():
     s.admit()
     ids = sorted(x.seq_id for x in three.seqs)
     assert ids[-1] - ids[0] == 2  # three neighbours
+
+
+def test_a_tie_in_whole_blocks_goes_to_the_longer_match_not_the_newer_one():
+    """Two conversations share a system prompt: the next turn adopts its own conversation's sequence
+    (30 tokens held, 30 match) over the newer one of the other (31 held, 20 match), both 16 in blocks."""
+    s, kv = sched(n_seq_max=8, max_requests=2, prompt_cache=True, reuse_align=16), FakeKv()
+    system = list(range(20))
+    own, other = system + [50] * 10, system + [60] * 11
+    for p in (own, other):
+        j = job(p, max_tokens=1)
+        s.enqueue(j)
+        finish_one(s, kv, j, tokens=(7,))
+    nxt = job(own + [70] * 8, max_tokens=1)
+    s.enqueue(nxt)
+    s.admit()
+    assert nxt.cached == (16,) and nxt.seqs[0].seq_id == 0
