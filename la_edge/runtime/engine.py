@@ -193,6 +193,14 @@ def _step_error(exc: BaseException) -> BaseException:
     return StepFailedError(f"step failed: {type(exc).__name__}: {exc}", cause=exc)
 
 
+def _check_chunk(name: str, value: int, max_branches: int) -> None:
+    """A request's final prompt tokens of every branch share one batch, never a last token alone."""
+    if value < 2 * max_branches:
+        raise InvalidParameterError(
+            f"{name}={value} is too small for max_branches={max_branches}: a request's last prompt "
+            f"tokens of every branch share one batch; use {name} >= {2 * max_branches}")
+
+
 @dataclass
 class _Profile:
     """Host time per decode step: inside the native forward pass, in the sampler, and the rest
@@ -229,13 +237,8 @@ class Engine:
             raise InvalidParameterError(
                 f"max_requests={max_requests} x max_branches={max_branches} needs n_seq_max >= "
                 f"{max_requests * max_branches}, the context has {backend.n_seq_max}")
-        # A request's final prompt tokens of every branch share one batch, never a last token alone.
-        need = 2 * max_branches
-        for name, value in (("n_batch", backend.n_batch), ("prefill_chunk", prefill_chunk)):
-            if value < need:
-                raise InvalidParameterError(
-                    f"{name}={value} is too small for max_branches={max_branches}: a request's last "
-                    f"prompt tokens of every branch share one batch; use {name} >= {need}")
+        _check_chunk("n_batch", backend.n_batch, max_branches)
+        _check_chunk("prefill_chunk", prefill_chunk, max_branches)
         if backend.n_batch < max_requests * max_branches:
             raise InvalidParameterError(
                 f"n_batch={backend.n_batch} cannot decode max_requests={max_requests} x "
@@ -275,8 +278,7 @@ class Engine:
 
     @prefill_chunk.setter
     def prefill_chunk(self, value: int) -> None:
-        if value < 2 * self.max_branches:
-            raise InvalidParameterError(f"prefill_chunk must be >= {2 * self.max_branches}, got {value}")
+        _check_chunk("prefill_chunk", value, self.max_branches)
         self.scheduler.prefill_chunk = value
 
     @property
