@@ -14,6 +14,24 @@
 #define LA_CLONES
 #endif
 
+/* An AVX2 path chosen at run time (never FMA: contraction would change bits), else portable C. */
+#if defined(__GNUC__) && defined(__x86_64__)
+#define LA_AVX2 1
+#define LA_AVX2_FN __attribute__((target("avx2")))
+#define VW 8 /* vectors of 4 doubles in flight; a multiple of LANES / 4 */
+#include <immintrin.h>
+static int la_avx2(void) {
+  static int has = -1; /* a benign race: every thread stores the same value */
+  if (has < 0) {
+    __builtin_cpu_init();
+    has = __builtin_cpu_supports("avx2") != 0;
+  }
+  return has;
+}
+#else
+#define LA_AVX2 0
+#endif
+
 #define LOG2E 0x1.71547652b82fep+0
 #define SHIFT (0x1.8p52 + 2048.0) /* y + SHIFT rounds y to n; its low bits hold n + 2048 */
 #define Y_MIN (-1100.0)
@@ -192,6 +210,90 @@ static int32_t row_collect(const float* z, int32_t n, float th, la_cand* out) {
 }
 #endif
 
+#if LA_AVX2
+/* exp2_weight of VW vectors in place, one stage across all of them at a time: the VW chains of
+   dependent operations interleave in program order, so their latencies overlap. */
+LA_AVX2_FN static inline void exp2_weight_avx2(__m256d* v, __m256d c, __m256d dlo) {
+  const __m256d shift = _mm256_set1_pd(SHIFT);
+  const __m256i low = _mm256_set1_epi64x(0xFFFFF), one = _mm256_set1_epi64x(1);
+  __m256d f[VW], p[VW];
+  for (int j = 0; j < VW; j++) v[j] = _mm256_mul_pd(_mm256_max_pd(v[j], dlo), c); /* max: v > dlo ? v : dlo */
+  for (int j = 0; j < VW; j++) {
+    __m256d kd = _mm256_add_pd(v[j], shift);
+    f[j] = _mm256_sub_pd(v[j], _mm256_sub_pd(kd, shift));
+    v[j] = kd;
+  }
+  for (int j = 0; j < VW; j++) p[j] = _mm256_add_pd(_mm256_mul_pd(_mm256_set1_pd(POLY[11]), f[j]), _mm256_set1_pd(POLY[10]));
+  for (int q = 9; q >= 0; q--)
+    for (int j = 0; j < VW; j++) p[j] = _mm256_add_pd(_mm256_mul_pd(p[j], f[j]), _mm256_set1_pd(POLY[q]));
+  for (int j = 0; j < VW; j++) {
+    __m256i m = _mm256_and_si256(_mm256_castpd_si256(v[j]), low), h = _mm256_srli_epi64(m, 1);
+    __m256d s1 = _mm256_castsi256_pd(_mm256_slli_epi64(_mm256_sub_epi64(h, one), 52));
+    __m256d s2 = _mm256_castsi256_pd(_mm256_slli_epi64(_mm256_sub_epi64(_mm256_sub_epi64(m, h), one), 52));
+    v[j] = _mm256_mul_pd(_mm256_mul_pd(p[j], s1), s2);
+  }
+}
+
+/* Weights of z[i .. i + 4 VW) into v. */
+LA_AVX2_FN static inline void weights_avx2(const float* z, __m256d top, __m256d c, __m256d dlo, __m256d* v) {
+  for (int j = 0; j < VW; j++) v[j] = _mm256_sub_pd(_mm256_cvtps_pd(_mm_loadu_ps(z + 4 * j)), top);
+  exp2_weight_avx2(v, c, dlo);
+}
+
+/* The lane sums of row_mass over z[i .. end) in steps of 4 VW; returns where it stopped. */
+LA_AVX2_FN static int32_t row_mass_avx2(const float* z, int32_t i, int32_t end, double top, double c, double dlo,
+                                        double* acc) {
+  const __m256d vt = _mm256_set1_pd(top), vc = _mm256_set1_pd(c), vlo = _mm256_set1_pd(dlo);
+  __m256d a[LANES / 4], v[VW];
+  for (int j = 0; j < LANES / 4; j++) a[j] = _mm256_loadu_pd(acc + 4 * j);
+  for (; i + 4 * VW <= end; i += 4 * VW) {
+    weights_avx2(z + i, vt, vc, vlo, v);
+    for (int j = 0; j < VW; j++) a[j % (LANES / 4)] = _mm256_add_pd(a[j % (LANES / 4)], v[j]); /* lane order kept */
+  }
+  for (int j = 0; j < LANES / 4; j++) _mm256_storeu_pd(acc + 4 * j, a[j]);
+  return i;
+}
+
+/* A cheap float32 estimate of row_mass with a rigorous bound: *approx and *err with
+   |row_mass - *approx| <= *err. Per token, w^ = 2^y^ with y^ = f32(f32(z - top) * f32(c)) (within
+   3.1 * 2^-24 |y^| of the exact y, so w^ is within ln2 * 1.9e-7 |y^| w^ of 2^y) and 2^f by a degree-6
+   Taylor polynomial in float (truncation 1.7e-7, rounding 1.6e-6 relative: bounded by 4e-6). Tokens
+   with y^ < -126 count as 2^-126 (an absolute error below 2^-124 each). Sums: the doubles of A and
+   the exact mass_total each err by at most (n + 600) 2^-53 relative; the float sum B of w^ |y^|
+   by 3% for n < 2^22. */
+LA_AVX2_FN static void row_mass_bound_avx2(const float* z, int32_t n, float top, double c, double dlo,
+                                           double* approx, double* err) {
+  static const float T6[7] = {1.0f, 0x1.62e430p-1f, 0x1.ebfbe0p-3f, 0x1.c6b08ep-5f, 0x1.3b2ab6p-7f,
+                              0x1.5d87fep-10f, 0x1.430912p-13f}; /* ln2^k / k! */
+  const __m256 vt = _mm256_set1_ps(top), vc = _mm256_set1_ps((float)c), ylo = _mm256_set1_ps(-126.0f);
+  const __m256i bias = _mm256_set1_epi32(127);
+  __m256d a0 = _mm256_setzero_pd(), a1 = _mm256_setzero_pd();
+  __m256 b = _mm256_setzero_ps();
+  int32_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256 y = _mm256_max_ps(_mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(z + i), vt), vc), ylo);
+    __m256 k = _mm256_round_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 f = _mm256_sub_ps(y, k);
+    __m256 q = _mm256_add_ps(_mm256_mul_ps(_mm256_set1_ps(T6[6]), f), _mm256_set1_ps(T6[5]));
+    for (int j = 4; j >= 0; j--) q = _mm256_add_ps(_mm256_mul_ps(q, f), _mm256_set1_ps(T6[j]));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), bias), 23);
+    __m256 w = _mm256_mul_ps(q, _mm256_castsi256_ps(e));
+    b = _mm256_sub_ps(b, _mm256_mul_ps(w, y)); /* y <= 0 */
+    a0 = _mm256_add_pd(a0, _mm256_cvtps_pd(_mm256_castps256_ps128(w)));
+    a1 = _mm256_add_pd(a1, _mm256_cvtps_pd(_mm256_extractf128_ps(w, 1)));
+  }
+  double la[8], sa = 0.0, sb = 0.0;
+  float lb[8];
+  _mm256_storeu_pd(la, a0);
+  _mm256_storeu_pd(la + 4, a1);
+  _mm256_storeu_ps(lb, b);
+  for (int j = 0; j < 8; j++) sa += la[j], sb += lb[j];
+  for (; i < n; i++) sa += exp2_weight((double)z[i] - (double)top, c, dlo); /* the tail: exact weights */
+  *approx = sa;
+  *err = sa * (4e-6 + (n + 600.0) * 0x1p-52) + 1.3e-7 * 1.03 * sb + n * 0x1p-124;
+}
+#endif
+
 /* mass_total of sampling.py over the weights of a whole row, in token-id order. */
 LA_CLONES static double row_mass(const float* z, int32_t n, double top, double c, double dlo) {
   double total = 0.0;
@@ -199,6 +301,9 @@ LA_CLONES static double row_mass(const float* z, int32_t n, double top, double c
     int32_t end = n - base > MASS_CHUNK ? base + MASS_CHUNK : n;
     double acc[LANES] = {0};
     int32_t i = base;
+#if LA_AVX2
+    if (la_avx2()) i = row_mass_avx2(z, i, end, top, c, dlo, acc);
+#endif
     for (; i + LANES <= end; i += LANES)
       for (int k = 0; k < LANES; k++) acc[k] += exp2_weight((double)z[i + k] - top, c, dlo);
     for (int k = 0; i + k < end; k++) acc[k] += exp2_weight((double)z[i + k] - top, c, dlo);
@@ -341,6 +446,23 @@ static void partial_sort(la_cand* c, int32_t n, int32_t k) {
 
 /* ---- chain stages ---- */
 
+/* The nucleus threshold mask_top_p * mass_total, known at first only to lie in [lo, hi]; the exact
+   total is computed when a prefix mass falls inside, so only then is the full exact pass paid. */
+typedef struct {
+  double lo, hi;
+  const float* z;
+  int32_t n;
+  double top, s, dlo, top_p;
+} la_thr;
+
+/* above >= mask_top_p * mass_total, exactly as the reference decides it. */
+static int reached(double above, la_thr* t) {
+  if (above < t->lo) return 0;
+  if (above >= t->hi) return 1;
+  t->lo = t->hi = t->top_p * row_mass(t->z, t->n, t->top, t->s, t->dlo);
+  return above >= t->lo;
+}
+
 /* plausibility_mask: the nucleus of softmax(b/T_m) into ws->cand; *sorted says if it is ordered. */
 static int32_t stage_nucleus(const float* zb, int32_t n, float topf, const la_params* p, la_workspace* ws,
                              int* sorted) {
@@ -361,8 +483,20 @@ static int32_t stage_nucleus(const float* zb, int32_t n, float topf, const la_pa
     else *sorted = 0;
     return nz;
   }
-  double total = row_mass(zb, n, top, s, dlo);
-  double thr = p->mask_top_p * total;
+  la_thr thr = {0.0, 0.0, zb, n, top, s, dlo, p->mask_top_p};
+  double total = -1.0;
+#if LA_AVX2
+  if (la_avx2() && n < (1 << 22) && s >= 1e-20 && s <= 1e6) {
+    double err;
+    row_mass_bound_avx2(zb, n, topf, s, dlo, &total, &err);
+    thr.lo = p->mask_top_p * (total - 2.0 * err); /* the margins of 2 err absorb these roundings */
+    thr.hi = p->mask_top_p * (total + 2.0 * err);
+  }
+#endif
+  if (total < 0.0) {
+    total = row_mass(zb, n, top, s, dlo);
+    thr.lo = thr.hi = p->mask_top_p * total;
+  }
   /* Guess a value-prefix holding the mass (tokens with probability >= eps), widen on a miss;
      the last guess bounds the tail below (1 - p)/4 of the mass; then take the whole row. */
   double eps = 1e-4, eps_safe = (1.0 - p->mask_top_p) * 0.25 / n;
@@ -385,14 +519,14 @@ static int32_t stage_nucleus(const float* zb, int32_t n, float topf, const la_pa
       if (want > m) want = m;
       partial_sort(c + done, m - done, want - done);
       for (int32_t j = done; j < want; j++) {
-        if (!(above < thr)) { keep = j; break; }
+        if (reached(above, &thr)) { keep = j; break; }
         w[j] = exp2_weight((double)c[j].value - top, s, dlo);
         above += w[j];
       }
       done = want;
     }
     if (keep < 0) {
-      if (!(above >= thr) && m < n) { /* the head missed the mass: widen, at last to the row */
+      if (!reached(above, &thr) && m < n) { /* the head missed the mass: widen, at last to the row */
         whole = eps == eps_safe;
         eps *= 1e-3;
         continue;
