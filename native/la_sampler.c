@@ -149,8 +149,35 @@ static inline double log_exact(double x) {
 typedef float la_v8f __attribute__((vector_size(32)));
 typedef int32_t la_v8i __attribute__((vector_size(32)));
 
+#if LA_AVX2
+/* row_scan with vmaxps (v > mx ? v : mx, the same lane by lane) and one unordered test for NaN;
+   +inf is flagged when it is the maximum. */
+LA_AVX2_FN static int row_scan_avx2(const float* z, int32_t n, float* top) {
+  __m256 mx = _mm256_set1_ps(-INFINITY), nan = _mm256_setzero_ps();
+  int32_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256 v = _mm256_loadu_ps(z + i);
+    nan = _mm256_or_ps(nan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+    mx = _mm256_max_ps(v, mx);
+  }
+  float lanes[8], m = -INFINITY;
+  _mm256_storeu_ps(lanes, mx);
+  int32_t any = _mm256_movemask_ps(nan) != 0;
+  for (int k = 0; k < 8; k++) m = lanes[k] > m ? lanes[k] : m;
+  for (; i < n; i++) {
+    any |= z[i] != z[i];
+    m = z[i] > m ? z[i] : m;
+  }
+  if (top != NULL) *top = m;
+  return any || m == INFINITY;
+}
+#endif
+
 /* NaN/+inf flag and maximum of a row (top is NULL: flag only), 8 floats at a time. */
 LA_CLONES static int row_scan(const float* z, int32_t n, float* top) {
+#if LA_AVX2
+  if (la_avx2()) return row_scan_avx2(z, n, top);
+#endif
   const la_v8f inf = {INFINITY, INFINITY, INFINITY, INFINITY, INFINITY, INFINITY, INFINITY, INFINITY};
   la_v8f mx = -inf;
   la_v8i bad = {0};
