@@ -10,18 +10,24 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Dict, List, Optional, TextIO
 
 from ..decoding.params import GenerationParams
 from ..errors import ContextOverflowError, LaEdgeError
+from .principles import Avoid, Principle, PrincipleSpec
 
 HELP = """commands:
-  /principle TEXT   set the principle (/principle alone clears it: plain decoding)
-  /ratio R          set the alignment ratio r
+  /principle TEXT   set the principle (/principle alone clears every principle: plain decoding)
+  /principle add TEXT   add a principle (composed with the others, one branch each)
+  /principle list   show the principles, the things to avoid and the ratio schedule
+  /principle drop N drop principle N (as numbered by /principle list)
+  /avoid TEXT       add something to avoid (/avoid alone clears them)
+  /adaptive on|off  scale the ratio per token (on) or keep it fixed (off)
+  /ratio R          set the alignment ratio r (of every principle)
   /system TEXT      set the system message (/system alone clears it)
   /compare          answer the last user message again, plain and aligned, one after the other
-  /save FILE        write the transcript as JSON (messages, principle, ratio, seed, system)
+  /save FILE        write the transcript as JSON (messages, principles, avoid, ratio, seed, system)
   /load FILE        read a transcript written by /save
   /reset            forget the conversation (keeps principle, ratio and system)
   /help             this text
@@ -30,17 +36,23 @@ HELP = """commands:
 
 @dataclass
 class ChatState:
-    """What a transcript holds; /save writes it, /load reads it."""
+    """What a transcript holds; /save writes it, /load reads it. `ratio` is the ratio new principles
+    take (and /ratio sets on every one)."""
 
     messages: List[Dict[str, str]] = field(default_factory=list)
-    principle: Optional[str] = None
+    spec: PrincipleSpec = field(default_factory=PrincipleSpec)
     ratio: float = 2.0
     system: Optional[str] = None
     seed: Optional[int] = None
 
+    @property
+    def principle(self) -> Optional[str]:
+        """The principle when there is exactly one (the transcript's `principle` field), else None."""
+        return self.spec.principles[0].text if len(self.spec.principles) == 1 else None
+
     def to_dict(self) -> Dict[str, object]:
         return {"messages": self.messages, "principle": self.principle, "ratio": self.ratio,
-                "system": self.system, "seed": self.seed}
+                **self.spec.to_fields(), "system": self.system, "seed": self.seed}
 
     @classmethod
     def from_dict(cls, d: Dict[str, object]) -> "ChatState":
@@ -57,18 +69,21 @@ class ChatState:
             raise ValueError("'system' must be a string or null")
         if seed is not None and not isinstance(seed, int):
             raise ValueError("'seed' must be an integer or null")
-        return cls([{"role": m["role"], "content": m["content"]} for m in msgs], principle, float(ratio),
-                   system, seed)
+        if d.get("principles") is not None:  # written by /save since several principles
+            spec = PrincipleSpec.from_fields(d, float(ratio))
+        else:
+            spec = PrincipleSpec.one(principle, float(ratio))
+        return cls([{"role": m["role"], "content": m["content"]} for m in msgs], spec, float(ratio), system, seed)
 
 
 class ChatSession:
     """One conversation over an Aligner; `handle(line)` runs a message or a command."""
 
     def __init__(self, aligner, params: GenerationParams, out: TextIO = sys.stdout, err: TextIO = sys.stderr,
-                 trim_history: bool = False, principle: Optional[str] = None, system: Optional[str] = None):
+                 trim_history: bool = False, spec: Optional[PrincipleSpec] = None, system: Optional[str] = None):
         self.la, self.params, self.out, self.err = aligner, params, out, err
         self.trim_history = trim_history
-        self.state = ChatState(principle=principle, ratio=params.ratio, system=system, seed=params.seed)
+        self.state = ChatState(spec=spec or PrincipleSpec(), ratio=params.ratio, system=system, seed=params.seed)
 
     # ---- one line ------------------------------------------------------------------------------
     def handle(self, line: str) -> bool:
@@ -79,7 +94,7 @@ class ChatSession:
         if line.startswith("/"):
             return self._command(line)
         self.state.messages.append({"role": "user", "content": line})
-        text = self._answer(self.state.messages, self.state.principle, self.state.ratio)
+        text = self._answer(self.state.messages, self.state.spec)
         if text is None:
             self.state.messages.pop()  # nothing was answered: the turn is not kept
         else:
@@ -95,12 +110,21 @@ class ChatSession:
         if name == "/help":
             self._say(HELP)
         elif name == "/principle":
-            st.principle = arg or None
-            self._say(f"principle: {st.principle!r}" if st.principle else "principle cleared (plain decoding)")
+            self._principle(arg)
+        elif name == "/avoid":
+            avoid = st.spec.avoid + (Avoid(arg),) if arg else ()
+            self._set(lambda: replace(st.spec, avoid=avoid), f"avoid: {arg!r}" if arg else "nothing to avoid")
+        elif name == "/adaptive":
+            if arg not in ("on", "off"):
+                self._say("usage: /adaptive on|off")
+            else:
+                self._set(lambda: replace(st.spec, adaptive=arg == "on"), f"adaptive ratio: {arg}")
         elif name == "/ratio":
             try:
-                st.ratio = GenerationParams(ratio=float(arg)).ratio
-                self._say(f"ratio: {st.ratio:g}")
+                ratio = GenerationParams(ratio=float(arg)).ratio
+                principles = tuple(replace(p, ratio=ratio) for p in st.spec.principles)
+                if self._set(lambda: replace(st.spec, principles=principles), f"ratio: {ratio:g}"):
+                    st.ratio = ratio
             except (ValueError, LaEdgeError) as exc:
                 self._say(f"error: {exc}")
         elif name == "/system":
@@ -115,6 +139,42 @@ class ChatSession:
             self._file(name, arg)
         else:
             self._say(f"unknown command {name}; /help lists them")
+        return True
+
+    def _principle(self, arg: str) -> None:
+        """/principle TEXT | add TEXT | list | drop N, and /principle alone (clear)."""
+        spec, (sub, _, rest) = self.state.spec, arg.partition(" ")
+        rest = rest.strip()
+        if sub == "list" and not rest:
+            self._say(spec.describe())
+        elif sub in ("add", "drop") and not rest:
+            self._say(f"usage: /principle {sub} {'TEXT' if sub == 'add' else 'N'}")
+        elif sub == "add":
+            self._set(lambda: replace(spec, principles=spec.principles + (Principle(rest, self.state.ratio),)),
+                      f"principles: {len(spec.principles) + 1}")
+        elif sub == "drop":
+            n = int(rest) if rest.isdigit() else 0
+            if not 1 <= n <= len(spec.principles):
+                self._say(f"error: /principle drop N takes N in 1..{len(spec.principles)} (see /principle list)")
+                return
+            kept = spec.principles[: n - 1] + spec.principles[n:]
+            self._set(lambda: replace(spec, principles=kept) if kept else PrincipleSpec(),
+                      f"dropped principle {n}" + ("" if kept else " (none left: plain decoding)"))
+        elif arg:
+            self._set(lambda: PrincipleSpec((Principle(arg, self.state.ratio),), spec.avoid, spec.adaptive),
+                      f"principle: {arg!r}")
+        else:
+            self._set(PrincipleSpec, "principles cleared (plain decoding)")
+
+    def _set(self, make, message: str) -> bool:
+        """Adopt the PrincipleSpec that `make()` builds; a bad one is an error and changes nothing."""
+        try:
+            spec = make()
+        except LaEdgeError as exc:
+            self._say(f"error: {exc}")
+            return False
+        self.state.spec = spec
+        self._say(message)
         return True
 
     def _file(self, name: str, path: str) -> None:
@@ -139,25 +199,29 @@ class ChatSession:
         if last is None:
             self._say("nothing to compare yet: send a message first")
             return
-        history = msgs[: last + 1]
+        history, spec = msgs[: last + 1], self.state.spec
         self.out.write("[plain, no principle]\n")
-        self._answer(history, None, 0.0)
-        label = f"[aligned, r={self.state.ratio:g}, principle: {self.state.principle!r}]" if self.state.principle \
-            else "[aligned: no principle set, so this is plain decoding too; /principle TEXT sets one]"
+        self._answer(history, PrincipleSpec())
+        if self.state.principle is not None and spec.single is not None:
+            label = f"[aligned, r={self.state.ratio:g}, principle: {self.state.principle!r}]"
+        elif spec.principles:
+            label = f"[aligned, r={self.state.ratio:g}, {spec.describe()}]"
+        else:
+            label = "[aligned: no principle set, so this is plain decoding too; /principle TEXT sets one]"
         self.out.write(label + "\n")
-        self._answer(history, self.state.principle, self.state.ratio)
+        self._answer(history, spec)
 
     # ---- generation ------------------------------------------------------------------------------
     def _conversation(self, messages: List[Dict[str, str]]) -> List[Dict[str, str]]:
         sys_msg = [{"role": "system", "content": self.state.system}] if self.state.system else []
         return sys_msg + list(messages)
 
-    def _answer(self, messages, principle, ratio) -> Optional[str]:
+    def _answer(self, messages, spec: PrincipleSpec) -> Optional[str]:
         """Stream one answer to `out`; its text (possibly cut by Ctrl-C), or None on an error."""
-        params = self.params.with_(ratio=ratio, seed=self.state.seed)
+        params = self.params.with_(ratio=self.state.ratio, seed=self.state.seed)
         while True:
             try:
-                request = self.la.submit(principle=principle, params=params, messages=self._conversation(messages))
+                request = spec.submit(self.la, params, messages=self._conversation(messages))
                 break
             except ContextOverflowError as exc:
                 if self.trim_history and self._drop_oldest_turn(messages):
@@ -200,10 +264,10 @@ class ChatSession:
 
 
 def run(aligner, params: GenerationParams, inp: TextIO = sys.stdin, out: TextIO = sys.stdout,
-        err: TextIO = sys.stderr, trim_history: bool = False, principle: Optional[str] = None,
+        err: TextIO = sys.stderr, trim_history: bool = False, spec: Optional[PrincipleSpec] = None,
         system: Optional[str] = None) -> int:
     """The chat loop: a prompt and readline on a terminal, plain lines when piped."""
-    session = ChatSession(aligner, params, out, err, trim_history, principle, system)
+    session = ChatSession(aligner, params, out, err, trim_history, spec, system)
     interactive = inp.isatty() and out.isatty()
     if interactive:
         try:

@@ -8,11 +8,11 @@ import os
 import sys
 from typing import List, Optional
 
-from ..errors import LaEdgeError, RequestTimeoutError
+from ..errors import InvalidParameterError, LaEdgeError, RequestTimeoutError
 
 from .flags import (
-    SERVE_REQUEST_TIMEOUT_S, add_max_requests_flag, add_model_flags, add_param_flags, add_request_timeout_flag,
-    load_aligner, params_from_args,
+    SERVE_REQUEST_TIMEOUT_S, add_max_requests_flag, add_model_flags, add_param_flags, add_principle_flags,
+    add_request_timeout_flag, load_aligner, params_from_args, principles_from_args,
 )
 
 # The one mapping of errors to exit codes (first match); anything else is a crash with a traceback.
@@ -21,18 +21,21 @@ EXIT_CODES = ((RequestTimeoutError, 124), (LaEdgeError, 2))  # 124: as timeout(1
 
 def cmd_generate(args: argparse.Namespace) -> int:
     params = params_from_args(args)
+    spec = principles_from_args(args)
+    if args.raw and spec.principles:
+        raise InvalidParameterError("--raw takes both prompts verbatim (PROMPT and --plain-prompt): give no "
+                                    "--principle, --avoid or --principles-file")
     la = load_aligner(args)
     if args.raw:
         from ..runtime.prompts import raw_pair
 
-        pair = raw_pair(args.prompt, args.plain_prompt)
+        request = la.submit(params=params, pair=raw_pair(args.prompt, args.plain_prompt))
     else:
-        pair = la.prompts(args.prompt, args.principle, system=args.system)
+        request = spec.submit(la, params, prompt=args.prompt, system=args.system)
     if args.json:
-        result = la.generate(params=params, pair=pair)
-        print(json.dumps(result.to_dict(), ensure_ascii=False))
+        print(json.dumps(request.result().to_dict(), ensure_ascii=False))
         return 0
-    for chunk in la.stream(params=params, pair=pair):
+    for chunk in request.stream():
         sys.stdout.write(chunk.text)
         sys.stdout.flush()
     sys.stdout.write("\n")
@@ -55,8 +58,9 @@ def cmd_chat(args: argparse.Namespace) -> int:
     from .chat import run
 
     params = params_from_args(args)
+    spec = principles_from_args(args)
     with load_aligner(args) as la:
-        return run(la, params, trim_history=args.trim_history, principle=args.principle, system=args.system)
+        return run(la, params, trim_history=args.trim_history, spec=spec, system=args.system)
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -109,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("generate", help="generate an answer aligned to a principle")
     g.add_argument("prompt", help="the user message (with --raw: the principled prompt string)")
-    g.add_argument("--principle", default=None, help="the preference in plain words")
+    add_principle_flags(g)
     g.add_argument("--system", default=None, help="system message (the principle is appended to it)")
     g.add_argument("--raw", action="store_true", help="no chat template: PROMPT is the principled prompt")
     g.add_argument("--plain-prompt", default=None, help="with --raw: the principle-free prompt")
@@ -119,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.set_defaults(func=cmd_generate)
 
     c = sub.add_parser("chat", help="interactive multi-turn aligned chat (stdin lines when piped)")
-    c.add_argument("--principle", default=None, help="the preference in plain words (/principle changes it)")
+    add_principle_flags(c)
     c.add_argument("--system", default=None, help="system message (/system changes it)")
     c.add_argument("--trim-history", action="store_true",
                    help="drop the oldest turns when the conversation outgrows the context")

@@ -7,9 +7,12 @@ face does not offer it); `add_model_flags` / `load_aligner` are the only way sub
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from typing import Any, Dict, Mapping, NamedTuple, Optional
 
 from ..decoding.params import GenerationParams
+from ..errors import InvalidParameterError
+from .principles import DEFAULT_AVOID_RATIO, DEFAULT_RATIO, Avoid, Principle, PrincipleSpec, load_file, per_item
 
 
 class Param(NamedTuple):
@@ -19,11 +22,13 @@ class Param(NamedTuple):
     type: type
     help: str
     metavar: Optional[str] = None
+    many: bool = False  # CLI: repeatable (once for all principles, or once per --principle)
 
 
 PARAMS = (
     Param("ratio", "--ratio", "alignment_ratio", float,
-          "alignment ratio r in z = z_P + r(z_P - z_0); 0 = principle in prompt only"),
+          "alignment ratio r in z = z_P + r(z_P - z_0); 0 = principle in prompt only; once for all "
+          "principles or once per --principle", many=True),
     Param("temperature", "--temperature", "temperature", float, "sampling temperature; 0 = greedy"),
     Param("top_k", "--top-k", "top_k", int, "keep the k most likely aligned tokens (0 = off)"),
     Param("top_p", "--top-p", "top_p", float, "nucleus sampling over aligned logits (1 = off)"),
@@ -51,10 +56,11 @@ SERVE_REQUEST_TIMEOUT_S = 600.0  # the server's deadline for requests that bring
 def _add(p: argparse.ArgumentParser, prm: Param, default: Any = None, shown: Any = None) -> None:
     if prm.type is bool:
         p.add_argument(prm.flag, dest=prm.field, action="store_true", default=None, help=prm.help)
-    else:
-        shown = default if shown is None else shown
-        p.add_argument(prm.flag, dest=prm.field, type=prm.type, default=default, metavar=prm.metavar,
-                       help=f"{prm.help} (default: {'none' if shown is None else shown})")
+        return
+    shown = default if shown is None else shown
+    p.add_argument(prm.flag, dest=prm.field, type=prm.type, default=default, metavar=prm.metavar,
+                   action="append" if prm.many else "store",
+                   help=f"{prm.help} (default: {'none' if shown is None else shown})")
 
 
 def add_param_flags(p: argparse.ArgumentParser) -> None:
@@ -79,9 +85,58 @@ def params_from_args(args: argparse.Namespace) -> GenerationParams:
     """Build the validated parameters object from parsed flags (unset flags keep defaults)."""
     given: Dict[str, Any] = {prm.field: getattr(args, prm.field) for prm in PARAMS
                              if getattr(args, prm.field) is not None}
+    for prm in PARAMS:  # a repeated flag's values go to principles_from_args; one value is the field's
+        if prm.many and prm.field in given:
+            values = given.pop(prm.field)
+            if len(values) == 1:
+                given[prm.field] = values[0]
     if args.stop:
         given["stop"] = tuple(args.stop)
     return GenerationParams(**given)
+
+
+def add_principle_flags(p: argparse.ArgumentParser) -> None:
+    """--principle (repeatable) and what composes with it; --ratio comes with add_param_flags."""
+    p.add_argument("--principle", action="append", default=None, metavar="TEXT",
+                   help="the preference in plain words; repeat it to compose several (one branch each)")
+    p.add_argument("--weight", type=float, action="append", default=None,
+                   help="a principle's weight: once for all or once per --principle (default: equal)")
+    p.add_argument("--avoid", action="append", default=None, metavar="TEXT",
+                   help="something not wanted (\"Use technical jargon.\"), pushed away from; repeatable")
+    p.add_argument("--avoid-ratio", type=float, action="append", default=None,
+                   help=f"how hard to push away: once for all or once per --avoid (default: {DEFAULT_AVOID_RATIO:g})")
+    p.add_argument("--adaptive-ratio", action="store_true",
+                   help="scale the ratio per token by how much principled and plain answers diverge (JSD)")
+    p.add_argument("--principles-file", default=None, metavar="FILE",
+                   help="TOML with [[principles]] (text, ratio, weight), [[avoid]] (text, ratio), ratio_schedule")
+
+
+def principles_from_args(args: argparse.Namespace) -> PrincipleSpec:
+    """The checked principle set of --principle, --ratio, --weight, --avoid, --avoid-ratio,
+    --adaptive-ratio and --principles-file (errors name the flag)."""
+    texts, avoid, ratios = args.principle or [], args.avoid or [], args.ratio or []
+    if args.principles_file is not None:
+        if texts or avoid or args.weight or args.avoid_ratio:
+            raise InvalidParameterError("--principles-file holds the principles and things to avoid: give it "
+                                        "without --principle, --weight, --avoid or --avoid-ratio")
+        if len(ratios) > 1:
+            raise InvalidParameterError("--ratio: with --principles-file give at most one (the default ratio)")
+        spec = load_file(args.principles_file, ratios[0] if ratios else DEFAULT_RATIO)
+        return replace(spec, adaptive=True) if args.adaptive_ratio else spec
+    if not texts:
+        for flag, given in (("--weight", args.weight), ("--avoid", avoid), ("--avoid-ratio", args.avoid_ratio),
+                            ("--adaptive-ratio", args.adaptive_ratio)):
+            if given:
+                raise InvalidParameterError(f"{flag} needs at least one --principle")
+        if len(ratios) > 1:
+            raise InvalidParameterError("--ratio: give it once without --principle")
+        return PrincipleSpec()
+    if args.avoid_ratio and not avoid:
+        raise InvalidParameterError("--avoid-ratio needs at least one --avoid")
+    r = per_item("--ratio", ratios, len(texts), "principles", DEFAULT_RATIO)
+    w = per_item("--weight", args.weight, len(texts), "principles", 1.0)
+    s = per_item("--avoid-ratio", args.avoid_ratio, len(avoid), "avoids", DEFAULT_AVOID_RATIO)
+    return PrincipleSpec(tuple(map(Principle, texts, r, w)), tuple(map(Avoid, avoid, s)), args.adaptive_ratio)
 
 
 def params_from_fields(body: Mapping[str, Any], **fixed) -> GenerationParams:

@@ -9,7 +9,7 @@ flags.params_from_fields.
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, List, NamedTuple, Optional, Union
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
@@ -17,6 +17,7 @@ from ..decoding.params import GenerationParams
 from ..errors import InvalidParameterError, check_unicode
 from ..runtime.prompts import raw_pair, validate_principle
 from .flags import PARAMS, params_from_fields
+from .principles import PrincipleSpec, SpecError
 
 MAX_BODY_BYTES = 1 << 20
 MAX_DEPTH = 16  # a chat body needs 6 (body > messages > message > content > part > value)
@@ -32,14 +33,16 @@ class RequestError(InvalidParameterError):
 
 
 # ---- body ------------------------------------------------------------------------------------
-def _not_json(name: str):
-    raise ValueError(f"{name} is not JSON")
+class _NotJson(NamedTuple):
+    """NaN, Infinity or -Infinity where the body had one (refused by _check_tree, naming the field)."""
+
+    name: str
 
 
 def load_body(body: bytes) -> Dict[str, Any]:
     """The body as a JSON object, checked for depth and lone surrogates."""
     try:
-        data = json.loads(body, parse_constant=_not_json)
+        data = json.loads(body, parse_constant=_NotJson)
     except RecursionError:
         raise RequestError(f"request body nests deeper than {MAX_DEPTH} levels", code="invalid_json") from None
     except ValueError:  # UnicodeDecodeError included
@@ -65,6 +68,10 @@ def _check_tree(data: Any) -> None:
             stack.extend((v, depth + 1, (parent, key), i) for i, v in enumerate(value))
         elif isinstance(value, str):
             _check_text(value, lambda: _path(parent, key))
+        elif isinstance(value, _NotJson):
+            path = _path(parent, key)
+            raise RequestError(f"{path or 'request body'}: {value.name} is not JSON (send a finite number)",
+                               param=path or None, code="invalid_json")
 
 
 def _check_text(text: str, where) -> None:
@@ -105,7 +112,8 @@ class Message(_Strict):
 
 
 class _Envelope(_Strict):
-    """OpenAI fields that are not generation parameters, plus the `principle` extension."""
+    """OpenAI fields that are not generation parameters, plus the `principle` extensions
+    (`principles`, `avoid` and `ratio_schedule` are checked by faces.principles, naming the field)."""
 
     model: Optional[str] = None
     n: int = 1
@@ -114,6 +122,9 @@ class _Envelope(_Strict):
     stop: Optional[Union[str, List[str]]] = None
     user: Optional[str] = None
     principle: Optional[str] = None
+    principles: Optional[Any] = None  # [{text, ratio, weight}]
+    avoid: Optional[Any] = None  # [{text, ratio}]
+    ratio_schedule: Optional[Any] = None  # "fixed" | "adaptive"
 
 
 # Generation parameters: one optional field per flags.PARAMS entry with an HTTP name.
@@ -134,6 +145,24 @@ class _Request(_WithParams):
         return params_from_fields(dict(self), max_tokens=max_tokens, top_logprobs=top_logprobs, stop=stop,
                                   timeout=timeout)
 
+    def spec(self, params: GenerationParams, max_branches: int) -> PrincipleSpec:
+        """What the request aligns to: `principle` (a one-element list) or `principles`, `avoid` and
+        `ratio_schedule`; an item without a ratio takes alignment_ratio. Errors name the field."""
+        principle = _field("principle", validate_principle, self.principle)
+        fields = {"principles": self.principles, "avoid": self.avoid, "ratio_schedule": self.ratio_schedule}
+        if principle is not None:
+            if self.principles is not None:
+                raise RequestError("give principle or principles, not both", param="principles")
+            fields["principles"] = [{"text": principle}]
+        try:
+            spec = PrincipleSpec.from_fields(fields, params.ratio)
+            spec.check_branches(max_branches)
+        except SpecError as exc:
+            typed = exc.kind == "type"
+            raise RequestError(str(exc), status=422 if typed else 400, param=exc.field,
+                               code="invalid_type" if typed else "invalid_value") from None
+        return spec
+
     @property
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
@@ -153,10 +182,12 @@ class ChatRequest(_Request):
         n_top = (self.top_logprobs or 0) if self.logprobs else 0
         return self.generation_params(defaults, n_top, self.max_completion_tokens)
 
-    def submit_args(self) -> Dict[str, Any]:
-        """Aligner.submit keyword arguments: the messages (text parts joined) and the principle."""
+    def submitter(self, params: GenerationParams, max_branches: int) -> Callable[[Any], Any]:
+        """Checks the request and returns aligner -> Request: the messages (text parts joined) and the
+        principles (see spec)."""
+        spec = self.spec(params, max_branches)
         messages = [{"role": m.role, "content": _content(m, i)} for i, m in enumerate(self.messages)]
-        return {"messages": messages, "principle": self.principle}
+        return lambda la: spec.submit(la, params, messages=messages)
 
 
 class CompletionRequest(_Request):
@@ -171,20 +202,24 @@ class CompletionRequest(_Request):
     def params(self, defaults: "Defaults") -> GenerationParams:
         return self.generation_params(defaults, self.logprobs or 0)
 
-    def submit_args(self) -> Dict[str, Any]:
-        """Aligner.submit(pair=...): `prompt` is the plain branch; the principled branch is
-        `principled_prompt` if given, else the principle and the prompt joined by a blank line."""
+    def submitter(self, params: GenerationParams, max_branches: int) -> Callable[[Any], Any]:
+        """Checks the request and returns aligner -> Request: `prompt` is the plain branch; the
+        principled branch is `principled_prompt` if given, else each principle (and each text to
+        avoid) and the prompt joined by a blank line."""
         if not self.prompt:
             raise RequestError("prompt must be a non-empty string", param="prompt")
-        principle = _field("principle", validate_principle, self.principle)
+        spec = self.spec(params, max_branches)
         if self.principled_prompt is not None:
             if not self.principled_prompt.strip():
                 raise RequestError("principled_prompt must be a non-empty string (omit it to build it from "
                                    "the principle)", param="principled_prompt")
-            return {"pair": raw_pair(self.principled_prompt, self.prompt)}
-        if principle is None:
-            return {"pair": raw_pair(self.prompt, None)}
-        return {"pair": raw_pair(f"{principle}\n\n{self.prompt}", self.prompt)}
+            if spec.principles and spec.single is None:
+                raise RequestError("principled_prompt is one raw principled branch: give it without principles, "
+                                   "avoid or ratio_schedule", param="principled_prompt")
+            pair = raw_pair(self.principled_prompt, self.prompt)
+            return lambda la: la.submit(params=params, pair=pair)
+        prompt = self.prompt
+        return lambda la: spec.submit_raw(la, params, prompt)
 
 
 def _timeout(seconds: float) -> float:

@@ -96,26 +96,36 @@ class Wire:
         return {"token": self.la.token_text(token), "logprob": finite(logprob),
                 "bytes": list(self.la.token_bytes(token))}
 
-    def _logprobs(self, steps: Iterable[Tuple[int, Optional[float], Iterable[Tuple[int, float]]]]):
-        """steps: (token, logprob, top) -> chat {"content": [...]} or the completions columns."""
+    def _logprobs(self, steps: Iterable[Tuple[int, Optional[float], Iterable[Tuple[int, float]], float]]):
+        """steps: (token, logprob, top, ratio_scale) -> chat {"content": [...]} or the completions
+        columns; ratio_scale (an adaptive ratio's factor) is la_edge's, sent only where it is not 1."""
         if self.chat:
-            return {"content": [{**self._token(t, lp), "top_logprobs": [self._token(a, alp) for a, alp in top]}
-                                for t, lp, top in steps]}
+            content = []
+            for t, lp, top, scale in steps:
+                entry = {**self._token(t, lp), "top_logprobs": [self._token(a, alp) for a, alp in top]}
+                if scale != 1.0:
+                    entry["ratio_scale"] = scale
+                content.append(entry)
+            return {"content": content}
         out: Dict[str, List[Any]] = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
-        for t, lp, top in steps:
+        scales = []
+        for t, lp, top, scale in steps:
             text = self.la.token_text(t)
             out["tokens"].append(text)
             out["token_logprobs"].append(finite(lp))
             out["top_logprobs"].append({self.la.token_text(a): finite(alp) for a, alp in top})
             out["text_offset"].append(self.offset)
+            scales.append(scale)
             self.offset += len(text)
+        if any(x != 1.0 for x in scales):
+            out["ratio_scale"] = scales
         return out
 
     def chunk(self, c) -> str:
         """The SSE event of one Chunk."""
         lp = None
         if self.logprobs and c.token is not None:
-            lp = self._logprobs([(c.token, c.logprob, c.top)])
+            lp = self._logprobs([(c.token, c.logprob, c.top, c.ratio_scale)])
         fin = finish(c.finish_reason)
         if self.chat:
             choice = {"index": 0, "delta": {"content": c.text} if c.text else {}, "finish_reason": fin, "logprobs": lp}
@@ -136,14 +146,16 @@ class Wire:
         """The non-streaming body of a GenerationResult."""
         lp = None
         if self.logprobs:
-            lp = self._logprobs((d["token"], d["logprob"], [(a["token"], a["logprob"]) for a in d["top"]])
-                                for d in r.logprobs)
+            lp = self._logprobs((d["token"], d["logprob"], [(a["token"], a["logprob"]) for a in d["top"]],
+                                 d.get("ratio_scale", 1.0)) for d in r.logprobs)
+        # la_edge's extension: every branch's exact prompt when there are more than two
+        extra = {"la_edge": {"prompts": r.prompts}} if "branches" in r.prompts else {}
         if self.chat:
             choice = {"index": 0, "message": {"role": "assistant", "content": r.text},
                       "finish_reason": finish(r.finish_reason), "logprobs": lp}
-            return {**self.base, "object": "chat.completion", "choices": [choice], "usage": _usage(r.usage)}
+            return {**self.base, "object": "chat.completion", "choices": [choice], "usage": _usage(r.usage), **extra}
         choice = {"index": 0, "text": r.text, "finish_reason": finish(r.finish_reason), "logprobs": lp}
-        return {**self.base, "object": "text_completion", "choices": [choice], "usage": _usage(r.usage)}
+        return {**self.base, "object": "text_completion", "choices": [choice], "usage": _usage(r.usage), **extra}
 
 
 def _usage(u: Dict[str, int]) -> Dict[str, int]:

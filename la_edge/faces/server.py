@@ -1,8 +1,8 @@
 """`la-edge serve`: an OpenAI-compatible HTTP face over the Aligner (FastAPI + uvicorn).
 
 Alignment fields are request extensions: `principle`, `alignment_ratio`, `plausibility_top_p`,
-`plausibility_temperature` (plus `top_k`, `min_p`, `repeat_penalty`, `ignore_eos`), usable via
-`extra_body`. Requests go through `Aligner.submit` only; openai_schema.py reads them and
+`plausibility_temperature` (plus `top_k`, `min_p`, `repeat_penalty`, `ignore_eos`), and for several
+principles `principles`, `avoid`, `ratio_schedule` (faces/principles.py), usable via `extra_body`. Requests go through `Aligner.submit` only; openai_schema.py reads them and
 openai_wire.py writes the answers. Under hostile or departing clients:
 
 - a non-streaming request is cancelled when its client disconnects (checked every
@@ -133,8 +133,8 @@ class Server:
             parts.append(part)
         return b"".join(parts)
 
-    async def _submit(self, params, args):
-        fut = self._run(lambda: self.la.submit(params=params, **args))
+    async def _submit(self, start):
+        fut = self._run(start, self.la)
         try:
             return await asyncio.shield(fut)
         except asyncio.CancelledError:  # the client left while the prompt was tokenized
@@ -148,7 +148,7 @@ class Server:
         try:
             req = parse(await self._read(http), model_cls)
             params = req.params(self.defaults)
-            request = await self._submit(params, req.submit_args())
+            request = await self._submit(req.submitter(params, self.la.max_branches))
         except ClientDisconnect:  # gone while sending the body
             return error(499, "client closed the request", code="client_closed")
         except Exception as exc:

@@ -93,3 +93,20 @@ def test_ctrl_c_stops_the_answer_and_keeps_the_session():
         except OSError:
             pass
         os.close(fd)
+
+
+def test_piped_principles_avoid_and_adaptive(tmp_path):
+    path = tmp_path / "t.json"
+    r = chat(["/principle Be brief.", "/principle add Answer in French.", "/avoid Use jargon.", "/adaptive on",
+              "/principle list", "What is rain?", "/principle drop 9", "/principle drop 1", "/principle list",
+              f"/save {path}", f"/load {path}", "/principle list"], "--max-tokens", "4")
+    assert r.returncode == 0, r.stderr
+    assert ("1. 'Be brief.' r=2; 2. 'Answer in French.' r=2; avoid 'Use jargon.' s=2; adaptive ratio"
+            in r.stderr)
+    assert "error: /principle drop N takes N in 1..2" in r.stderr
+    assert r.stderr.count("1. 'Answer in French.' r=2; avoid 'Use jargon.' s=2; adaptive ratio") == 2
+    assert len([line for line in r.stdout.splitlines() if line.strip()]) == 1
+    saved = json.loads(path.read_text())
+    assert saved["principle"] == "Answer in French." and saved["ratio_schedule"] == "adaptive"
+    assert saved["principles"] == [{"text": "Answer in French.", "ratio": 2.0, "weight": 1.0}]
+    assert saved["avoid"] == [{"text": "Use jargon.", "ratio": 2.0}]

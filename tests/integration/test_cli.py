@@ -153,3 +153,59 @@ def test_bench_and_eval_reject_a_bad_backend_with_exit_2():
     for cmd in (("bench", "--quick"), ("eval", "--limit", "1")):
         r = la_edge(*cmd, "--backend", "onnx", "--model", "/nonexistent/folder")
         assert r.returncode == 2 and "not found" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+# ---- several principles, things to avoid, adaptive ratio (issue 18) --------------------------------
+GREEDY = ("--temperature", "0", "--max-tokens", "8", "--json")
+
+
+def test_two_principles_show_three_branch_prompts_and_adaptive_ratio_scales():
+    r = la_edge("generate", "Why is the sky blue?", "--principle", "Answer in French.", "--principle", "Be brief.",
+                "--ratio", "2", "--ratio", "1", "--weight", "2", "--weight", "1", "--adaptive-ratio", *GREEDY)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert [b["role"] for b in out["prompts"]["branches"]] == ["principled", "principled", "plain"]
+    assert any(0 <= e.get("ratio_scale", 2) <= 1 for e in out["logprobs"])
+
+
+def test_one_principle_is_todays_request_token_for_token(tmp_path):
+    today = la_edge("generate", "Name a fruit.", "--principle", "Be brief.", "--ratio", "3", *GREEDY)
+    weighted = la_edge("generate", "Name a fruit.", "--principle", "Be brief.", "--ratio", "3", "--weight", "5",
+                       *GREEDY)
+    f = tmp_path / "p.toml"
+    f.write_text('[[principles]]\ntext = "Be brief."\nratio = 3\n')
+    from_file = la_edge("generate", "Name a fruit.", "--principles-file", str(f), *GREEDY)
+    outs = [json.loads(x.stdout) for x in (today, weighted, from_file)]
+    assert outs[0]["tokens"] and outs[0]["tokens"] == outs[1]["tokens"] == outs[2]["tokens"]
+    assert outs[0]["prompts"] == outs[2]["prompts"] and "branches" not in outs[0]["prompts"]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (("--principle", "A.", "--principle", "B.", "--ratio", "1", "--ratio", "2", "--ratio", "3"), "--ratio"),
+    (("--principle", "A.", "--principle", "B.", "--weight", "1", "--weight", "2", "--weight", "3"), "--weight"),
+    (("--principle", "A.", "--weight", "0"), "weights"),
+    (("--principle", "A.", "--principle", ""), "principles[1].text"),
+    (("--principle", "A.", "--principle", "B.", "--ratio", "nan"), "ratio"),
+    (("--principle", "A.", "--avoid", "B.", "--avoid-ratio", "1", "--avoid-ratio", "2"), "--avoid-ratio"),
+    (("--avoid", "B.",), "--avoid"),
+    (("--principle", "A.", "--principle", "B.", "--principle", "C.", "--avoid", "D.", "--max-branches", "4"),
+     "max_branches"),
+])
+def test_bad_principle_flags_exit_2(args, needle):
+    r = la_edge("generate", "hi", "--max-tokens", "1", *args)
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert needle in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("text, needle", [
+    ('[[principles]]\ntext = "A."\nratoi = 2\n', "principles[0].ratoi"),
+    ('[[principles]]\ntext = "A."\nweight = "x"\n', "principles[0].weight"),
+    ('[[avoid]]\ntext = "B."\n', "avoid"),
+    ('principles = [\n', "not valid TOML"),
+    ('principle = "A."\n', "unknown key 'principle'"),
+])
+def test_a_bad_principles_file_names_the_file_and_the_key(tmp_path, text, needle):
+    f = tmp_path / "bad.toml"
+    f.write_text(text)
+    r = la_edge("generate", "hi", "--principles-file", str(f))
+    assert r.returncode == 2 and str(f) in r.stderr and needle in r.stderr and "Traceback" not in r.stderr, r.stderr

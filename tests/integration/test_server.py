@@ -226,3 +226,68 @@ def test_soak_mixed_requests_with_cancellations(server, client):
             rss.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
     assert rss[2] - rss[1] < 64 * 1024, rss  # flat memory: < 64 MiB growth over the last 100
     assert server.la.engine.leaked_sequences() == []
+
+
+# ---- several principles, things to avoid, adaptive ratio (issue 18) --------------------------------
+def test_principles_list_avoid_and_branch_prompts(client):
+    extra = {"principles": [{"text": "Answer in French.", "ratio": 2.0, "weight": 2},
+                            {"text": "Be brief.", "ratio": 1.0}],
+             "avoid": [{"text": "Use technical jargon.", "ratio": 1.5}]}
+    r = chat(client, "What is rain?", max_tokens=6, extra=extra)
+    assert r.choices[0].message.content and r.usage.completion_tokens > 0
+    branches = r.model_extra["la_edge"]["prompts"]["branches"]
+    assert [b["role"] for b in branches] == ["principled", "principled", "avoid", "plain"]
+    assert "Be brief." in branches[1]["text"] and "Use technical jargon." in branches[2]["text"]
+
+
+def test_one_principle_as_a_list_equals_the_principle_field(client):
+    a = chat(client, "Name a fruit.", "Be brief.", max_tokens=8, extra={"alignment_ratio": 3.0})
+    b = chat(client, "Name a fruit.", max_tokens=8,
+             extra={"principles": [{"text": "Be brief.", "ratio": 3.0}], "ratio_schedule": "fixed"})
+    assert a.choices[0].message.content == b.choices[0].message.content
+    assert "la_edge" not in (b.model_extra or {})  # K = 2: today's body
+
+
+def test_adaptive_ratio_reports_ratio_scale_in_logprobs(client):
+    extra = {"principle": "Answer in French.", "ratio_schedule": "adaptive"}
+    r = chat(client, "Why is the sky blue?", max_tokens=6, extra=extra, logprobs=True)
+    scales = [e.model_extra.get("ratio_scale") for e in r.choices[0].logprobs.content]
+    assert any(s is not None and 0 <= s <= 1 for s in scales), scales
+    c = client.completions.create(model="smollm2", prompt="The sky is", max_tokens=4, temperature=0, logprobs=0,
+                                  extra_body={"principles": ["Be poetic.", "Be brief."],
+                                              "ratio_schedule": "adaptive"})
+    assert len(c.choices[0].logprobs.model_extra["ratio_scale"]) == len(c.choices[0].logprobs.tokens)
+
+
+@pytest.mark.parametrize("extra, param", [
+    ({"principles": [{"text": ""}]}, "principles[0].text"),
+    ({"principles": [{"text": "A."}, {"text": "B.", "ratio": 1e9}]}, "principles[1].ratio"),
+    ({"principles": [{"text": "A.", "weight": 0}, {"text": "B.", "weight": 0}]}, "principles"),
+    ({"principles": ["A.", "B.", "C."], "avoid": ["D."]}, "avoid"),
+    ({"principles": ["A.", "B.", "C.", "D."]}, "principles"),
+    ({"principle": "A.", "avoid": [{"text": "B.", "ratio": -1}]}, "avoid[0].ratio"),
+    ({"avoid": ["B."]}, "avoid"),
+    ({"principle": "A.", "ratio_schedule": "sometimes"}, "ratio_schedule"),
+    ({"principle": "A.", "principles": ["B."]}, "principles"),
+    ({"principles": [{"text": "A.", "ratoi": 2}]}, "principles[0].ratoi"),
+])
+def test_bad_principle_fields_are_400_naming_the_field(client, extra, param):
+    with pytest.raises(openai.BadRequestError) as e:
+        chat(client, "hi", max_tokens=2, extra=extra)
+    assert e.value.param == param, e.value.message
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model="smollm2", prompt="hi", max_tokens=2, extra_body=extra)
+    assert e.value.param == param
+
+
+def test_nan_in_a_principle_is_400_naming_the_field(server):
+    # the openai client cannot send NaN (strict JSON); a raw body can
+    body = b'{"messages": [{"role": "user", "content": "hi"}], "principles": [{"text": "A.", "ratio": NaN}]}'
+    r = httpx.post(server.base + "/v1/chat/completions", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "principles[0].ratio"
+
+
+def test_wrong_principle_types_are_422_naming_the_field(client):
+    with pytest.raises(openai.UnprocessableEntityError) as e:
+        chat(client, "hi", max_tokens=2, extra={"principles": [{"text": "A.", "weight": "heavy"}]})
+    assert e.value.param == "principles[0].weight"
