@@ -149,6 +149,7 @@ def test_principle_and_ratio_reach_the_request(page):
     wait_done(page, 1)
     body = json.loads(sent[0].post_data)
     assert body["principle"] == "Answer in French." and body["alignment_ratio"] == 3.5
+    assert not {"principles", "avoid", "ratio_schedule"} & set(body)  # one row: the request of today
     assert body["temperature"] == 0 and body["max_tokens"] == 16
     assert body["messages"] == [{"role": "user", "content": "Name a colour."}]
     assert sent[0].headers["authorization"] == f"Bearer {API_KEY}"
@@ -169,6 +170,82 @@ def test_compare_streams_both_columns_at_once(page):
         assert "tokens" in page.text_content(f".assistant.{kind} .stats")
     answers = saved(page)["turns"][0]["answers"]
     assert [a["kind"] for a in answers] == ["plain", "aligned"] and answers[0]["text"] != answers[1]["text"]
+
+
+def add_principle(pg, text, ratio_steps=0):
+    """Add a principle row; negative ratio_steps move its slider down by 0.5 each."""
+    pg.click("#add-principle")
+    row = pg.locator("#more-principles .principle-row").last
+    row.locator("textarea").fill(text)
+    for _ in range(abs(ratio_steps)):
+        row.locator("input[type=range]").press("ArrowRight" if ratio_steps > 0 else "ArrowLeft")
+    return row
+
+
+def test_two_principles_and_avoid_reach_the_request(page, server):
+    configure(page, principle="Answer in French.")
+    add_principle(page, "Be brief.", ratio_steps=-2)
+    page.fill("#avoid", "Use English words.")
+    page.press("#avoid-ratio", "ArrowLeft")
+    assert page.text_content("#avoid-ratio-value") == "1.5"
+    sent = chat_requests(page)
+    send(page, "Name a colour.")
+    wait_done(page, 1)
+    body = json.loads(sent[0].post_data)
+    assert body["principles"] == [{"text": "Answer in French.", "ratio": 2}, {"text": "Be brief.", "ratio": 1}]
+    assert body["avoid"] == [{"text": "Use English words.", "ratio": 1.5}]
+    assert not {"principle", "alignment_ratio", "ratio_schedule"} & set(body)
+    assert page.text_content(".assistant.aligned .body").strip() and not page.query_selector(".note.error")
+    label = page.text_content(".assistant .label")
+    assert "“Be brief.” (ratio 1)" in label and "avoid “Use English words.”" in label
+    full = httpx.post(server.base + "/v1/chat/completions", headers={"Authorization": f"Bearer {API_KEY}"},
+                      json={**body, "stream": False, "stream_options": None, "max_tokens": 2}, timeout=60).json()
+    assert len(full["la_edge"]["prompts"]["branches"]) == 4  # plain, two principles, one to avoid
+
+
+def test_removing_a_row_sends_the_rows_left(page):
+    bodies = []
+    page.route("**/v1/chat/completions", lambda route: (bodies.append(json.loads(route.request.post_data)),
+                                                        route.fulfill(status=200, content_type="text/event-stream",
+                                                                      body=sse("Oui."))))
+    configure(page, principle="Answer in French.")
+    add_principle(page, "Be brief.")
+    add_principle(page, "Be kind.", ratio_steps=2)
+    page.locator("#more-principles .principle-row").first.locator(".remove").click()
+    assert page.locator("#more-principles textarea").evaluate_all("ts => ts.map(t => t.value)") == ["Be kind."]
+    page.reload()  # the rows persist
+    assert page.locator("#more-principles textarea").evaluate_all("ts => ts.map(t => t.value)") == ["Be kind."]
+    send(page, "Hi")
+    wait_done(page, 1)
+    assert bodies[-1]["principles"] == [{"text": "Answer in French.", "ratio": 2}, {"text": "Be kind.", "ratio": 3}]
+    page.locator("#more-principles .remove").click()
+    assert page.query_selector_all("#more-principles .principle-row") == []
+    send(page, "Again")
+    wait_done(page, 2)
+    assert bodies[-1]["principle"] == "Answer in French." and bodies[-1]["alignment_ratio"] == 2
+    assert "principles" not in bodies[-1] and saved(page)["turns"][1]["answers"][0]["text"] == "Oui."
+
+
+def test_avoid_without_a_principle_is_refused_in_the_page(page):
+    configure(page)
+    page.fill("#avoid", "Use English words.")
+    send(page, "Hi")
+    assert "write a principle too" in page.text_content("#status") and page.query_selector_all(".msg") == []
+
+
+def test_adaptive_switch_sends_an_adaptive_schedule(page):
+    configure(page, principle="Answer in French.", compare=True)
+    page.check("#adaptive")
+    sent = chat_requests(page)
+    send(page, "Name a colour.")
+    wait_done(page, 2)
+    plain, aligned = [json.loads(r.post_data) for r in sent]
+    assert aligned["ratio_schedule"] == "adaptive" and aligned["principles"] == [{"text": "Answer in French.",
+                                                                                   "ratio": 2}]
+    assert not {"principle", "principles", "ratio_schedule"} & set(plain)
+    assert page.text_content(".assistant.aligned .body").strip() and not page.query_selector(".note.error")
+    assert "adaptive" in page.text_content(".assistant.aligned .label")
+    assert saved(page)["settings"]["adaptive"] is True
 
 
 def test_stop_cancels_the_stream_and_frees_the_engine(page, server):

@@ -4,7 +4,8 @@
 (() => {
   const STORE = "la_edge.chat.v1", KEY_STORE = "la_edge.api_key";
   const API = new URL("v1/", document.baseURI);
-  const DEFAULTS = { principle: "", ratio: 2, temperature: 0.7, maxTokens: 256, compare: false };
+  const DEFAULTS = { principle: "", ratio: 2, more: [], avoid: "", avoidRatio: 2, adaptive: false,
+    temperature: 0.7, maxTokens: 256, compare: false }; // more: the principle rows after the first
   const $ = (id) => document.getElementById(id);
   const el = (tag, cls, text) => {
     const e = document.createElement(tag);
@@ -26,7 +27,10 @@
     for (const t of turns) for (const a of t.answers || []) {
       if (a.pending) { a.pending = false; a.stopped = true; } // the page was closed mid-answer
     }
-    return { settings: { ...DEFAULTS, ...(saved.settings || {}) }, turns };
+    const settings = { ...DEFAULTS, ...(saved.settings || {}) };
+    settings.more = (Array.isArray(settings.more) ? settings.more : []).filter((r) => r && typeof r === "object")
+      .map((r) => ({ text: String(r.text || ""), ratio: Number.isFinite(r.ratio) ? r.ratio : 2 }));
+    return { settings, turns };
   }
   function save() {
     try { localStorage.setItem(STORE, JSON.stringify(state)); } catch (e) { status(`Could not save: ${e.message}`); }
@@ -101,7 +105,10 @@
   // ---- conversation view ------------------------------------------------------------------
   function label(a) {
     if (a.kind === "plain") return "Plain (no principle)";
-    return `Aligned · ratio ${a.ratio} · “${a.principle}”`;
+    if (!a.spec) return `Aligned · ratio ${a.ratio} · “${a.principle}”`;
+    const parts = a.spec.principles.map((p) => `“${p.text}” (ratio ${p.ratio})`);
+    if (a.spec.avoid) parts.push(`avoid “${a.spec.avoid.text}” (ratio ${a.spec.avoid.ratio})`);
+    return `Aligned${a.spec.adaptive ? " · adaptive" : ""} · ${parts.join(" · ")}`;
   }
 
   function renderAll() {
@@ -212,7 +219,12 @@
     if (model) body.model = model;
     if (Number.isFinite(s.temperature)) body.temperature = s.temperature;
     if (Number.isFinite(s.maxTokens)) body.max_tokens = s.maxTokens;
-    if (a.kind === "aligned") Object.assign(body, { principle: a.principle, alignment_ratio: a.ratio });
+    if (a.kind === "aligned" && !a.spec) Object.assign(body, { principle: a.principle, alignment_ratio: a.ratio });
+    if (a.kind === "aligned" && a.spec) {
+      body.principles = a.spec.principles.map((p) => ({ text: p.text, ratio: p.ratio }));
+      if (a.spec.avoid) body.avoid = [{ text: a.spec.avoid.text, ratio: a.spec.avoid.ratio }];
+      if (a.spec.adaptive) body.ratio_schedule = "adaptive";
+    }
     return body;
   }
 
@@ -275,12 +287,23 @@
   async function send() {
     const text = $("input").value, s = state.settings;
     if (!text.trim() || running.size) return;
-    const principle = s.principle.trim();
-    if (s.compare && !principle) return status("Compare needs a principle: write one in the principle box.");
+    const rows = [{ text: s.principle, ratio: s.ratio }, ...s.more]
+      .map((r) => ({ text: r.text.trim(), ratio: r.ratio })).filter((r) => r.text);
+    const avoid = s.avoid.trim();
+    if (s.compare && !rows.length) return status("Compare needs a principle: write one in the principle box.");
+    if (avoid && !rows.length) return status("Avoid pushes away from a principle: write a principle too.");
     status("");
-    const kinds = s.compare ? ["plain", "aligned"] : [principle ? "aligned" : "plain"];
-    const answers = kinds.map((kind) => ({ kind, principle: kind === "aligned" ? principle : null,
-      ratio: kind === "aligned" ? s.ratio : null, text: "", pending: true }));
+    // One principle, nothing to avoid, a fixed ratio: the request of a single principle, as always.
+    const spec = rows.length > 1 || avoid || s.adaptive
+      ? { principles: rows, avoid: avoid ? { text: avoid, ratio: s.avoidRatio } : null, adaptive: s.adaptive } : null;
+    const kinds = s.compare ? ["plain", "aligned"] : [rows.length ? "aligned" : "plain"];
+    const answers = kinds.map((kind) => {
+      const aligned = kind === "aligned";
+      const a = { kind, principle: aligned ? rows[0].text : null, ratio: aligned ? rows[0].ratio : null, text: "",
+        pending: true };
+      if (aligned && spec) a.spec = spec;
+      return a;
+    });
     state.turns.push({ user: text, answers });
     $("input").value = "";
     const turnIndex = state.turns.length - 1;
@@ -333,22 +356,57 @@
 
   // ---- controls ---------------------------------------------------------------------------
   function bindSettings() {
-    const s = state.settings, fields = { principle: "value", ratio: "valueAsNumber", temperature: "valueAsNumber",
+    const s = state.settings, fields = { principle: "value", ratio: "valueAsNumber", avoid: "value",
+      "avoid-ratio": "valueAsNumber", adaptive: "checked", temperature: "valueAsNumber",
       "max-tokens": "valueAsNumber", compare: "checked" };
-    const keyOf = (id) => (id === "max-tokens" ? "maxTokens" : id);
+    const keyOf = (id) => ({ "max-tokens": "maxTokens", "avoid-ratio": "avoidRatio" })[id] || id;
+    const showRatios = () => {
+      $("ratio-value").textContent = String(s.ratio);
+      $("avoid-ratio-value").textContent = String(s.avoidRatio);
+    };
     for (const [id, prop] of Object.entries(fields)) {
       const input = $(id), key = keyOf(id);
       if (s[key] != null && !(typeof s[key] === "number" && !Number.isFinite(s[key]))) input[prop] = s[key];
       input.addEventListener("input", () => {
         s[key] = input[prop];
-        $("ratio-value").textContent = String(s.ratio);
+        showRatios();
         save();
       });
     }
-    $("ratio-value").textContent = String(s.ratio);
+    showRatios();
+    renderMore();
+    $("add-principle").addEventListener("click", () => {
+      s.more.push({ text: "", ratio: 2 });
+      save();
+      renderMore();
+      $("more-principles").lastChild.querySelector("textarea").focus();
+    });
     $("api-key").value = apiKey();
     $("api-key").addEventListener("input", (e) => localStorage.setItem(KEY_STORE, e.target.value));
     $("api-key").addEventListener("change", loadModel);
+  }
+
+  function renderMore() { // the principle rows after the first, each with its own ratio and a remove button
+    const s = state.settings, root = $("more-principles");
+    root.replaceChildren();
+    s.more.forEach((r, i) => {
+      const row = el("div", "principle-row"), n = i + 2;
+      const text = el("textarea"), ratio = el("input"), value = el("output", null, String(r.ratio));
+      const remove = el("button", "remove", "Remove");
+      text.rows = 2;
+      text.value = r.text;
+      text.setAttribute("aria-label", `Principle ${n}`);
+      Object.assign(ratio, { type: "range", min: 0, max: 10, step: 0.5, value: r.ratio });
+      ratio.setAttribute("aria-label", `Ratio of principle ${n}`);
+      remove.type = "button";
+      text.addEventListener("input", () => { r.text = text.value; save(); });
+      ratio.addEventListener("input", () => { r.ratio = ratio.valueAsNumber; value.textContent = String(r.ratio); save(); });
+      remove.addEventListener("click", () => { s.more.splice(i, 1); save(); renderMore(); });
+      const head = el("label", null, `Principle ${n} · ratio `);
+      head.append(value);
+      row.append(head, text, ratio, remove);
+      root.append(row);
+    });
   }
 
   bindSettings();
