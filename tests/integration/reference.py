@@ -57,3 +57,20 @@ def aligned_greedy(model, tokens_p, tokens_0, ratio, n, is_eog, p_m=0.8, t_m=1.0
     a.close()
     b.close()
     return out
+
+
+def aligned_gaps(model, tokens_p, tokens_0, ratio, chosen, p_m=0.8, t_m=1.0):
+    """Teacher-forced along `chosen`: per step, how far below the reference's best aligned logit
+    the chosen token lies (0.0 = the reference's own greedy pick, inf = outside its nucleus)."""
+    a, b = SeparateContext(model), SeparateContext(model)
+    gaps = []
+    zp, z0 = a.eval(list(tokens_p)), b.eval(list(tokens_0))
+    for tok in chosen:
+        keep = nucleus(zp, p_m, t_m)
+        z = zp + np.float32(ratio) * (zp - z0)
+        best = float(z[keep].max())
+        gaps.append(best - float(z[tok]) if tok in keep else float("inf"))
+        zp, z0 = a.eval([tok]), b.eval([tok])
+    a.close()
+    b.close()
+    return gaps

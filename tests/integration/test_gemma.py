@@ -13,7 +13,7 @@ from la_edge.decoding import native
 from la_edge.decoding.rng import SplitMix64
 from la_edge.decoding.sampling import choose_token
 from la_edge.runtime.prompts import raw_pair
-from tests.integration.reference import SeparateContext, aligned_greedy
+from tests.integration.reference import SeparateContext, aligned_gaps, aligned_greedy
 
 pytestmark = pytest.mark.slow
 
@@ -64,7 +64,14 @@ def test_aligned_greedy_equals_two_context_reference(la, prompt):
     pair = raw_pair(PRINCIPLE + prompt, prompt)
     got = la.generate(params=GenerationParams(temperature=0.0, ratio=2.0, max_tokens=24), pair=pair).tokens
     tp, t0 = la.engine.tokenize_prompt(pair.principled), la.engine.tokenize_prompt(pair.plain)
-    assert got == aligned_greedy(la.backend.model.handle, tp, t0, 2.0, 24, la.backend.is_eog)
+    ref = aligned_greedy(la.backend.model.handle, tp, t0, 2.0, 24, la.backend.is_eog)
+    if got == ref:
+        return
+    # Builds whose Q4_K kernels round by a row's place in a decode call (seen with AVX-512) may part
+    # at a near-tie; then every engine token must still be the reference's pick or within a hair of
+    # it, teacher-forced (z = 3 z_P - 2 z_0 multiplies row rounding by 5). A wrong KV row fails this.
+    gaps = aligned_gaps(la.backend.model.handle, tp, t0, 2.0, got)
+    assert max(gaps) < 0.5 and sum(g > 0 for g in gaps) <= 2, gaps
 
 
 @pytest.mark.parametrize("prompt", PROMPTS[:2])
