@@ -21,8 +21,16 @@ def la(model_path):
         yield aligner
 
 
+def _jsd_bits(a, b, t):
+    p, q = (np.exp(x / t - (x / t).max()) for x in (a, b))
+    p, q = p / p.sum(), q / q.sum()
+    m = (p + q) / 2
+    kl = lambda x: float(np.sum(np.where(x > 0, x * np.log2(np.where(x > 0, x, 1) / m), 0.0)))
+    return (kl(p) + kl(q)) / 2
+
+
 def composed_greedy(model, prompts_p, prompt_0, ratios, weights, n, is_eog, avoid=(), avoid_ratios=(),
-                    p_m=0.8, t_m=1.0):
+                    p_m=0.8, t_m=1.0, adaptive=False):
     """Independent slow path: one private context per branch, the rule written out in float64:
     z = sum_i w_i [z_Pi + r_i (z_Pi - z_0)] - sum_j s_j (z_Nj - z_0), nucleus of softmax(sum_i w_i z_Pi)."""
     ctxs = [SeparateContext(model) for _ in range(len(prompts_p) + len(avoid) + 1)]
@@ -33,9 +41,10 @@ def composed_greedy(model, prompts_p, prompt_0, ratios, weights, n, is_eog, avoi
         zp, zn, z0 = rows[:len(prompts_p)], rows[len(prompts_p):-1], rows[-1].astype(np.float64)
         base = sum(wi * z.astype(np.float64) for wi, z in zip(w, zp))
         keep = nucleus(base, p_m, t_m)
-        z = sum(wi * (z.astype(np.float64) + r * (z.astype(np.float64) - z0)) for wi, r, z in zip(w, ratios, zp))
+        st = _jsd_bits(base, z0, t_m) if adaptive else 1.0
+        z = sum(wi * (z.astype(np.float64) + st * r * (z.astype(np.float64) - z0)) for wi, r, z in zip(w, ratios, zp))
         for s, zj in zip(avoid_ratios, zn):
-            z = z - s * (zj.astype(np.float64) - z0)
+            z = z - st * s * (zj.astype(np.float64) - z0)
         tok = int(keep[np.argmax(z[keep])])
         out.append(tok)
         if is_eog(tok):
@@ -57,6 +66,34 @@ def test_three_branches_equal_three_separate_contexts(la):
                               la.backend.is_eog)
         assert res.tokens == ref, prompt
         assert len(res.tokens) >= 8 and len(res.prompts["branches"]) == 3
+
+
+@pytest.mark.parametrize("principles,ratios,weights,avoid,adaptive", [
+    (PRINCIPLES + ["Use simple words."], [2.0, 1.0, 3.0], [0.5, 0.3, 0.2], [], False),
+    (PRINCIPLES[:1], [2.0], None, ["Use technical jargon."], False),
+    (PRINCIPLES, [2.0, 2.0], None, ["Use technical jargon."], False),
+    (PRINCIPLES, [2.0, 2.0], None, ["Use technical jargon."], True),
+], ids=["three-principles", "one-avoid", "two-principles-one-avoid", "adaptive"])
+def test_each_rule_equals_separate_contexts(model_path, principles, ratios, weights, avoid, adaptive):
+    """n = 3 principles with their own ratios and weights, an avoid branch, and the adaptive ratio,
+    each against one private context per branch and the rule in float64 NumPy. A fresh context: a
+    warm cache of other K > 2 requests can round a near-tie differently (README, Branch sets)."""
+    with Aligner.load(model_path, n_ctx=1024, max_branches=4) as la:
+        _rule_equals_reference(la, principles, ratios, weights, avoid, adaptive)
+
+
+def _rule_equals_reference(la, principles, ratios, weights, avoid, adaptive):
+    params = GenerationParams(temperature=0.0, max_tokens=24)
+    for prompt in PROMPTS[:2]:
+        bs = la.branches(prompt, principles, ratios=ratios, weights=weights, avoid=avoid, avoid_ratios=1.5,
+                         adaptive=adaptive)
+        assert bs.k == len(principles) + len(avoid) + 1
+        res = la.generate(params=params, branches=bs)
+        toks = [la.tokenize(b.text) for b in bs.branches]
+        ref = composed_greedy(la.backend.model.handle, toks[:len(principles)], toks[-1], ratios,
+                              weights or [1] * len(principles), 24, la.backend.is_eog,
+                              avoid=toks[len(principles):-1], avoid_ratios=[1.5] * len(avoid), adaptive=adaptive)
+        assert res.tokens == ref, prompt
 
 
 def test_principles_keyword_is_the_same_request(la):
