@@ -233,6 +233,13 @@ def test_avoid_without_a_principle_is_refused_in_the_page(page):
     assert "write a principle too" in page.text_content("#status") and page.query_selector_all(".msg") == []
 
 
+def test_adaptive_without_a_principle_is_refused_in_the_page(page):
+    configure(page)
+    page.check("#adaptive")
+    send(page, "Hi")
+    assert "write a principle too" in page.text_content("#status") and page.query_selector_all(".msg") == []
+
+
 def test_adaptive_switch_sends_an_adaptive_schedule(page):
     configure(page, principle="Answer in French.", compare=True)
     page.check("#adaptive")

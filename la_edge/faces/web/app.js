@@ -292,6 +292,7 @@
     const avoid = s.avoid.trim();
     if (s.compare && !rows.length) return status("Compare needs a principle: write one in the principle box.");
     if (avoid && !rows.length) return status("Avoid pushes away from a principle: write a principle too.");
+    if (s.adaptive && !rows.length) return status("The adaptive ratio scales a principle: write a principle too.");
     status("");
     // One principle, nothing to avoid, a fixed ratio: the request of a single principle, as always.
     const spec = rows.length > 1 || avoid || s.adaptive
