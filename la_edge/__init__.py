@@ -2,7 +2,7 @@
 
 from .errors import (
     BusyError, ChatTemplateError, ContextOverflowError, DecodeAbortedError, DecodeError, EngineUnavailableError,
-    FatalDecodeError, InvalidBatchError, InvalidParameterError, LaEdgeError, ModelLoadError,
+    FatalDecodeError, InvalidBatchError, InvalidParameterError, LaEdgeError, MemoryBudgetError, ModelLoadError,
     ModelNotFoundError, NoKvSlotError, NonFiniteLogitsError, RequestTimeoutError, StepFailedError,
 )
 from .decoding.params import GenerationParams
@@ -15,6 +15,7 @@ __all__ = [
     "ModelNotFoundError", "ModelLoadError", "ChatTemplateError", "ContextOverflowError",
     "NonFiniteLogitsError", "BusyError", "DecodeError", "NoKvSlotError", "DecodeAbortedError",
     "InvalidBatchError", "FatalDecodeError", "EngineUnavailableError", "StepFailedError", "RequestTimeoutError",
+    "MemoryBudgetError",
 ]
 
 

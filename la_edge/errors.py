@@ -11,6 +11,10 @@ class InvalidParameterError(LaEdgeError, ValueError):
     """A generation parameter or request field is out of range; the message says how to fix it."""
 
 
+class MemoryBudgetError(InvalidParameterError):
+    """The KV-cache budget cannot hold one request of two branches; the message says what would fit."""
+
+
 class ModelNotFoundError(LaEdgeError, FileNotFoundError):
     """The model file does not exist (or the embedded default is not installed)."""
 

@@ -9,12 +9,13 @@ import os
 from typing import Optional
 
 from ..errors import InvalidParameterError
-from .base import Backend, BatchEntry, BackendOptions
+from .base import KV_CACHE_TYPES, Backend, BatchEntry, BackendOptions, KvShape
 from .models import resolve_model
 
 KINDS = ("auto", "llama.cpp", "onnx")
 
-__all__ = ["Backend", "BatchEntry", "BackendOptions", "KINDS", "detect_kind", "load_backend"]
+__all__ = ["Backend", "BatchEntry", "BackendOptions", "KINDS", "KV_CACHE_TYPES", "KvShape", "detect_kind",
+           "kv_shape", "load_backend"]
 
 
 def detect_kind(path: str, kind: str = "auto") -> str:
@@ -38,3 +39,14 @@ def load_backend(path: Optional[str] = None, kind: str = "auto",
     from .llamacpp import LlamaCppBackend
 
     return LlamaCppBackend.from_options(resolved, options)
+
+
+def kv_shape(path: Optional[str] = None, kind: str = "auto") -> Optional[KvShape]:
+    """What one KV cell of the model holds, read without loading weights or making a context
+    (None for ONNX, whose cache grows with the tokens instead of being allocated at load)."""
+    resolved = resolve_model(path)
+    if detect_kind(resolved, kind) == "onnx":
+        return None
+    from .llamacpp import read_kv_shape
+
+    return read_kv_shape(resolved)

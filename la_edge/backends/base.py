@@ -23,6 +23,24 @@ class BatchEntry:
 
 
 @dataclass(frozen=True)
+class KvShape:
+    """What one KV cell (one token of one sequence) is made of, read from the model without a context.
+
+    n_layer_swa of the n_layer layers keep only a sliding window of n_swa tokens (0: no window).
+    """
+
+    n_layer: int
+    n_head_kv: int
+    head_k: int
+    head_v: int
+    n_swa: int = 0
+    n_layer_swa: int = 0
+
+
+KV_CACHE_TYPES = ("f16", "q8_0", "q4_0")  # llama.cpp K/V cache types offered (--kv-type)
+
+
+@dataclass(frozen=True)
 class BackendOptions:
     """How to open a model; validated once here for every backend.
 
@@ -37,6 +55,7 @@ class BackendOptions:
     flash_attn: bool = False
     kv_unified: bool = False
     verbose: bool = False
+    kv_type: str = "f16"  # K and V cache type; a quantized V needs flash attention (turned on for it)
     providers: Optional[Tuple[str, ...]] = None  # ONNX Runtime execution providers
 
     def __post_init__(self):
@@ -51,6 +70,8 @@ class BackendOptions:
         need(1 <= self.n_batch <= 65536, f"n_batch must be in [1, 65536], got {self.n_batch}")
         need(1 <= self.n_seq_max <= 256, f"n_seq_max must be in [1, 256], got {self.n_seq_max}")
         need(self.n_gpu_layers >= -1, f"n_gpu_layers must be >= -1 (-1 or 99: all), got {self.n_gpu_layers}")
+        need(self.kv_type in KV_CACHE_TYPES,
+             f"kv_type must be one of {', '.join(KV_CACHE_TYPES)}, got {self.kv_type!r}")
         need(self.n_threads is None or (isinstance(self.n_threads, int) and self.n_threads >= 1),
              f"n_threads must be a positive integer, got {self.n_threads!r}")
 
@@ -77,6 +98,7 @@ class Backend(Protocol):
     n_swa: int  # sliding-window size of the KV cache (0: none); cells outside the window are forgotten
     reuse_block: int  # the prompt cache reuses whole blocks of this many tokens (exact only on their edges)
     last_forward_s: float  # seconds inside the native forward pass of the last decode() (for profiles)
+    kv_shape: Optional[KvShape]  # what a KV cell holds (None: the backend grows its cache on demand)
 
     def tokenize(self, text: str, add_special: bool = True, parse_special: bool = True) -> List[int]:
         """Token ids; with parse_special=False control-token strings stay plain text."""

@@ -13,7 +13,7 @@ from typing import List, Optional, Sequence, Tuple
 import llama_cpp
 from llama_cpp import _logger as _llama_logger
 
-from .base import BackendOptions, BatchEntry, VocabMixin
+from .base import BackendOptions, BatchEntry, KvShape, VocabMixin
 from .models import GGUF_MAGIC
 from ..errors import InvalidParameterError, ModelLoadError, ModelNotFoundError, check_unicode, decode_error
 
@@ -87,14 +87,24 @@ def gguf_architecture(path: str) -> Optional[str]:
     return None
 
 
-class LlamaModel:
-    """Owns a llama_model and its vocabulary."""
+# ggml type ids of the offered KV cache types (ggml.h)
+_GGML_TYPES = {"f16": 1, "q4_0": 2, "q8_0": 8}
+# Sliding-window layer patterns llama.cpp sets per architecture when the GGUF gives none
+# (src/models/*.cpp, load_swa_pattern): (n, dense_first). n = 6: five window layers, then one full.
+_SWA_PATTERNS = {"gemma3": (6, False), "gemma2": (2, False), "gemma3n": (5, False), "gemma-embedding": (6, False),
+                 "cohere2": (4, False), "exaone4": (4, False), "olmo2": (4, False), "openai-moe": (2, False),
+                 "gpt-oss": (2, False), "plamo3": (8, False), "afmoe": (4, False), "smallthinker": (4, True)}
 
-    def __init__(self, path: str, n_gpu_layers: int = 0, verbose: bool = False):
+
+class LlamaModel:
+    """Owns a llama_model and its vocabulary (vocab_only: hyperparameters and vocabulary, no weights)."""
+
+    def __init__(self, path: str, n_gpu_layers: int = 0, verbose: bool = False, vocab_only: bool = False):
         check_gguf(path)
         _init_backend(verbose)
         mparams = llama_cpp.llama_model_default_params()
         mparams.n_gpu_layers = n_gpu_layers
+        mparams.vocab_only = vocab_only
         self._model = llama_cpp.llama_model_load_from_file(path.encode(), mparams)
         if not self._model:
             arch = gguf_architecture(path)
@@ -117,6 +127,31 @@ class LlamaModel:
 
     def __del__(self):
         self.close()
+
+    def meta(self, key: str) -> Optional[str]:
+        """A GGUF metadata value as text (None if absent)."""
+        buf = ctypes.create_string_buffer(256)
+        n = llama_cpp.llama_model_meta_val_str(self._model, key.encode(), buf, len(buf))
+        return buf.value.decode("utf-8", "replace") if n >= 0 else None
+
+    def kv_shape(self) -> KvShape:
+        """Layers, KV heads and head sizes of a KV cell, and which layers keep only a sliding window.
+
+        A window pattern this table does not know counts every layer as full (an overestimate).
+        """
+        m = self._model
+        arch = self.meta("general.architecture") or ""
+        n_layer, n_head = llama_cpp.llama_model_n_layer(m), max(1, llama_cpp.llama_model_n_head(m))
+        head_k = _meta_int(self.meta(f"{arch}.attention.key_length")) or llama_cpp.llama_model_n_embd(m) // n_head
+        head_v = _meta_int(self.meta(f"{arch}.attention.value_length")) or head_k
+        n_swa = max(0, llama_cpp.llama_model_n_swa(m))
+        n_layer_swa = 0
+        if n_swa:
+            given = _meta_int(self.meta(f"{arch}.attention.sliding_window_pattern"))
+            n, dense_first = (given, False) if given else _SWA_PATTERNS.get(arch, (0, False))
+            if n:
+                n_layer_swa = sum((il % n != 0) if dense_first else (il % n < n - 1) for il in range(n_layer))
+        return KvShape(n_layer, llama_cpp.llama_model_n_head_kv(m), head_k, head_v, n_swa, n_layer_swa)
 
     def tokenize(self, text: str, add_special: bool = True, parse_special: bool = True) -> List[int]:
         """Token ids; parse_special=False keeps control-token strings ("<|im_end|>") as plain text."""
@@ -158,6 +193,22 @@ class LlamaModel:
             return self.token_bytes(tok, special=True).decode("utf-8", "replace") if tok >= 0 else ""
 
         return text(llama_cpp.llama_vocab_bos(self._vocab)), text(llama_cpp.llama_vocab_eos(self._vocab))
+
+
+def _meta_int(text: Optional[str]) -> int:
+    try:
+        return int(text) if text is not None else 0
+    except ValueError:
+        return 0
+
+
+def read_kv_shape(path: str) -> KvShape:
+    """The model's KV cell shape, from its hyperparameters alone (no weights, no context)."""
+    model = LlamaModel(path, vocab_only=True)
+    try:
+        return model.kv_shape()
+    finally:
+        model.close()
 
 
 class LlamaBatch:
@@ -205,10 +256,10 @@ class LlamaCppBackend(VocabMixin):
 
     def __init__(self, model_path: str, n_ctx: int = 4096, n_batch: int = 512, n_seq_max: int = 2,
                  n_threads: Optional[int] = None, n_gpu_layers: int = 0, flash_attn: bool = False,
-                 kv_unified: bool = False, verbose: bool = False):
+                 kv_unified: bool = False, verbose: bool = False, kv_type: str = "f16"):
         opts = BackendOptions(n_ctx=n_ctx, n_batch=n_batch, n_seq_max=n_seq_max, n_threads=n_threads,
                               n_gpu_layers=n_gpu_layers, flash_attn=flash_attn, kv_unified=kv_unified,
-                              verbose=verbose)
+                              verbose=verbose, kv_type=kv_type)
         self.options = opts
         self.path = model_path
         self.model = self.vocab = LlamaModel(model_path, n_gpu_layers=opts.n_gpu_layers, verbose=opts.verbose)
@@ -223,13 +274,22 @@ class LlamaCppBackend(VocabMixin):
         cparams.n_threads = threads
         cparams.n_threads_batch = threads
         cparams.kv_unified = kv_unified
+        cparams.type_k = cparams.type_v = _GGML_TYPES[kv_type]
+        flash_attn = flash_attn or kv_type != "f16"  # llama.cpp quantizes V only with flash attention
         cparams.flash_attn_type = (
             llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
         )
         cparams.no_perf = True
+        self.kv_shape = self.model.kv_shape()
+        self.kv_type, self.flash_attn = kv_type, flash_attn
         self._ctx = llama_cpp.llama_init_from_model(self.model.handle, cparams)
         if not self._ctx:
             self.model.close()
+            if kv_type != "f16":
+                raise ModelLoadError(
+                    f"llama.cpp could not create a {kv_type} KV cache with flash attention (a quantized V cache "
+                    f"needs it; head sizes {self.kv_shape.head_k}/{self.kv_shape.head_v} must be multiples of 32 "
+                    "and the build must support it); use --kv-type f16")
             raise ModelLoadError(
                 f"llama.cpp could not create a context (n_ctx={n_ctx} x {n_seq_max} sequences); try a smaller n_ctx")
         self._mem = llama_cpp.llama_get_memory(self._ctx)
@@ -250,7 +310,7 @@ class LlamaCppBackend(VocabMixin):
     def from_options(cls, model_path: str, options: BackendOptions) -> "LlamaCppBackend":
         return cls(model_path, n_ctx=options.n_ctx, n_batch=options.n_batch, n_seq_max=options.n_seq_max,
                    n_threads=options.n_threads, n_gpu_layers=options.n_gpu_layers, flash_attn=options.flash_attn,
-                   kv_unified=options.kv_unified, verbose=options.verbose)
+                   kv_unified=options.kv_unified, verbose=options.verbose, kv_type=options.kv_type)
 
     last_forward_s = 0.0
 

@@ -200,11 +200,16 @@ class OnnxBackend(VocabMixin):
         self.n_ctx_total, self.kv_unified = n_ctx * n_seq_max, False
         self.supports_seq_copy = True
         self.n_swa = 0
+        self.kv_shape = None  # grows with the live tokens: no cache to size at load
+        self.kv_type = "f16" if self._kv_dtype == np.float16 else "f32"
         self.path = model_file
         self.clear()
 
     @classmethod
     def from_options(cls, path: str, options: BackendOptions) -> "OnnxBackend":
+        if options.kv_type != "f16":
+            raise InvalidParameterError("--kv-type q8_0/q4_0 needs the llama.cpp backend (ONNX keeps the "
+                                        "exported model's KV type)")
         return cls(path, n_ctx=options.n_ctx, n_batch=options.n_batch, n_seq_max=options.n_seq_max,
                    n_threads=options.n_threads, providers=options.providers)
 

@@ -42,6 +42,7 @@ class Aligner:
         self._open: "weakref.WeakSet[Request]" = weakref.WeakSet()
         self._open_lock = threading.Lock()  # server threads add requests while another cancels all
         self._closed = False
+        self.memory = None  # the KV cache's KvPlan (runtime/memory.py); None where the backend grows its cache
 
     @classmethod
     def load(cls, model_path: Optional[str] = None, n_ctx: int = 4096, n_batch: int = 512,
@@ -50,7 +51,8 @@ class Aligner:
              verbose: bool = False, backend: str = "auto", providers: Optional[Sequence[str]] = None,
              max_queue: int = 16, chat_template: Optional[str] = None,
              chat_template_file: Optional[str] = None, prompt_cache: bool = True,
-             max_branches: int = 4) -> "Aligner":
+             max_branches: int = 4, kv_budget: Union[None, int, str] = None, kv_type: str = "f16",
+             fixed: Sequence[str] = ()) -> "Aligner":
         """Load a model (default: the embedded SmolLM2-135M-Instruct Q4_1 GGUF).
 
         backend: "auto" (ONNX for an exported folder, llama.cpp for a .gguf), "llama.cpp" or "onnx".
@@ -61,22 +63,47 @@ class Aligner:
         chat_template_file: a Jinja template file.
         prompt_cache: keep finished requests' sequences in the KV cache and reuse their longest common
         token prefix (a conversation's next turn prefills only the new tokens); False turns it off.
+        kv_budget: bytes (or "1.5GiB", or "auto": memory.AUTO_SHARE of the memory available) the KV cache
+        may take; max_requests, max_branches and n_ctx are then the most wanted, lowered in that order to
+        fit (runtime/memory.py), except those named in `fixed` ("max_requests", "n_ctx"), which the
+        budget only checks (a warning when over). kv_type: "f16", "q8_0" or "q4_0" (flash attention on).
         """
-        from ..backends import BackendOptions, load_backend
+        from ..backends import BackendOptions, kv_shape, load_backend
+        from ..backends.models import resolve_model
+        from . import memory
 
         if not isinstance(max_branches, int) or isinstance(max_branches, bool) or not 1 <= max_branches <= 16:
             raise InvalidParameterError(f"max_branches must be an integer in [1, 16], got {max_branches!r}")
         if not isinstance(max_requests, int) or isinstance(max_requests, bool) or max_requests < 1:
             raise InvalidParameterError(f"max_requests must be a positive integer, got {max_requests!r}")
+        budget = memory.resolve_budget(kv_budget)
+        chosen = None
+        if budget is not None:
+            model_path = resolve_model(model_path)
+            shape = kv_shape(model_path, backend)
+            if shape is None and memory.parse_size(kv_budget) != memory.AUTO:
+                raise InvalidParameterError("--kv-budget sizes a llama.cpp KV cache; the ONNX backend grows its "
+                                            "cache with the tokens (leave --kv-budget unset or auto)")
+            if shape is not None:
+                chosen = memory.plan(budget, shape, kv_type, max_requests, max_branches, n_ctx, fixed,
+                                     n_ubatch=n_batch, unified=kv_unified)
+                if chosen.warning:
+                    warnings.warn(f"la_edge: {chosen.warning}", RuntimeWarning, stacklevel=2)
+                max_requests, max_branches, n_ctx = chosen.max_requests, chosen.max_branches, chosen.n_ctx
         options = BackendOptions(n_ctx=n_ctx, n_batch=n_batch, n_seq_max=max_requests * max_branches,
                                  n_threads=n_threads,
                                  n_gpu_layers=n_gpu_layers, flash_attn=flash_attn, kv_unified=kv_unified,
-                                 verbose=verbose, providers=tuple(providers) if providers else None)
+                                 verbose=verbose, providers=tuple(providers) if providers else None,
+                                 kv_type=kv_type)
         b = load_backend(model_path, backend, options)
         try:
             engine = Engine(b, max_requests=max_requests, max_queue=max_queue, prefer_native=prefer_native,
                             prompt_cache=prompt_cache, max_branches=max_branches)
-            return cls(engine, chat_template=chat_template, chat_template_file=chat_template_file)
+            la = cls(engine, chat_template=chat_template, chat_template_file=chat_template_file)
+            if b.kv_shape is not None:
+                la.memory = chosen or memory.plan(None, b.kv_shape, kv_type, max_requests, max_branches, n_ctx,
+                                                  n_ubatch=n_batch, unified=kv_unified)
+            return la
         except BaseException:
             b.close()
             raise
@@ -206,13 +233,13 @@ class Aligner:
 
     def status(self) -> Dict[str, object]:
         """Engine state for health checks: alive, failure (text or None), active, queued, sampler,
-        max_branches, n_seq_max, prompt_cache."""
+        max_branches, n_seq_max, prompt_cache, kv (cells in use and free, see Engine.kv_stats)."""
         e = self.engine
         failure = e.failure
         return {"alive": e.alive, "failure": repr(failure) if failure is not None else None,
                 "active": e.n_active, "queued": e.n_queued, "sampler": e.chooser.path,
                 "max_branches": e.max_branches, "n_seq_max": self.backend.n_seq_max,
-                "prompt_cache": e.cache_stats()}
+                "prompt_cache": e.cache_stats(), "kv": e.kv_stats()}
 
     def start(self) -> None:
         """Run the engine in a background thread (servers and concurrent callers); idempotent."""

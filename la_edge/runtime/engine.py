@@ -359,6 +359,16 @@ class Engine:
                     "parked_cells": pool.parked_cells, "max_sequences": pool.n_seq,
                     "kv_cells": self.backend.n_ctx_total}
 
+    def kv_stats(self) -> Dict[str, int]:
+        """KV cells: all of them, reserved by running requests (prompt + max_tokens per branch), held by
+        the prompt cache, and free; and the sequences free."""
+        with self._cond:
+            pool = self.pool
+            total, parked = self.backend.n_ctx_total, pool.parked_cells
+            return {"cells": total, "cells_in_use": pool.reserved + parked, "cells_running": pool.reserved,
+                    "cells_parked": parked, "cells_free": max(total - pool.reserved - parked, 0),
+                    "sequences": pool.n_seq, "sequences_free": len(pool.free)}
+
     def clear_cache(self) -> int:
         """Drop every parked sequence now (waits out a decode in flight); returns how many."""
         with self._cond:
