@@ -90,6 +90,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     args.model = resolve_model(args.model) if args.model else None
     name = args.model_name or (args.model and model_name(args.model)) or "smollm2-135m-instruct"
     la = load_aligner(args, max_requests=args.max_requests, max_queue=args.max_queue)
+    if la.memory is not None:  # what the KV cache took, before the first request
+        print(f"la-edge serve: {la.memory.describe()}", file=sys.stderr, flush=True)
     serve(la, host=args.host, port=args.port, model_name=name, api_key=args.api_key, web=not args.no_web,
           request_timeout=args.timeout)
     return 0
@@ -140,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_request_timeout_flag(s, SERVE_REQUEST_TIMEOUT_S)
     s.add_argument("--model-name", default=None, help="id reported by /v1/models")
     s.add_argument("--no-web", action="store_true", help="do not serve the chat page at / (API only)")
-    add_model_flags(s, n_ctx=2048)
+    add_model_flags(s, n_ctx=2048, kv_budget="auto")
     s.set_defaults(func=cmd_serve)
 
     from .bench import add_bench_parser

@@ -41,7 +41,8 @@ def report(args: argparse.Namespace) -> dict:
 
         info["model"] = resolve_model(args.model)
         info["model_backend"] = detect_kind(info["model"], args.backend)
-        info["chat_template"], info["prompt_cache"] = _model_report(info["model"], args, info["n_seq_max"])
+        info["chat_template"], info["prompt_cache"], info["memory"] = _model_report(info["model"], args,
+                                                                                   info["n_seq_max"])
     info["builtin_chat_templates"] = builtin_templates()
     if args.n_gpu_layers:
         info["n_gpu_layers"] = args.n_gpu_layers
@@ -57,6 +58,7 @@ def _model_report(path: str, args: argparse.Namespace, n_seq_max: int):
 
     backend = load_backend(path, args.backend, BackendOptions(n_ctx=64, n_seq_max=1))
     try:
+        memory = _memory_report(backend.kv_shape, args)
         n_swa = backend.n_swa
         cache = {"enabled": not args.no_prompt_cache,
                  "reuse": (f"a common token prefix while the cache still holds the {n_swa}-token window before "
@@ -67,8 +69,41 @@ def _model_report(path: str, args: argparse.Namespace, n_seq_max: int):
         try:
             t = select_template(backend, args.chat_template, args.chat_template_file)
         except LaEdgeError as exc:
-            return {"source": None, "error": str(exc)}, cache
+            return {"source": None, "error": str(exc)}, cache, memory
         return ({"source": t.source, "principle_placement": t.placement, "supports_system": t.supports_system,
-                 "default_system": t.default_system}, cache)
+                 "default_system": t.default_system}, cache, memory)
     finally:
         backend.close()
+
+
+def _memory_report(shape, args: argparse.Namespace) -> dict:
+    """KV bytes per cell, what this command's flags and serve's defaults allocate, and what
+    `--kv-budget auto` would choose for serve here (memory is sized before it is spent)."""
+    from dataclasses import asdict
+
+    from ..errors import MemoryBudgetError
+    from ..runtime import memory as m
+    from .flags import MAX_BRANCHES
+
+    if shape is None:
+        return {"kv_cache": "grows with the tokens (ONNX): nothing is allocated at load"}
+    kv_type = args.kv_type
+    serve = (8, MAX_BRANCHES, 2048)  # `la-edge serve` defaults: requests, branches, n_ctx
+    available = m.env_available()
+    budget = m.resolve_budget(m.AUTO)
+    try:
+        auto = m.plan(budget, shape, kv_type, *serve).as_dict()
+    except MemoryBudgetError as exc:
+        auto = {"error": str(exc)}
+    return {
+        "kv_type": kv_type,
+        "kv_bytes_per_cell": m.cell_bytes(shape, kv_type),
+        "kv_bytes_per_cell_by_type": {t: m.cell_bytes(shape, t) for t in m.KV_TYPES},
+        "model": asdict(shape),
+        "allocated": m.plan(None, shape, kv_type, args.max_requests, args.max_branches, args.n_ctx).as_dict(),
+        "serve_defaults": m.plan(None, shape, kv_type, *serve).as_dict(),
+        "memory_available_bytes": available,
+        "auto_share": m.AUTO_SHARE,
+        "auto_budget_bytes": budget,
+        "auto": auto,
+    }

@@ -10,6 +10,7 @@ import argparse
 from dataclasses import replace
 from typing import Any, Dict, Mapping, NamedTuple, Optional
 
+from ..backends.base import KV_CACHE_TYPES
 from ..decoding.params import GenerationParams
 from ..errors import InvalidParameterError
 from .principles import DEFAULT_AVOID_RATIO, DEFAULT_RATIO, Avoid, Principle, PrincipleSpec, load_file, per_item
@@ -76,9 +77,19 @@ def add_request_timeout_flag(p: argparse.ArgumentParser, default: Optional[float
     _add(p, _BY_FIELD["timeout"], default)
 
 
+class _Given(argparse.Action):
+    """Stores the value and records that the flag was given (`args.given`): a KV budget may lower
+    what was only a default, never what was asked for."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        namespace.given = frozenset(getattr(namespace, "given", frozenset()) | {self.dest})
+
+
 def add_max_requests_flag(p: argparse.ArgumentParser, default: int) -> None:
-    p.add_argument("--max-requests", type=int, default=default, metavar="N",
-                   help="concurrent requests decoded together (default: %(default)s)")
+    p.add_argument("--max-requests", type=int, default=default, metavar="N", action=_Given,
+                   help="concurrent requests decoded together (default: %(default)s; a --kv-budget may lower "
+                        "the default)")
 
 
 def params_from_args(args: argparse.Namespace) -> GenerationParams:
@@ -146,15 +157,22 @@ def params_from_fields(body: Mapping[str, Any], **fixed) -> GenerationParams:
     return GenerationParams(**given)
 
 
-def add_model_flags(p: argparse.ArgumentParser, n_ctx: int = 4096) -> None:
-    """The model flags: the same on every subcommand that loads a model."""
+def add_model_flags(p: argparse.ArgumentParser, n_ctx: int = 4096, kv_budget: Optional[str] = None) -> None:
+    """The model flags: the same on every subcommand that loads a model (serve: kv_budget "auto")."""
     p.add_argument("--model", "-m", default=None,
                    help="GGUF file or exported ONNX folder (default: $LA_EDGE_MODEL, else the embedded "
                         "SmolLM2-135M-Instruct Q4_1)")
     p.add_argument("--backend", choices=("auto", "llama.cpp", "onnx"), default="auto",
                    help="auto: ONNX for a folder made by `la-edge export onnx`, llama.cpp for a .gguf")
-    p.add_argument("--n-ctx", type=int, default=n_ctx,
-                   help="context size in tokens of each sequence (default: %(default)s)")
+    p.add_argument("--n-ctx", type=int, default=n_ctx, action=_Given,
+                   help="context size in tokens of each sequence (default: %(default)s; a --kv-budget may lower "
+                        "the default)")
+    p.add_argument("--kv-budget", default=kv_budget, metavar="SIZE",
+                   help="memory the KV cache may take (1.5GiB, 800MB, or auto: 25%% of the memory available at "
+                        "load); lowers requests, then branches, then context to fit (default: %(default)s)")
+    p.add_argument("--kv-type", choices=KV_CACHE_TYPES, default="f16",
+                   help="KV cache type; q8_0 / q4_0 hold about 2x / 3.5x the cells and turn flash attention on "
+                        "(default: %(default)s)")
     p.add_argument("--kv-unified", action="store_true",
                    help="one KV buffer for all sequences (less memory; logits then depend on batch neighbours)")
     p.add_argument("--n-gpu-layers", type=int, default=0,
@@ -181,7 +199,8 @@ def load_options(args: argparse.Namespace, **extra: Any) -> Dict[str, Any]:
                 flash_attn=args.flash_attn, kv_unified=args.kv_unified, prefer_native=not args.numpy_sampler,
                 verbose=args.verbose, backend=args.backend, max_branches=args.max_branches,
                 chat_template=args.chat_template, chat_template_file=args.chat_template_file,
-                prompt_cache=not args.no_prompt_cache, **extra)
+                prompt_cache=not args.no_prompt_cache, kv_budget=args.kv_budget, kv_type=args.kv_type,
+                fixed=tuple(sorted(getattr(args, "given", ()))), **extra)
 
 
 def load_aligner(args: argparse.Namespace, **extra: Any):
