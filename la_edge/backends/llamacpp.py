@@ -40,12 +40,15 @@ def check_gguf(path: str) -> None:
         raise ModelLoadError(f"not a GGUF file (magic {magic!r}, expected b'GGUF'): {path}")
 
 
-_GGUF_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}  # scalar value types
+_GGUF_FORMATS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q",
+                 12: "<d"}  # scalar value types
 _GGUF_STRING, _GGUF_ARRAY = 8, 9
+_GGUF_ARRAY_MAX = 4096  # numeric arrays up to this length are read (per-layer values); longer ones skipped
 
 
-def gguf_architecture(path: str) -> Optional[str]:
-    """`general.architecture` read from a GGUF header (None if absent or unreadable)."""
+def gguf_metadata(path: str) -> dict:
+    """The GGUF header's key-value metadata (numbers, strings, short numeric arrays), read without
+    llama.cpp; {} if the file is no GGUF or unreadable."""
     import struct
 
     def u(f, fmt):
@@ -57,34 +60,41 @@ def gguf_architecture(path: str) -> Optional[str]:
     def text(f):
         return f.read(u(f, "<Q")).decode("utf-8", "replace")
 
-    def skip(f, typ, depth=0):
-        if typ in _GGUF_SIZES:
-            f.seek(_GGUF_SIZES[typ], 1)
-        elif typ == _GGUF_STRING:
-            f.seek(u(f, "<Q"), 1)
-        elif typ == _GGUF_ARRAY and depth < 4:
+    def value(f, typ, depth=0):
+        if typ in _GGUF_FORMATS:
+            return u(f, _GGUF_FORMATS[typ])
+        if typ == _GGUF_STRING:
+            return text(f)
+        if typ == _GGUF_ARRAY and depth < 4:
             elem, count = u(f, "<I"), u(f, "<Q")
-            if elem in _GGUF_SIZES:
-                f.seek(_GGUF_SIZES[elem] * count, 1)
-            else:
-                for _ in range(count):
-                    skip(f, elem, depth + 1)
-        else:
-            raise ValueError(f"GGUF value type {typ}")
+            if elem in _GGUF_FORMATS:
+                size = struct.calcsize(_GGUF_FORMATS[elem])
+                if count > _GGUF_ARRAY_MAX:
+                    f.seek(size * count, 1)
+                    return None
+                return list(struct.unpack(f"<{count}{_GGUF_FORMATS[elem][1]}", f.read(size * count)))
+            items = [value(f, elem, depth + 1) for _ in range(count)]
+            return None if count > _GGUF_ARRAY_MAX else items
+        raise ValueError(f"GGUF value type {typ}")
 
+    meta: dict = {}
     try:
         with open(path, "rb") as f:
             if f.read(4) != GGUF_MAGIC or u(f, "<I") < 2:
-                return None
+                return {}
             u(f, "<Q")  # tensor count
             for _ in range(min(u(f, "<Q"), 65536)):
                 key, typ = text(f), u(f, "<I")
-                if key == "general.architecture" and typ == _GGUF_STRING:
-                    return text(f)
-                skip(f, typ)
+                meta[key] = value(f, typ)
     except (OSError, EOFError, ValueError, struct.error):
-        return None
-    return None
+        pass
+    return meta
+
+
+def gguf_architecture(path: str) -> Optional[str]:
+    """`general.architecture` read from a GGUF header (None if absent or unreadable)."""
+    arch = gguf_metadata(path).get("general.architecture")
+    return arch if isinstance(arch, str) else None
 
 
 # ggml type ids of the offered KV cache types (ggml.h)
@@ -97,14 +107,13 @@ _SWA_PATTERNS = {"gemma3": (6, False), "gemma2": (2, False), "gemma3n": (5, Fals
 
 
 class LlamaModel:
-    """Owns a llama_model and its vocabulary (vocab_only: hyperparameters and vocabulary, no weights)."""
+    """Owns a llama_model and its vocabulary."""
 
-    def __init__(self, path: str, n_gpu_layers: int = 0, verbose: bool = False, vocab_only: bool = False):
+    def __init__(self, path: str, n_gpu_layers: int = 0, verbose: bool = False):
         check_gguf(path)
         _init_backend(verbose)
         mparams = llama_cpp.llama_model_default_params()
         mparams.n_gpu_layers = n_gpu_layers
-        mparams.vocab_only = vocab_only
         self._model = llama_cpp.llama_model_load_from_file(path.encode(), mparams)
         if not self._model:
             arch = gguf_architecture(path)
@@ -127,31 +136,6 @@ class LlamaModel:
 
     def __del__(self):
         self.close()
-
-    def meta(self, key: str) -> Optional[str]:
-        """A GGUF metadata value as text (None if absent)."""
-        buf = ctypes.create_string_buffer(256)
-        n = llama_cpp.llama_model_meta_val_str(self._model, key.encode(), buf, len(buf))
-        return buf.value.decode("utf-8", "replace") if n >= 0 else None
-
-    def kv_shape(self) -> KvShape:
-        """Layers, KV heads and head sizes of a KV cell, and which layers keep only a sliding window.
-
-        A window pattern this table does not know counts every layer as full (an overestimate).
-        """
-        m = self._model
-        arch = self.meta("general.architecture") or ""
-        n_layer, n_head = llama_cpp.llama_model_n_layer(m), max(1, llama_cpp.llama_model_n_head(m))
-        head_k = _meta_int(self.meta(f"{arch}.attention.key_length")) or llama_cpp.llama_model_n_embd(m) // n_head
-        head_v = _meta_int(self.meta(f"{arch}.attention.value_length")) or head_k
-        n_swa = max(0, llama_cpp.llama_model_n_swa(m))
-        n_layer_swa = 0
-        if n_swa:
-            given = _meta_int(self.meta(f"{arch}.attention.sliding_window_pattern"))
-            n, dense_first = (given, False) if given else _SWA_PATTERNS.get(arch, (0, False))
-            if n:
-                n_layer_swa = sum((il % n != 0) if dense_first else (il % n < n - 1) for il in range(n_layer))
-        return KvShape(n_layer, llama_cpp.llama_model_n_head_kv(m), head_k, head_v, n_swa, n_layer_swa)
 
     def tokenize(self, text: str, add_special: bool = True, parse_special: bool = True) -> List[int]:
         """Token ids; parse_special=False keeps control-token strings ("<|im_end|>") as plain text."""
@@ -195,20 +179,30 @@ class LlamaModel:
         return text(llama_cpp.llama_vocab_bos(self._vocab)), text(llama_cpp.llama_vocab_eos(self._vocab))
 
 
-def _meta_int(text: Optional[str]) -> int:
-    try:
-        return int(text) if text is not None else 0
-    except ValueError:
-        return 0
-
-
 def read_kv_shape(path: str) -> KvShape:
-    """The model's KV cell shape, from its hyperparameters alone (no weights, no context)."""
-    model = LlamaModel(path, vocab_only=True)
-    try:
-        return model.kv_shape()
-    finally:
-        model.close()
+    """The model's KV cell shape from its GGUF header (no weights, no context): layers, KV heads, head
+    sizes, and which layers keep only a sliding window. A window pattern llama.cpp sets in code for an
+    architecture this table does not know counts every layer as full (an overestimate)."""
+    meta = gguf_metadata(path)
+    arch = meta.get("general.architecture") or ""
+
+    def get(key, default=0):
+        v = meta.get(f"{arch}.{key}", default)
+        return max(v) if isinstance(v, list) and v else (v if isinstance(v, (int, float)) else default)
+
+    n_layer, n_head = int(get("block_count")), max(1, int(get("attention.head_count", 1)))
+    n_head_kv = int(get("attention.head_count_kv", n_head)) or n_head
+    head_k = int(get("attention.key_length")) or int(get("embedding_length")) // n_head
+    head_v = int(get("attention.value_length")) or head_k
+    n_swa, n_layer_swa = int(get("attention.sliding_window")), 0
+    pattern = meta.get(f"{arch}.attention.sliding_window_pattern")
+    if n_swa and isinstance(pattern, list):  # one flag per layer
+        n_layer_swa = sum(bool(x) for x in pattern[:n_layer])
+    elif n_swa:
+        n, dense_first = (int(pattern), False) if isinstance(pattern, int) and pattern else _SWA_PATTERNS.get(arch, (0, False))
+        if n:
+            n_layer_swa = sum((il % n != 0) if dense_first else (il % n < n - 1) for il in range(n_layer))
+    return KvShape(n_layer, n_head_kv, head_k, head_v, n_swa if n_layer_swa else 0, n_layer_swa)
 
 
 class LlamaBatch:
@@ -275,12 +269,13 @@ class LlamaCppBackend(VocabMixin):
         cparams.n_threads_batch = threads
         cparams.kv_unified = kv_unified
         cparams.type_k = cparams.type_v = _GGML_TYPES[kv_type]
+        cparams.swa_full = True  # window layers hold n_ctx cells too (llama.cpp's default; runtime/memory.py)
         flash_attn = flash_attn or kv_type != "f16"  # llama.cpp quantizes V only with flash attention
         cparams.flash_attn_type = (
             llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
         )
         cparams.no_perf = True
-        self.kv_shape = self.model.kv_shape()
+        self.kv_shape = read_kv_shape(model_path)
         self.kv_type, self.flash_attn = kv_type, flash_attn
         self._ctx = llama_cpp.llama_init_from_model(self.model.handle, cparams)
         if not self._ctx:

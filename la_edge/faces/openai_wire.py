@@ -47,7 +47,7 @@ def _mapped(exc: BaseException, retry_after_s: int = 1) -> Tuple[int, Dict[str, 
     if isinstance(exc, BusyError):
         return 429, error_body(f"{exc}; retry later", "rate_limit_error", "busy"), {"Retry-After": str(retry_after_s)}
     if isinstance(exc, ContextOverflowError):
-        return 400, error_body(str(exc), code="context_length_exceeded"), {}
+        return 400, error_body(str(exc), code="context_length_exceeded", param="max_tokens"), {}
     if isinstance(exc, (InvalidParameterError, ChatTemplateError)):
         return 400, error_body(str(exc), code="invalid_value"), {}
     if isinstance(exc, RequestTimeoutError):

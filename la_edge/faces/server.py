@@ -215,7 +215,7 @@ class Server:
             s = self.la.status()
             body = {"status": "ok" if s["alive"] else "unavailable", "model": self.model_name,
                     "active": s["active"], "queued": s["queued"], "sampler": s["sampler"], "failure": s["failure"],
-                    "prompt_cache": s["prompt_cache"]}
+                    "prompt_cache": s["prompt_cache"], "kv": s["kv"]}
             return JSONResponse(body, status_code=200 if s["alive"] else 503)
 
         @app.get("/v1/models")

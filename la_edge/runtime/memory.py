@@ -1,8 +1,10 @@
 """KV-cache memory: what a context will allocate, and what fits a budget. Pure arithmetic, no model.
 
 A *cell* is one token of one sequence: K and V of every layer. llama.cpp allocates the whole cache at
-load: each sequence (request x branch) gets n_ctx cells, rounded up to 256; the layers of a
-sliding-window model (Gemma-3: 5 of every 6) keep only window + n_ubatch cells (also rounded to 256).
+load: each sequence (request x branch) gets n_ctx cells, rounded up to 256. The window layers of a
+sliding-window model (Gemma-3: 5 of every 6) hold as many: la_edge keeps llama.cpp's default full-size
+window cache (swa_full), where the prompt cache can still cut a sequence anywhere; without it they
+would hold window + n_ubatch cells (kv_bytes(swa_full=False)).
 
 Order of sacrifice when a budget is short (`plan`): concurrent requests first (down to 1), then the
 branches a request may have (down to 2), then the context of each branch (down to MIN_CTX).
@@ -86,11 +88,11 @@ def _pad(n: int) -> int:
 
 
 def kv_bytes(shape: KvShape, kv_type: str, n_seq: int, n_ctx: int, n_ubatch: int = 512,
-             unified: bool = False) -> int:
+             unified: bool = False, swa_full: bool = True) -> int:
     """Bytes of the KV cache llama.cpp allocates for n_seq sequences of n_ctx tokens (split streams,
-    or one shared buffer of n_ctx cells when unified)."""
+    or one shared buffer of n_ctx cells when unified); swa_full=False: window layers keep the window."""
     size = _pad(n_ctx)
-    swa_layers = shape.n_layer_swa if shape.n_swa else 0
+    swa_layers = shape.n_layer_swa if shape.n_swa and not swa_full else 0
     window = _pad(min(size, shape.n_swa * (n_seq if unified else 1) + n_ubatch))
     streams = 1 if unified else n_seq
     return streams * _layer_bytes(shape, kv_type) * ((shape.n_layer - swa_layers) * size + swa_layers * window)
@@ -165,8 +167,9 @@ class KvPlan:
     def describe(self) -> str:
         """The choice in words, for startup lines and logs."""
         budget = "no budget" if self.budget is None else f"budget {format_size(self.budget)}"
-        return (f"KV cache {self.kv_type}, {format_size(self.cell_bytes)} per cell: {self.max_requests} requests x "
-                f"{self.max_branches} branches x {self.n_ctx} tokens = {self.cells:,} cells, "
+        r, b = self.max_requests, self.max_branches
+        return (f"KV cache {self.kv_type}, {format_size(self.cell_bytes)} per cell: {r} request{'s' * (r != 1)} x "
+                f"{b} branch{'es' * (b != 1)} x {self.n_ctx} tokens = {self.cells:,} cells, "
                 f"{format_size(self.bytes)} ({budget})")
 
     def as_dict(self) -> dict:

@@ -44,11 +44,12 @@ def test_kv_bytes_pads_each_sequence_to_256_cells():
 
 def test_kv_bytes_of_a_sliding_window_model():
     per_layer = 2 * 256 * 2  # K + V, one head of 256, f16
-    # 3 full layers keep 4096 cells; 15 window layers keep 512 + n_ubatch 512 = 1024 cells
-    assert kv_bytes(GEMMA, "f16", 1, 4096) == per_layer * (3 * 4096 + 15 * 1024)
+    # la_edge keeps llama.cpp's full-size window cache: every layer holds n_ctx cells
+    assert kv_bytes(GEMMA, "f16", 8, 2048) == 8 * per_layer * 18 * 2048 == 288 * MiB  # as llama.cpp logs it
+    # without it: 3 full layers keep 4096 cells; 15 window layers keep 512 + n_ubatch 512 = 1024 cells
+    assert kv_bytes(GEMMA, "f16", 1, 4096, swa_full=False) == per_layer * (3 * 4096 + 15 * 1024)
     # a context shorter than the window: every layer keeps n_ctx cells
-    assert kv_bytes(GEMMA, "f16", 1, 512) == per_layer * 18 * 512
-    assert kv_bytes(GEMMA, "f16", 1, 4096) < 18 * 4096 * per_layer
+    assert kv_bytes(GEMMA, "f16", 1, 512, swa_full=False) == per_layer * 18 * 512
 
 
 def test_no_budget_takes_what_is_asked():

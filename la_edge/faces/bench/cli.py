@@ -25,6 +25,9 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
                            "hand-offs), for K = 1, 2, 3 branches")
     mode.add_argument("--context", type=int, action="append", default=None, metavar="N",
                       help="aligned / plain decode speed with N tokens already in each branch (repeatable)")
+    mode.add_argument("--memory", action="store_true",
+                      help="peak RSS and tokens/s at f16 / q8_0 KV and 1, 4, 8 requests (the embedded model and "
+                           "Gemma-3 when installed, or --model), each in a fresh process")
     mode.add_argument("--chat", action="store_true",
                       help="time to first token per turn of a conversation, with and without the prompt cache")
     b.add_argument("--turns", type=int, default=8, help="--chat: conversation turns (default: %(default)s)")
@@ -48,6 +51,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         result = run(quick=args.quick)
         print(json.dumps(result, indent=2) if args.json else table(result))
+        return 0
+    if args.memory:
+        from .memory import gemma_path, memory_table, run_memory
+
+        models = [args.model] if args.model else [None] + [p for p in [gemma_path()] if p]
+        result = run_memory(models, levels=(1, 4) if args.quick else (1, 4, 8), tokens=args.tokens or 32,
+                            n_threads=args.threads)
+        print(json.dumps(result, indent=2) if args.json else memory_table(result))
         return 0
     load = load_options(args)
     if args.scaling:
