@@ -59,7 +59,7 @@ def server(model_path):
 
 def _chat(base, max_tokens, out, i, gate):
     gate.wait()
-    r = httpx.post(base + "/v1/chat/completions", timeout=120, json={
+    r = httpx.post(base + "/v1/chat/completions", timeout=600, json={
         "model": "x", "messages": [{"role": "user", "content": f"Tell me a story about {i}."}],
         "principle": "Be kind.", "max_tokens": max_tokens, "ignore_eos": True, "temperature": 0})
     out[i] = r
@@ -74,7 +74,7 @@ def test_a_small_budget_bounds_the_server(server, model_path):
 
     # One runs, one waits in the queue (max 1), the third gets 429 with Retry-After.
     out, gate = {}, threading.Barrier(3)
-    threads = [threading.Thread(target=_chat, args=(base, 64, out, i, gate)) for i in range(3)]
+    threads = [threading.Thread(target=_chat, args=(base, 24, out, i, gate)) for i in range(3)]
     for t in threads:
         t.start()
     time.sleep(0.5)
@@ -86,7 +86,7 @@ def test_a_small_budget_bounds_the_server(server, model_path):
     busy = next(r for r in out.values() if r.status_code == 429)
     assert busy.headers["Retry-After"] and busy.json()["error"]["code"] == "busy"
     assert 0 < running["cells_in_use"] <= running["cells"] and running["sequences_free"] == 0
-    assert all(r.json()["usage"]["completion_tokens"] == 64 for r in out.values() if r.status_code == 200)
+    assert all(r.json()["usage"]["completion_tokens"] == 24 for r in out.values() if r.status_code == 200)
 
     # One that could never fit a sequence's context: 400 naming the field to change.
     r = httpx.post(base + "/v1/chat/completions", timeout=60, json={
@@ -108,7 +108,7 @@ def test_a_quantized_cache_loads_generates_and_its_prompt_cache_stays_exact(mode
         assert la.memory.bytes == kv_bytes(la.backend.kv_shape, kv_type, 4, 512)
         first = la.generate("Name three colours.", "Be concise and friendly.", GREEDY)
         again = la.generate("Name three colours.", "Be concise and friendly.", GREEDY)
-    assert len(first.tokens) == 24 and first.text.strip()
+    assert first.tokens and first.text.strip()
     assert first.tokens == want.tokens == again.tokens  # warm = cold on the quantized cache
     assert again.usage["cached_tokens"] > 0 and again.usage["plain_cached_tokens"] > 0
 
@@ -153,3 +153,16 @@ def test_cli_errors_and_doctor(model_path):
     assert mem["serve_defaults"]["kv_bytes"] == 32 * 2048 * 23040
     assert mem["auto_budget_bytes"] == 256 * MiB  # 25% of the (faked) 1 GiB available
     assert (mem["auto"]["max_requests"], mem["auto"]["max_branches"], mem["auto"]["n_ctx"]) == (1, 4, 2048)
+
+
+def test_bench_memory_measures_each_configuration_in_a_fresh_process(model_path):
+    r = _cli("bench", "--memory", "--quick", "--tokens", "4", "--json", "--model", model_path, "--threads", "2")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)["rows"]
+    assert [(x["kv_type"], x["requests"]) for x in rows] == [("f16", 1), ("f16", 4), ("q8_0", 1), ("q8_0", 4)]
+    for x in rows:
+        assert x["peak_rss_bytes"] >= x["rss_loaded_bytes"] > x["kv_bytes"] > 0
+        assert x["tokens"] == 4 * x["requests"] and x["tokens_per_s"] > 0
+    f16, q8 = rows[1], rows[3]
+    assert q8["kv_bytes"] * 64 // 34 == f16["kv_bytes"] and q8["flash_attn"]
+    assert q8["peak_rss_bytes"] < f16["peak_rss_bytes"]
