@@ -116,11 +116,13 @@ def test_every_model_command_shares_the_model_flags():
     parser = build_parser()
     subs = next(a for a in parser._actions if a.dest == "command").choices
     model_flags = {"model", "backend", "n_ctx", "kv_unified", "n_gpu_layers", "threads", "flash_attn",
-                   "numpy_sampler", "verbose", "max_branches"}
+                   "numpy_sampler", "verbose", "max_branches", "kv_budget", "kv_type"}
     for name in ("generate", "chat", "serve", "bench", "eval", "doctor"):
         opts = _options(subs[name])
         assert model_flags <= set(opts), (name, model_flags - set(opts))
         assert opts["backend"].choices == ("auto", "llama.cpp", "onnx") and opts["max_branches"].default == 4
+        assert opts["kv_type"].choices == ("f16", "q8_0", "q4_0") and opts["kv_type"].default == "f16"
+        assert opts["kv_budget"].default == ("auto" if name == "serve" else None), name
     # serve's help states the n_ctx it really uses
     serve_ctx = _options(subs["serve"])["n_ctx"]
     assert serve_ctx.default == 2048 and "%(default)s" in serve_ctx.help
