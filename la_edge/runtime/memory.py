@@ -154,6 +154,7 @@ class KvPlan:
     cell_bytes: int
     budget: Optional[int] = None
     warning: Optional[str] = None
+    unified: bool = False  # one buffer of n_ctx cells shared by every sequence
 
     @property
     def n_seq(self) -> int:
@@ -161,8 +162,8 @@ class KvPlan:
 
     @property
     def cells(self) -> int:
-        """Cells of the full-attention layers: sequences x the context rounded up to 256."""
-        return self.n_seq * _pad(self.n_ctx)
+        """Cells: sequences x the context rounded up to 256 (unified: the context alone)."""
+        return _pad(self.n_ctx) * (1 if self.unified else self.n_seq)
 
     def describe(self) -> str:
         """The choice in words, for startup lines and logs."""
@@ -195,7 +196,7 @@ def plan(budget: Optional[int], shape: KvShape, kv_type: str, want_requests: int
         return kv_bytes(shape, kv_type, r * b, c, n_ubatch, unified)
 
     def made(r: int, b: int, c: int, warning: Optional[str] = None) -> KvPlan:
-        return KvPlan(r, b, c, kv_type, cost(r, b, c), cell_bytes(shape, kv_type), budget, warning)
+        return KvPlan(r, b, c, kv_type, cost(r, b, c), cell_bytes(shape, kv_type), budget, warning, unified)
 
     if budget is None:
         return made(want_requests, want_branches, want_ctx)

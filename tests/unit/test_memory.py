@@ -58,6 +58,11 @@ def test_no_budget_takes_what_is_asked():
     assert p.bytes == 32 * 2048 * 23040 and p.cells == 65536 and p.warning is None
 
 
+def test_a_unified_cache_is_one_buffer():
+    p = plan(None, SMOL, "f16", 8, 4, 4096, unified=True)
+    assert p.cells == 4096 and p.bytes == 4096 * 23040
+
+
 def test_requests_go_first():
     budget = kv_bytes(SMOL, "f16", 3 * 4, 2048) + 1000  # room for 3 requests of 4 branches
     p = plan(budget, SMOL, "f16", 8, 4, 2048)
