@@ -199,7 +199,8 @@ def read_kv_shape(path: str) -> KvShape:
     if n_swa and isinstance(pattern, list):  # one flag per layer
         n_layer_swa = sum(bool(x) for x in pattern[:n_layer])
     elif n_swa:
-        n, dense_first = (int(pattern), False) if isinstance(pattern, int) and pattern else _SWA_PATTERNS.get(arch, (0, False))
+        given = isinstance(pattern, int) and pattern > 0
+        n, dense_first = (int(pattern), False) if given else _SWA_PATTERNS.get(arch, (0, False))
         if n:
             n_layer_swa = sum((il % n != 0) if dense_first else (il % n < n - 1) for il in range(n_layer))
     return KvShape(n_layer, n_head_kv, head_k, head_v, n_swa if n_layer_swa else 0, n_layer_swa)

@@ -97,8 +97,9 @@ def run_memory(models: Sequence[Optional[str]], levels: Sequence[int] = LEVELS, 
 def memory_table(result: Dict[str, object]) -> str:
     """The rows as a Markdown table (MiB, tokens/s)."""
     mib = 1024 ** 2
-    rows = [(r["model"], r["kv_type"], r["requests"], f"{r['kv_bytes'] / mib:.0f}", f"{r['rss_loaded_bytes'] / mib:.0f}",
-             f"{r['peak_rss_bytes'] / mib:.0f}", f"{r['tokens_per_s']:.1f}") for r in result["rows"]]
+    rows = [(r["model"], r["kv_type"], r["requests"], f"{r['kv_bytes'] / mib:.0f}",
+             f"{r['rss_loaded_bytes'] / mib:.0f}", f"{r['peak_rss_bytes'] / mib:.0f}", f"{r['tokens_per_s']:.1f}")
+            for r in result["rows"]]
     return markdown_table(["model", "KV type", "requests", "KV MiB (planned)", "RSS after load MiB",
                            "peak RSS MiB", "tokens/s"], rows, "llrrrrr")
 
