@@ -2,7 +2,8 @@
 
 Each configuration runs in a fresh Python process (peak RSS is per process): it loads the model with
 serve's shape (max_branches 4, n_ctx 2048, `max_requests` = the level), runs that many aligned
-requests at once (2 branches each, `tokens` tokens, ignore_eos) and reports VmHWM from
+requests at once (2 branches each, raw prompts so that base models without a chat template run too, `tokens` tokens,
+ignore_eos) and reports VmHWM from
 /proc/self/status with the KV bytes the budget arithmetic (runtime/memory.py) predicts.
 """
 
@@ -54,6 +55,7 @@ def measure_one(model: Optional[str], kv_type: str, requests: int, tokens: int,
     """One configuration in this process (call it in a fresh one): RSS after load, peak RSS, tokens/s."""
     from ...decoding.params import GenerationParams
     from ...runtime.aligner import Aligner
+    from ...runtime.prompts import raw_pair
 
     t0 = time.perf_counter()
     la = Aligner.load(model, n_ctx=N_CTX, max_requests=requests, max_branches=MAX_BRANCHES, kv_type=kv_type,
@@ -64,7 +66,8 @@ def measure_one(model: Optional[str], kv_type: str, requests: int, tokens: int,
         la.start()
         params = GenerationParams(temperature=0.0, max_tokens=tokens, ignore_eos=True)
         t0 = time.perf_counter()
-        reqs = [la.submit(f"Tell me something about topic {i}.", PRINCIPLE, params) for i in range(requests)]
+        prompts = [f"Q: Tell me something about topic {i}.\nA:" for i in range(requests)]  # raw: any model
+        reqs = [la.submit(params=params, pair=raw_pair(f"{PRINCIPLE}\n\n{p}", p)) for p in prompts]
         generated = sum(len(r.result().tokens) for r in reqs)
         wall = time.perf_counter() - t0
         plan = la.memory
@@ -91,6 +94,7 @@ def run_memory(models: Sequence[Optional[str]], levels: Sequence[int] = LEVELS, 
                 if out.returncode != 0:
                     raise RuntimeError(f"bench --memory: {spec} failed: {out.stderr.strip()[-2000:]}")
                 rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+                print(json.dumps(rows[-1]), file=sys.stderr, flush=True)  # progress, one row a line
     return {"n_ctx": N_CTX, "max_branches": MAX_BRANCHES, "tokens_per_request": tokens, "rows": rows}
 
 
