@@ -132,7 +132,8 @@ def test_generate_plain_raw_and_system_as_principle(client, oai):
 def test_logprobs_and_ignored_fields(client):
     r = client.chat(model="smollm2", messages=user(), options={**GREEDY, "num_ctx": 8192}, keep_alive="5m",
                     logprobs=True, top_logprobs=2)
-    assert len(r.logprobs) == r.eval_count and all(len(t.top_logprobs) == 2 for t in r.logprobs)
+    assert len(r.logprobs) == r.eval_count and "".join(t.token for t in r.logprobs) == r.message.content
+    assert all(1 <= len(t.top_logprobs) <= 2 and t.top_logprobs[0].token == t.token for t in r.logprobs)  # greedy
 
 
 def test_an_empty_request_loads(client):
