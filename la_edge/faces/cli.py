@@ -107,12 +107,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .presets import DEFAULT_RATIO, Steering
     from .server import serve
 
-    args.model = resolve_model(args.model) if args.model else None
-    name = args.model_name or (args.model and model_name(args.model)) or "smollm2-135m-instruct"
     default = principles_from_args(args)  # --principle, --ratio, --principles-file: for requests with none
     ratio = args.ratio[0] if args.ratio and len(args.ratio) == 1 else None
-    steering = Steering(name, presets_from_args(args, ratio or DEFAULT_RATIO), args.preset_separator, default,
-                        args.principle_from == "system", ratio or DEFAULT_RATIO)
+    presets = presets_from_args(args, ratio or DEFAULT_RATIO)  # flag errors before the model loads
+    args.model = resolve_model(args.model) if args.model else None
+    name = args.model_name or (args.model and model_name(args.model)) or "smollm2-135m-instruct"
+    steering = Steering(name, presets, args.preset_separator, default, args.principle_from == "system",
+                        ratio or DEFAULT_RATIO)
     la = load_aligner(args, max_requests=args.max_requests, max_queue=args.max_queue)
     serve(la, host=args.host, port=args.port, model_name=name, api_key=args.api_key, web=not args.no_web,
           request_timeout=args.timeout, steering=steering, default_ratio=ratio, ollama=not args.no_ollama)

@@ -171,9 +171,11 @@ def presets_from_args(args: argparse.Namespace, default_ratio: float = DEFAULT_R
 
     sep = getattr(args, "preset_separator", DEFAULT_SEPARATOR)
     from_file = load_presets_file(args.presets_file, default_ratio, sep) if args.presets_file else {}
-    given = args.preset if isinstance(args.preset, list) else [args.preset] if args.preset else []
-    defined = dict(parse_preset(t, default_ratio, sep) for t in given if "=" in t)
-    return merge_presets(from_file, defined)
+    if isinstance(args.preset, list):  # serve: each --preset defines one
+        given = args.preset
+    else:  # chat: --preset NAME picks one, --preset NAME=TEXT defines it
+        given = [args.preset] if args.preset and "=" in args.preset else []
+    return merge_presets(from_file, *(dict([parse_preset(t, default_ratio, sep)]) for t in given))
 
 
 def params_from_fields(body: Mapping[str, Any], **fixed) -> GenerationParams:

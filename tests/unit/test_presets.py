@@ -118,3 +118,19 @@ def test_with_ratio_sets_every_principle_and_keeps_avoid():
     out = with_ratio(spec, 6.0)
     assert [p.ratio for p in out.principles] == [6.0, 6.0] and out.avoid == spec.avoid
     assert with_ratio(spec, None) is spec and with_ratio(PrincipleSpec(), 3.0) == PrincipleSpec()
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--preset", "french"], "NAME=TEXT"), (["--preset", "a=x", "--preset", "a=y"], "given twice"),
+    (["--preset", "latest=x"], "taken"), (["--preset", "a.b=x", "--preset-separator", "."], "separator"),
+    (["--presets-file", "/nonexistent.toml"], "cannot read the presets file"),
+    (["--principle-from", "user"], "invalid choice"),
+])
+def test_serve_refuses_bad_preset_flags_before_loading(args, needle, capsys):
+    from la_edge.faces.cli import main
+
+    try:
+        code = main(["serve", "--model", "/nonexistent/model.gguf", *args])
+    except SystemExit as exc:  # argparse
+        code = exc.code
+    assert code == 2 and needle in capsys.readouterr().err
