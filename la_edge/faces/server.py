@@ -2,8 +2,11 @@
 
 Alignment fields are request extensions: `principle`, `alignment_ratio`, `plausibility_top_p`,
 `plausibility_temperature` (plus `top_k`, `min_p`, `repeat_penalty`, `ignore_eos`), and for several
-principles `principles`, `avoid`, `ratio_schedule` (faces/principles.py), usable via `extra_body`. Requests go through `Aligner.submit` only; openai_schema.py reads them and
-openai_wire.py writes the answers. Under hostile or departing clients:
+principles `principles`, `avoid`, `ratio_schedule` (faces/principles.py), and `principle_from`, usable via
+`extra_body`. A request that names no principle gets one from the `Steering` (faces/presets.py): the system
+message, the preset its `model` names (`MODEL:NAME`), or the server's default. Requests go through
+`Aligner.submit` only; openai_schema.py reads them and openai_wire.py writes the answers; ollama_api.py
+rewrites Ollama's bodies into the same requests (`Server.start`). Under hostile or departing clients:
 
 - a non-streaming request is cancelled when its client disconnects (checked every
   DISCONNECT_POLL_S); a stream is cancelled at the next token after its client left;
