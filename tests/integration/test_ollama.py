@@ -1,6 +1,7 @@
 """Ollama's API through the official `ollama` client, against `la-edge serve` started as a user would
 (presets from flags and a file, an API key), on 127.0.0.1. Answers equal the OpenAI path's."""
 
+import json
 import queue
 import socket
 import subprocess
@@ -175,3 +176,43 @@ def test_bad_input_gets_ollama_errors(serve, client):
                    json={"model": "smollm2", "prompt": "hi", "stream": False, "options": {"num_predict": 2},
                          "an_unknown_field": {"x": 1}})
     assert r.status_code == 200 and r.json()["done"]  # unknown fields are ignored, as Ollama does
+
+
+def test_hostile_bodies_get_ollama_errors_never_a_5xx(serve):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**65), 2**65), st.floats(allow_nan=False),
+                        st.text(max_size=12), st.sampled_from(["", "json", "smollm2", "smollm2:nope", "system"]))
+    anything = st.recursive(scalars, lambda x: st.lists(x, max_size=3) | st.dictionaries(st.text(max_size=8), x,
+                                                                                           max_size=3), max_leaves=8)
+    message = st.fixed_dictionaries({"role": st.one_of(st.sampled_from(["user", "system", "assistant"]), anything),
+                                     "content": st.one_of(st.text(max_size=20), anything)})
+    fields = {"model": st.one_of(st.sampled_from(["smollm2", "smollm2:french", "smollm2:nope"]), anything),
+              "messages": st.one_of(st.lists(message, max_size=3), anything), "prompt": st.one_of(st.text(), anything),
+              "options": st.one_of(st.dictionaries(st.sampled_from(["temperature", "top_k", "top_p", "stop", "seed",
+                                                                   "num_predict", "principle", "alignment_ratio",
+                                                                   "num_ctx"]), anything, max_size=4), anything),
+              "stream": st.one_of(st.booleans(), anything), "raw": anything, "system": anything, "format": anything,
+              "tools": anything, "keep_alive": anything, "logprobs": anything, "top_logprobs": anything,
+              "principle_from": anything, "images": anything, "think": anything}
+    auth = {"Authorization": f"Bearer {KEY}"}
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(path=st.sampled_from(["/api/chat", "/api/generate", "/api/show"]),
+           body=st.dictionaries(st.sampled_from(sorted(fields)), st.none(), max_size=6).flatmap(
+               lambda keys: st.fixed_dictionaries({k: fields[k] for k in keys})))
+    def check(path, body):
+        if isinstance(body.get("options"), dict):
+            body["options"]["num_predict"] = 2  # keep generation short
+        elif "options" not in body:
+            body["options"] = {"num_predict": 2}
+        r = httpx.post(serve[0] + path, json=body, headers=auth, timeout=60)
+        assert r.status_code < 500, (body, r.text)
+        if r.status_code >= 400:
+            assert isinstance(r.json()["error"], str)
+        else:
+            for line in r.text.splitlines():  # NDJSON or one object: each line is JSON
+                assert "error" not in json.loads(line), (body, line)
+
+    check()
