@@ -162,7 +162,7 @@ class Steering:
         return with_ratio(preset if preset is not None else self.default, ratio), messages
 
     def describe(self) -> str:
-        """The presets for the ready line: `NAME (principle; ...)`, or "none"."""
+        """The presets for the ready line: their model ids, or "none"."""
         if not self.presets:
             return "none"
         return ", ".join(f"{self.model}{self.separator}{n}" for n in self.presets)
