@@ -12,6 +12,7 @@ import sys
 from dataclasses import asdict
 from typing import Dict, List, Optional, TextIO
 
+from ...runtime.prompts import system_as_principle
 from . import checkers
 from .compose import ROUND, answer
 from .runner import EvalConfig, Progress, _load_json, _mean, setting_name
@@ -31,10 +32,11 @@ def load_turns(limit: Optional[int] = None) -> Dict[str, object]:
 def _reply(la, config: EvalConfig, setting: str, instruction: str, history: List[Dict[str, str]]):
     if setting == "none":
         return answer(la, config, messages=history)
+    messages = [{"role": "system", "content": instruction}] + history
     if setting == "system":
-        return answer(la, config, messages=[{"role": "system", "content": instruction}] + history)
-    ratio = float(setting.rsplit("=", 1)[1])
-    return answer(la, config, ratio, messages=history, principle=instruction)
+        return answer(la, config, messages=messages)
+    principle, rest = system_as_principle(messages)  # as `serve --principle-from system` does
+    return answer(la, config, float(setting.rsplit("=", 1)[1]), messages=rest, principle=principle)
 
 
 def run_turns(la, config: EvalConfig, progress: Optional[TextIO] = sys.stderr, model: str = "") -> Dict[str, object]:
