@@ -15,6 +15,7 @@ from typing import Dict, List, Optional, TextIO
 
 from ..decoding.params import GenerationParams
 from ..errors import ContextOverflowError, LaEdgeError
+from ..runtime.prompts import system_as_principle
 from .principles import Avoid, Principle, PrincipleSpec
 
 HELP = """commands:
@@ -80,9 +81,11 @@ class ChatSession:
     """One conversation over an Aligner; `handle(line)` runs a message or a command."""
 
     def __init__(self, aligner, params: GenerationParams, out: TextIO = sys.stdout, err: TextIO = sys.stderr,
-                 trim_history: bool = False, spec: Optional[PrincipleSpec] = None, system: Optional[str] = None):
+                 trim_history: bool = False, spec: Optional[PrincipleSpec] = None, system: Optional[str] = None,
+                 principle_from: str = "none"):
         self.la, self.params, self.out, self.err = aligner, params, out, err
         self.trim_history = trim_history
+        self.principle_from = principle_from  # "system": the system message is the principle when none is set
         self.state = ChatState(spec=spec or PrincipleSpec(), ratio=params.ratio, system=system, seed=params.seed)
 
     # ---- one line ------------------------------------------------------------------------------
@@ -201,8 +204,10 @@ class ChatSession:
             return
         history, spec = msgs[: last + 1], self.state.spec
         self.out.write("[plain, no principle]\n")
-        self._answer(history, PrincipleSpec())
-        if self.state.principle is not None and spec.single is not None:
+        self._answer(history, PrincipleSpec(), plain=True)
+        if not spec.principles and self.principle_from == "system" and self.state.system:
+            label = f"[aligned, r={self.state.ratio:g}, principle from the system message: {self.state.system!r}]"
+        elif self.state.principle is not None and spec.single is not None:
             label = f"[aligned, r={self.state.ratio:g}, principle: {self.state.principle!r}]"
         elif spec.principles:
             label = f"[aligned, r={self.state.ratio:g}, {spec.describe()}]"
@@ -216,12 +221,24 @@ class ChatSession:
         sys_msg = [{"role": "system", "content": self.state.system}] if self.state.system else []
         return sys_msg + list(messages)
 
-    def _answer(self, messages, spec: PrincipleSpec) -> Optional[str]:
+    def _steered(self, messages, spec: PrincipleSpec, plain: bool):
+        """(spec, conversation): with principle_from "system" the system message leaves the conversation
+        and, when no principle is set and the answer is not the plain one, becomes the principle."""
+        conversation = self._conversation(messages)
+        if self.principle_from != "system":
+            return spec, conversation
+        principle, rest = system_as_principle(conversation)
+        if principle is not None and not plain and not spec.principles:
+            spec = PrincipleSpec.one(principle, self.state.ratio)
+        return spec, rest
+
+    def _answer(self, messages, spec: PrincipleSpec, plain: bool = False) -> Optional[str]:
         """Stream one answer to `out`; its text (possibly cut by Ctrl-C), or None on an error."""
         params = self.params.with_(ratio=self.state.ratio, seed=self.state.seed)
         while True:
             try:
-                request = spec.submit(self.la, params, messages=self._conversation(messages))
+                steered, conversation = self._steered(messages, spec, plain)
+                request = steered.submit(self.la, params, messages=conversation)
                 break
             except ContextOverflowError as exc:
                 if self.trim_history and self._drop_oldest_turn(messages):
@@ -265,9 +282,9 @@ class ChatSession:
 
 def run(aligner, params: GenerationParams, inp: TextIO = sys.stdin, out: TextIO = sys.stdout,
         err: TextIO = sys.stderr, trim_history: bool = False, spec: Optional[PrincipleSpec] = None,
-        system: Optional[str] = None) -> int:
+        system: Optional[str] = None, principle_from: str = "none") -> int:
     """The chat loop: a prompt and readline on a terminal, plain lines when piped."""
-    session = ChatSession(aligner, params, out, err, trim_history, spec, system)
+    session = ChatSession(aligner, params, out, err, trim_history, spec, system, principle_from)
     interactive = inp.isatty() and out.isatty()
     if interactive:
         try:

@@ -11,8 +11,9 @@ from typing import List, Optional
 from ..errors import InvalidParameterError, LaEdgeError, RequestTimeoutError
 
 from .flags import (
-    SERVE_REQUEST_TIMEOUT_S, add_max_requests_flag, add_model_flags, add_param_flags, add_principle_flags,
-    add_request_timeout_flag, load_aligner, params_from_args, principles_from_args,
+    SERVE_REQUEST_TIMEOUT_S, add_max_requests_flag, add_model_flags, add_param_flags, add_preset_flags,
+    add_principle_flags, add_ratio_flag, add_request_timeout_flag, load_aligner, params_from_args,
+    presets_from_args, principles_from_args,
 )
 
 # The one mapping of errors to exit codes (first match); anything else is a crash with a traceback.
@@ -59,8 +60,26 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
     params = params_from_args(args)
     spec = principles_from_args(args)
+    if args.preset is not None:
+        spec = _chat_preset(args, spec, params.ratio)
+    elif args.presets_file is not None:
+        raise InvalidParameterError("--presets-file: name the preset to use with --preset NAME")
     with load_aligner(args) as la:
-        return run(la, params, trim_history=args.trim_history, spec=spec, system=args.system)
+        return run(la, params, trim_history=args.trim_history, spec=spec, system=args.system,
+                   principle_from=args.principle_from)
+
+
+def _chat_preset(args: argparse.Namespace, spec, ratio: float):
+    """The principles of `chat --preset NAME` (from --presets-file) or `--preset NAME=TEXT[@RATIO]`."""
+    if spec.principles:
+        raise InvalidParameterError("--preset holds the principles: give it without --principle, --avoid or "
+                                    "--principles-file")
+    presets = presets_from_args(args, ratio)
+    name = args.preset.partition("=")[0].strip()
+    if name not in presets:
+        known = ", ".join(presets) or "none (give --presets-file FILE, or --preset NAME=TEXT)"
+        raise InvalidParameterError(f"--preset {name[:80]!r}: no such preset; presets: {known}")
+    return presets[name]
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -85,15 +104,21 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from ..backends.models import model_name, resolve_model
+    from .presets import DEFAULT_RATIO, Steering
     from .server import serve
 
+    default = principles_from_args(args)  # --principle, --ratio, --principles-file: for requests with none
+    ratio = args.ratio[0] if args.ratio and len(args.ratio) == 1 else None
+    presets = presets_from_args(args, ratio or DEFAULT_RATIO)  # flag errors before the model loads
     args.model = resolve_model(args.model) if args.model else None
     name = args.model_name or (args.model and model_name(args.model)) or "smollm2-135m-instruct"
+    steering = Steering(name, presets, args.preset_separator, default, args.principle_from == "system",
+                        ratio or DEFAULT_RATIO)
     la = load_aligner(args, max_requests=args.max_requests, max_queue=args.max_queue)
     if la.memory is not None:  # what the KV cache took, before the first request
         print(f"la-edge serve: {la.memory.describe()}", file=sys.stderr, flush=True)
     serve(la, host=args.host, port=args.port, model_name=name, api_key=args.api_key, web=not args.no_web,
-          request_timeout=args.timeout)
+          request_timeout=args.timeout, steering=steering, default_ratio=ratio, ollama=not args.no_ollama)
     return 0
 
 
@@ -129,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--system", default=None, help="system message (/system changes it)")
     c.add_argument("--trim-history", action="store_true",
                    help="drop the oldest turns when the conversation outgrows the context")
+    add_preset_flags(c, serve=False)
     add_param_flags(c)
     add_model_flags(c)
     c.set_defaults(func=cmd_chat)
@@ -142,6 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_request_timeout_flag(s, SERVE_REQUEST_TIMEOUT_S)
     s.add_argument("--model-name", default=None, help="id reported by /v1/models")
     s.add_argument("--no-web", action="store_true", help="do not serve the chat page at / (API only)")
+    s.add_argument("--no-ollama", action="store_true", help="do not serve Ollama's API at /api/")
+    add_preset_flags(s, serve=True)
+    add_principle_flags(s)  # the server's default principles, for requests that bring none
+    add_ratio_flag(s)
     add_model_flags(s, n_ctx=2048, kv_budget="auto")
     s.set_defaults(func=cmd_serve)
 

@@ -150,6 +150,45 @@ def principles_from_args(args: argparse.Namespace) -> PrincipleSpec:
     return PrincipleSpec(tuple(map(Principle, texts, r, w)), tuple(map(Avoid, avoid, s)), args.adaptive_ratio)
 
 
+def add_ratio_flag(p: argparse.ArgumentParser) -> None:
+    """--ratio alone, for commands that take no other generation flag (serve: the default ratio)."""
+    _add(p, _BY_FIELD["ratio"], shown=DEFAULT_RATIO)
+
+
+def add_preset_flags(p: argparse.ArgumentParser, serve: bool) -> None:
+    """--preset, --presets-file and --principle-from (serve also --preset-separator)."""
+    from .presets import DEFAULT_SEPARATOR
+
+    if serve:
+        p.add_argument("--preset", action="append", default=None, metavar="NAME=TEXT[@RATIO]",
+                       help="a principle chosen by model name: requests for MODEL:NAME are aligned to TEXT "
+                            "(at RATIO); repeatable")
+        p.add_argument("--preset-separator", default=DEFAULT_SEPARATOR, metavar="SEP",
+                       help="what joins the model and a preset name in model ids (default: %(default)s)")
+    else:
+        p.add_argument("--preset", default=None, metavar="NAME[=TEXT[@RATIO]]",
+                       help="align to preset NAME of --presets-file (or define it here as NAME=TEXT[@RATIO])")
+    p.add_argument("--presets-file", default=None, metavar="FILE",
+                   help="TOML with [presets.NAME] tables, each like a --principles-file (principles, avoid, "
+                        "ratio_schedule)")
+    p.add_argument("--principle-from", choices=("system", "none"), default="none",
+                   help="system: the system message is the principle (the principled branch holds it, the "
+                        "plain branch does not) when no principle is given (default: %(default)s)")
+
+
+def presets_from_args(args: argparse.Namespace, default_ratio: float = DEFAULT_RATIO) -> Dict[str, PrincipleSpec]:
+    """The presets of --presets-file and --preset NAME=TEXT[@RATIO], by name (errors name the flag)."""
+    from .presets import DEFAULT_SEPARATOR, load_presets_file, merge_presets, parse_preset
+
+    sep = getattr(args, "preset_separator", DEFAULT_SEPARATOR)
+    from_file = load_presets_file(args.presets_file, default_ratio, sep) if args.presets_file else {}
+    if isinstance(args.preset, list):  # serve: each --preset defines one
+        given = args.preset
+    else:  # chat: --preset NAME picks one, --preset NAME=TEXT defines it
+        given = [args.preset] if args.preset and "=" in args.preset else []
+    return merge_presets(from_file, *(dict([parse_preset(t, default_ratio, sep)]) for t in given))
+
+
 def params_from_fields(body: Mapping[str, Any], **fixed) -> GenerationParams:
     """Build GenerationParams from HTTP request fields (the server's names, see PARAMS); None = unset."""
     given = {field: body[http] for http, field in HTTP_FIELDS.items() if body.get(http) is not None}

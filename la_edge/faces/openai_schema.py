@@ -17,6 +17,7 @@ from ..decoding.params import GenerationParams
 from ..errors import InvalidParameterError, check_unicode
 from ..runtime.prompts import raw_pair, validate_principle
 from .flags import PARAMS, params_from_fields
+from .presets import PRINCIPLE_FROM, Steering
 from .principles import PrincipleSpec, SpecError
 
 MAX_BODY_BYTES = 1 << 20
@@ -96,6 +97,7 @@ class Defaults(NamedTuple):
 
     max_tokens: int = 256
     timeout: Optional[float] = None  # seconds
+    ratio: Optional[float] = None  # alignment_ratio of a request that brings none (serve --ratio)
 
 
 class _Strict(BaseModel):
@@ -125,6 +127,14 @@ class _Envelope(_Strict):
     principles: Optional[Any] = None  # [{text, ratio, weight}]
     avoid: Optional[Any] = None  # [{text, ratio}]
     ratio_schedule: Optional[Any] = None  # "fixed" | "adaptive"
+    principle_from: Optional[Any] = None  # "system" | "none" (checked by _Request, naming the field)
+    # OpenAI fields la_edge cannot honour beyond their neutral values (see _Request.refuse_unsupported)
+    response_format: Optional[Any] = None
+    tools: Optional[Any] = None
+    tool_choice: Optional[Any] = None
+    functions: Optional[Any] = None
+    function_call: Optional[Any] = None
+    logit_bias: Optional[Any] = None
 
 
 # Generation parameters: one optional field per flags.PARAMS entry with an HTTP name.
@@ -136,14 +146,71 @@ class _Request(_WithParams):
     def generation_params(self, defaults: "Defaults", top_logprobs: int,
                           max_tokens: Optional[int] = None) -> GenerationParams:
         """The validated parameters; max_tokens (when given) overrides the body's."""
-        if self.n != 1:
-            raise RequestError(f"only n=1 is supported, got {self.n}", param="n")
+        self.refuse_unsupported()
         if max_tokens is None:
             max_tokens = self.max_tokens if self.max_tokens is not None else defaults.max_tokens
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
         timeout = defaults.timeout if self.timeout is None else _field("timeout", _timeout, self.timeout)
+        ratio = defaults.ratio if self.alignment_ratio is None else None
         return params_from_fields(dict(self), max_tokens=max_tokens, top_logprobs=top_logprobs, stop=stop,
-                                  timeout=timeout)
+                                  timeout=timeout, ratio=ratio)
+
+    def refuse_unsupported(self) -> None:
+        """A 400 (code "unsupported") naming the first field asked for something la_edge does not do;
+        neutral values (n 1, response_format text, no tools, an empty logit_bias) pass."""
+        fmt = self.response_format
+        checks = [("n", self.n == 1, "only n=1 is supported (one choice per request)"),
+                  ("response_format", fmt is None or (isinstance(fmt, dict) and fmt.get("type") == "text"),
+                   'only {"type": "text"} is supported (no JSON mode or schema)'),
+                  ("tools", not self.tools, "tools (function calling) are not supported"),
+                  ("tool_choice", self.tool_choice in (None, "none", "auto"),
+                   "tool_choice: tools (function calling) are not supported"),
+                  ("functions", not self.functions, "functions (function calling) are not supported"),
+                  ("function_call", self.function_call in (None, "none", "auto"),
+                   "function_call: functions (function calling) are not supported"),
+                  ("logit_bias", not self.logit_bias, "logit_bias is not supported (send null or {})")]
+        checks += self._more_unsupported()
+        for name, ok, message in checks:
+            if not ok:
+                raise RequestError(f"{name}: {message}" if not message.startswith(name) else message,
+                                   param=name, code="unsupported")
+
+    def _more_unsupported(self) -> list:
+        return []
+
+    def own_spec(self) -> bool:
+        """Whether the request names its principles itself (principle, principles, avoid)."""
+        return any(v is not None for v in (self.principle, self.principles, self.avoid))
+
+    def steered(self, params: GenerationParams, max_branches: int, steering: Optional[Steering],
+                messages: Optional[List[Dict[str, str]]]):
+        """(spec, messages): the request's own principles, else Steering.choose's (system message,
+        preset named by `model`, server default); ratio_schedule alone applies to the chosen ones."""
+        if self.principle_from is not None and self.principle_from not in PRINCIPLE_FROM:
+            raise RequestError(f"principle_from must be 'system' or 'none', got {self.principle_from!r:.60}",
+                               param="principle_from")
+        if self.principle_from == "system" and messages is None:
+            raise RequestError("principle_from 'system' takes the system message of a chat request; a "
+                               "completion has none", param="principle_from")
+        if steering is None:
+            steering = Steering(self.model or "")
+        chosen, kept = steering.choose(self.model, messages, self.principle_from, self.alignment_ratio)
+        if self.own_spec() or not chosen.principles:
+            return self.spec(params, max_branches), messages
+        if self.ratio_schedule is not None:
+            chosen = self._checked(lambda: PrincipleSpec.from_fields(
+                {**chosen.to_fields(), "ratio_schedule": self.ratio_schedule}))
+        self._checked(lambda: chosen.check_branches(max_branches))
+        return chosen, kept
+
+    @staticmethod
+    def _checked(make):
+        try:
+            return make()
+        except SpecError as exc:
+            typed = exc.kind == "type"
+            raise RequestError(str(exc), status=422 if typed else 400, param=exc.field,
+                               code="invalid_type" if typed else "invalid_value") from None
 
     def spec(self, params: GenerationParams, max_branches: int) -> PrincipleSpec:
         """What the request aligns to: `principle` (a one-element list) or `principles`, `avoid` and
@@ -154,13 +221,8 @@ class _Request(_WithParams):
             if self.principles is not None:
                 raise RequestError("give principle or principles, not both", param="principles")
             fields["principles"] = [{"text": principle}]
-        try:
-            spec = PrincipleSpec.from_fields(fields, params.ratio)
-            spec.check_branches(max_branches)
-        except SpecError as exc:
-            typed = exc.kind == "type"
-            raise RequestError(str(exc), status=422 if typed else 400, param=exc.field,
-                               code="invalid_type" if typed else "invalid_value") from None
+        spec = self._checked(lambda: PrincipleSpec.from_fields(fields, params.ratio))
+        self._checked(lambda: spec.check_branches(max_branches))
         return spec
 
     @property
@@ -182,11 +244,12 @@ class ChatRequest(_Request):
         n_top = (self.top_logprobs or 0) if self.logprobs else 0
         return self.generation_params(defaults, n_top, self.max_completion_tokens)
 
-    def submitter(self, params: GenerationParams, max_branches: int) -> Callable[[Any], Any]:
+    def submitter(self, params: GenerationParams, max_branches: int,
+                  steering: Optional[Steering] = None) -> Callable[[Any], Any]:
         """Checks the request and returns aligner -> Request: the messages (text parts joined) and the
-        principles (see spec)."""
-        spec = self.spec(params, max_branches)
+        principles (see steered)."""
         messages = [{"role": m.role, "content": _content(m, i)} for i, m in enumerate(self.messages)]
+        spec, messages = self.steered(params, max_branches, steering, messages)
         return lambda la: spec.submit(la, params, messages=messages)
 
 
@@ -194,6 +257,17 @@ class CompletionRequest(_Request):
     prompt: str
     logprobs: Optional[int] = None  # alternatives per token
     principled_prompt: Optional[str] = None  # raw mode: the principled branch verbatim
+    echo: Optional[Any] = None
+    best_of: Optional[Any] = None
+    suffix: Optional[Any] = None
+
+    def _more_unsupported(self) -> list:
+        return [("echo", self.echo in (None, False), "echo: returning the prompt is not supported"),
+                ("best_of", self.best_of in (None, 1), "best_of: only 1 is supported (one choice per request)"),
+                ("suffix", self.suffix in (None, ""), "suffix: insertion (fill-in-the-middle) is not supported")]
+
+    def own_spec(self) -> bool:
+        return super().own_spec() or self.principled_prompt is not None
 
     @property
     def want_logprobs(self) -> bool:
@@ -202,13 +276,15 @@ class CompletionRequest(_Request):
     def params(self, defaults: "Defaults") -> GenerationParams:
         return self.generation_params(defaults, self.logprobs or 0)
 
-    def submitter(self, params: GenerationParams, max_branches: int) -> Callable[[Any], Any]:
+    def submitter(self, params: GenerationParams, max_branches: int,
+                  steering: Optional[Steering] = None) -> Callable[[Any], Any]:
         """Checks the request and returns aligner -> Request: `prompt` is the plain branch; the
         principled branch is `principled_prompt` if given, else each principle (and each text to
-        avoid) and the prompt joined by a blank line."""
+        avoid; a preset's or the server default's when the request names none) and the prompt
+        joined by a blank line."""
         if not self.prompt:
             raise RequestError("prompt must be a non-empty string", param="prompt")
-        spec = self.spec(params, max_branches)
+        spec, _ = self.steered(params, max_branches, steering, None)
         if self.principled_prompt is not None:
             if not self.principled_prompt.strip():
                 raise RequestError("principled_prompt must be a non-empty string (omit it to build it from "
@@ -252,7 +328,11 @@ def _content(m: Message, i: int) -> str:
 
 def parse(body: bytes, model_cls):
     """A validated request model from a raw body; raises RequestError (400 or 422)."""
-    data = load_body(body)
+    return validate(load_body(body), model_cls)
+
+
+def validate(data: Dict[str, Any], model_cls):
+    """A validated request model from a checked JSON object (load_body's); raises RequestError (422)."""
     try:
         return model_cls.model_validate(data)
     except ValidationError as exc:

@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from ..errors import (BusyError, ChatTemplateError, ContextOverflowError, EngineUnavailableError,
                       InvalidParameterError, LaEdgeError, RequestTimeoutError, StepFailedError)
 from .openai_schema import RequestError
+from .presets import UnknownModelError
 
 LOGPROB_FLOOR = -9999.0
 log = logging.getLogger("la_edge.server")
@@ -46,6 +47,8 @@ def _mapped(exc: BaseException, retry_after_s: int = 1) -> Tuple[int, Dict[str, 
         return exc.status, error_body(str(exc), code=exc.code, param=exc.param), {}
     if isinstance(exc, BusyError):
         return 429, error_body(f"{exc}; retry later", "rate_limit_error", "busy"), {"Retry-After": str(retry_after_s)}
+    if isinstance(exc, UnknownModelError):
+        return 404, error_body(str(exc), code="model_not_found", param="model"), {}
     if isinstance(exc, ContextOverflowError):
         return 400, error_body(str(exc), code="context_length_exceeded", param="max_tokens"), {}
     if isinstance(exc, (InvalidParameterError, ChatTemplateError)):
@@ -60,6 +63,12 @@ def _mapped(exc: BaseException, retry_after_s: int = 1) -> Tuple[int, Dict[str, 
         return 500, error_body(str(exc), "server_error", type(exc).__name__), {}
     log.error("internal error", exc_info=exc)
     return 500, error_body("internal error", "server_error"), {}
+
+
+def status_of(exc: BaseException, retry_after_s: int = 1) -> Tuple[int, str, Dict[str, str]]:
+    """(status, message, headers) of an exception, as `failure` maps it (for faces with another error shape)."""
+    status, body, headers = _mapped(exc, retry_after_s)
+    return status, body["error"]["message"], headers
 
 
 def failure(exc: BaseException, retry_after_s: int = 1) -> JSONResponse:

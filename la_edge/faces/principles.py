@@ -175,9 +175,8 @@ def per_item(flag: str, values: Optional[Sequence[float]], n: int, items: str, d
     return list(values)
 
 
-def load_file(path: str, default_ratio: float = DEFAULT_RATIO) -> PrincipleSpec:
-    """A `--principles-file`: TOML with [[principles]] (text, ratio, weight), [[avoid]] (text, ratio)
-    and ratio_schedule; errors name the file and the key."""
+def read_toml(path: str, what: str) -> Dict[str, Any]:
+    """A TOML file as a dict; errors name the file and say what it was for (`what`)."""
     try:
         import tomllib
     except ImportError:  # Python < 3.11
@@ -187,18 +186,29 @@ def load_file(path: str, default_ratio: float = DEFAULT_RATIO) -> PrincipleSpec:
             raise InvalidParameterError(f"{path}: reading TOML needs Python 3.11 or the tomli package") from None
     try:
         with open(path, "rb") as f:
-            data = tomllib.load(f)
+            return tomllib.load(f)
     except OSError as exc:
-        raise InvalidParameterError(f"{path}: cannot read the principles file ({exc.strerror})") from None
+        raise InvalidParameterError(f"{path}: cannot read the {what} ({exc.strerror})") from None
     except tomllib.TOMLDecodeError as exc:
         raise InvalidParameterError(f"{path}: not valid TOML ({exc})") from None
+
+
+def spec_from_table(data: Mapping[str, Any], where: str, default_ratio: float = DEFAULT_RATIO) -> PrincipleSpec:
+    """One TOML table of principles, avoid and ratio_schedule (a --principles-file, or one preset of a
+    --presets-file); errors begin with `where`."""
     unknown = sorted(set(data) - {"principles", "avoid", "ratio_schedule"})
     if unknown:
-        raise InvalidParameterError(f"{path}: unknown key {unknown[0]!r} (principles, avoid, ratio_schedule)")
+        raise InvalidParameterError(f"{where}: unknown key {unknown[0]!r} (principles, avoid, ratio_schedule)")
     try:
         return PrincipleSpec.from_fields(data, default_ratio)
     except InvalidParameterError as exc:
-        raise InvalidParameterError(f"{path}: {exc}") from None
+        raise InvalidParameterError(f"{where}: {exc}") from None
+
+
+def load_file(path: str, default_ratio: float = DEFAULT_RATIO) -> PrincipleSpec:
+    """A `--principles-file`: TOML with [[principles]] (text, ratio, weight), [[avoid]] (text, ratio)
+    and ratio_schedule; errors name the file and the key."""
+    return spec_from_table(read_toml(path, "principles file"), path, default_ratio)
 
 
 # ---- checks ---------------------------------------------------------------------------------------

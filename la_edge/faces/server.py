@@ -2,8 +2,11 @@
 
 Alignment fields are request extensions: `principle`, `alignment_ratio`, `plausibility_top_p`,
 `plausibility_temperature` (plus `top_k`, `min_p`, `repeat_penalty`, `ignore_eos`), and for several
-principles `principles`, `avoid`, `ratio_schedule` (faces/principles.py), usable via `extra_body`. Requests go through `Aligner.submit` only; openai_schema.py reads them and
-openai_wire.py writes the answers. Under hostile or departing clients:
+principles `principles`, `avoid`, `ratio_schedule` (faces/principles.py), and `principle_from`, usable via
+`extra_body`. A request that names no principle gets one from the `Steering` (faces/presets.py): the system
+message, the preset its `model` names (`MODEL:NAME`), or the server's default. Requests go through
+`Aligner.submit` only; openai_schema.py reads them and openai_wire.py writes the answers; ollama_api.py
+rewrites Ollama's bodies into the same requests (`Server.start`). Under hostile or departing clients:
 
 - a non-streaming request is cancelled when its client disconnects (checked every
   DISCONNECT_POLL_S); a stream is cancelled at the next token after its client left;
@@ -40,6 +43,7 @@ from ..runtime.aligner import Aligner
 from .flags import SERVE_REQUEST_TIMEOUT_S
 from .openai_schema import MAX_BODY_BYTES, ChatRequest, CompletionRequest, Defaults, RequestError, parse
 from .openai_wire import Wire, error, failure, stream_error
+from .presets import Steering
 from .web import mount_web
 
 __all__ = ["Server", "BackgroundServer", "serve", "SHUTDOWN_GRACE_S"]
@@ -87,22 +91,35 @@ class Server:
 
     request_timeout: seconds a request that brings no `timeout` may run (None: no deadline).
     web: also serve the chat page (faces/web) at `/`.
+    steering: presets (model ids MODEL:NAME), the default principles and `--principle-from system`
+    (faces/presets.py); default_ratio: the alignment_ratio of requests that bring none.
+    ollama: also serve Ollama's API at /api/ (faces/ollama_api.py).
     """
 
     def __init__(self, aligner: Aligner, model_name: str, api_key: Optional[str] = None,
                  max_body_bytes: int = MAX_BODY_BYTES, default_max_tokens: int = 256, retry_after_s: int = 1,
-                 web: bool = True, request_timeout: Optional[float] = SERVE_REQUEST_TIMEOUT_S):
+                 web: bool = True, request_timeout: Optional[float] = SERVE_REQUEST_TIMEOUT_S,
+                 steering: Optional[Steering] = None, default_ratio: Optional[float] = None, ollama: bool = True):
         self.la = aligner
         self.model_name = model_name
         self.api_key = api_key
         self.max_body_bytes = max_body_bytes
-        GenerationParams(max_tokens=default_max_tokens, timeout=request_timeout)  # checked once, here
-        self.defaults = Defaults(default_max_tokens, request_timeout)
+        GenerationParams(max_tokens=default_max_tokens, timeout=request_timeout,
+                         ratio=GenerationParams().ratio if default_ratio is None else default_ratio)  # checked once
+        self.defaults = Defaults(default_max_tokens, request_timeout, default_ratio)
+        self.steering = steering or Steering(model_name)
+        if self.steering.model != model_name:
+            raise ValueError("steering.model must be the server's model_name")
         self.retry_after_s = retry_after_s
         self._workers = _Workers(WORKER_THREADS)
         if aligner.alive:
             aligner.start()
+        self.web, self.ollama = web, ollama
         self.app = self._build()
+        if ollama:
+            from .ollama_api import mount_ollama
+
+            mount_ollama(self.app, self)
         if web:
             mount_web(self.app)
 
@@ -120,7 +137,8 @@ class Server:
     def _run(self, fn, *args) -> asyncio.Future:
         return self._workers.run(fn, *args)
 
-    async def _read(self, http: Request) -> bytes:
+    async def read_body(self, http: Request) -> bytes:
+        """The raw body, at most max_body_bytes (413 beyond)."""
         too_big = RequestError(f"request body exceeds {self.max_body_bytes} bytes", status=413, code="body_too_large")
         declared = http.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self.max_body_bytes:
@@ -141,55 +159,84 @@ class Server:
             fut.add_done_callback(_cancel_submitted)
             raise
 
-    async def _handle(self, http: Request, model_cls, chat: bool):
+    def answered_model(self, requested: Optional[str]) -> str:
+        """The model id an answer names: the requested one when it is one of ours (a preset), else the model."""
+        return requested if requested in self.steering.ids() else self.model_name
+
+    def check_alive(self) -> None:
+        """Raise EngineUnavailableError (503) once the engine stopped or failed."""
         if not self.la.alive:
             failed = self.la.status()["failure"]
-            return failure(EngineUnavailableError(f"engine failed: {failed}" if failed else "engine stopped"))
+            raise EngineUnavailableError(f"engine failed: {failed}" if failed else "engine stopped")
+
+    async def start(self, req):
+        """Submit a parsed ChatRequest or CompletionRequest (its principles chosen by the steering):
+        the running la_edge Request. Every face (OpenAI, Ollama) comes through here."""
+        params = req.params(self.defaults)
+        return await self._submit(req.submitter(params, self.la.max_branches, self.steering))
+
+    async def _handle(self, http: Request, model_cls, chat: bool):
         try:
-            req = parse(await self._read(http), model_cls)
-            params = req.params(self.defaults)
-            request = await self._submit(req.submitter(params, self.la.max_branches))
+            self.check_alive()
+        except EngineUnavailableError as exc:
+            return failure(exc)
+        try:
+            req = parse(await self.read_body(http), model_cls)
+            request = await self.start(req)
         except ClientDisconnect:  # gone while sending the body
             return error(499, "client closed the request", code="client_closed")
         except Exception as exc:
             return failure(exc, self.retry_after_s)
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
-        wire = Wire(self.la, {"id": rid, "created": int(time.time()), "model": self.model_name}, chat,
+        wire = Wire(self.la, {"id": rid, "created": int(time.time()), "model": self.answered_model(req.model)}, chat,
                     req.want_logprobs)
         if req.stream:
-            return _EventStream(request, self._events(request, wire, req.include_usage))
+            return EventStream(request, self._events(request, wire, req.include_usage))
         return await self._complete(http, request, wire)
 
     async def _complete(self, http: Request, request, wire: Wire):
+        try:
+            result = await self.finish(http, request)
+        except ClientDisconnect:
+            return error(499, "client closed the request", code="client_closed")
+        except Exception as exc:
+            return failure(exc, self.retry_after_s)
+        return JSONResponse(wire.result(result))
+
+    async def finish(self, http: Request, request):
+        """The GenerationResult of a non-streaming request; ClientDisconnect (and the request
+        cancelled) once its client left."""
         fut = self._run(request.result)
         try:
             while not fut.done():
                 await asyncio.wait({fut}, timeout=DISCONNECT_POLL_S)
                 if not fut.done() and await http.is_disconnected():
                     request.cancel()  # nobody will read the answer: stop generating it
-                    return error(499, "client closed the request", code="client_closed")
-            return JSONResponse(wire.result(fut.result()))
-        except Exception as exc:
-            return failure(exc, self.retry_after_s)
+                    raise ClientDisconnect()
+            return fut.result()
         finally:
             if not fut.done():  # cancelled (shutdown) while waiting
                 request.cancel()
                 fut.add_done_callback(_consume)
 
-    async def _events(self, request, wire: Wire, include_usage: bool):
+    async def chunks(self, request):
+        """The request's Chunks, read in a worker thread; an engine error is raised here."""
         it = request.stream()
+        while True:
+            chunk = await self._run(next, it, None)
+            if chunk is None:
+                return
+            yield chunk
+
+    async def _events(self, request, wire: Wire, include_usage: bool):
         try:
             if wire.chat:
                 yield wire.role()
-            while True:
-                try:
-                    chunk = await self._run(next, it, None)
-                except Exception as exc:
-                    yield stream_error(exc)
-                    break
-                if chunk is None:
-                    break
-                yield wire.chunk(chunk)
+            try:
+                async for chunk in self.chunks(request):
+                    yield wire.chunk(chunk)
+            except Exception as exc:
+                yield stream_error(exc)
             if include_usage:
                 yield wire.usage_event(request.usage)
             yield "data: [DONE]\n\n"
@@ -207,6 +254,8 @@ class Server:
 
         @app.exception_handler(StarletteHTTPException)
         async def http_error(request: Request, exc: StarletteHTTPException):
+            if request.url.path.startswith("/api/"):  # Ollama's error shape
+                return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
             kind = "not_found" if exc.status_code == 404 else "invalid_request_error"
             return error(exc.status_code, str(exc.detail), type_=kind)
 
@@ -221,7 +270,7 @@ class Server:
         @app.get("/v1/models")
         async def models():
             return {"object": "list", "data": [
-                {"id": self.model_name, "object": "model", "created": 0, "owned_by": "la_edge"}]}
+                {"id": name, "object": "model", "created": 0, "owned_by": "la_edge"} for name in self.steering.ids()]}
 
         @app.post("/v1/chat/completions")
         async def chat(request: Request):
@@ -244,11 +293,12 @@ def _consume(fut: asyncio.Future) -> None:
         fut.exception()  # retrieved: no "exception was never retrieved" noise
 
 
-class _EventStream(StreamingResponse):
-    """SSE response that always ends its request, also when the client left before the first event."""
+class EventStream(StreamingResponse):
+    """A streamed response (SSE, or Ollama's NDJSON) that always ends its request, also when the client
+    left before the first event."""
 
-    def __init__(self, request, events):
-        super().__init__(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    def __init__(self, request, events, media_type: str = "text/event-stream"):
+        super().__init__(events, media_type=media_type, headers={"Cache-Control": "no-cache"})
         self.request = request
 
     async def __call__(self, scope, receive, send):
@@ -271,11 +321,12 @@ class _Guard:
             await self.app(scope, receive, send)
             return
         key = self.server.api_key
-        if key and scope["path"].startswith("/v1/"):
+        if key and scope["path"].startswith(("/v1/", "/api/")):
             headers = dict(scope.get("headers") or [])
             if headers.get(b"authorization", b"").decode("latin-1") != f"Bearer {key}":
-                response = error(401, "invalid or missing API key", type_="authentication_error",
-                                 code="invalid_api_key")
+                message = "invalid or missing API key"
+                response = (JSONResponse({"error": message}, status_code=401) if scope["path"].startswith("/api/")
+                            else error(401, message, type_="authentication_error", code="invalid_api_key"))
                 await response(scope, receive, send)
                 return
 
@@ -301,10 +352,15 @@ class _Guard:
 class _Uvicorn(uvicorn.Server):
     """uvicorn with a bounded shutdown: open requests are cancelled `grace_s` after it starts."""
 
-    def __init__(self, server: "Server", grace_s: float, **config):
+    def __init__(self, server: "Server", grace_s: float, on_ready=None, **config):
         # uvicorn's own timeout (one second later) cancels what did not end by itself.
         super().__init__(uvicorn.Config(server.app, timeout_graceful_shutdown=int(grace_s) + 1, **config))
-        self.la_server, self.grace_s = server, grace_s
+        self.la_server, self.grace_s, self.on_ready = server, grace_s, on_ready
+
+    async def startup(self, sockets=None) -> None:
+        await super().startup(sockets)
+        if self.started and self.on_ready is not None:
+            self.on_ready()
 
     async def shutdown(self, sockets=None) -> None:
         asyncio.get_running_loop().call_later(self.grace_s, self.la_server.la.cancel_all)
@@ -341,10 +397,27 @@ class BackgroundServer:
         return self.server.close() and not self._thread.is_alive()
 
 
+def ready_line(server: "Server", base_url: str) -> str:
+    """What `la-edge serve` prints once it listens: model, chat template, n_ctx, addresses, presets, key."""
+    la, st = server.la, server.steering
+    parts = [f"model {server.model_name} (chat template: {la.template.source}), n_ctx {la.backend.n_ctx}",
+             f"API {base_url}/v1" + (f" and {base_url}/api (Ollama)" if server.ollama else ""),
+             f"web page {base_url}/" if server.web else "no web page",
+             f"presets: {st.describe()}"]
+    if st.default.principles:
+        parts.append(f"default principle: {st.default.describe()}")
+    if st.from_system:
+        parts.append("principle from the system message")
+    parts.append("API key required" if server.api_key else "no API key required")
+    return "la-edge serve: ready: " + "; ".join(parts)
+
+
 def serve(aligner: Aligner, host: str = "127.0.0.1", port: int = 8080, model_name: str = "la-edge",
           api_key: Optional[str] = None, log_level: str = "warning", grace_s: float = SHUTDOWN_GRACE_S,
-          web: bool = True, request_timeout: Optional[float] = SERVE_REQUEST_TIMEOUT_S) -> None:
+          web: bool = True, request_timeout: Optional[float] = SERVE_REQUEST_TIMEOUT_S,
+          steering: Optional[Steering] = None, default_ratio: Optional[float] = None, ollama: bool = True) -> None:
     """Serve until SIGTERM or Ctrl-C; open requests then get `grace_s` seconds. Closes the aligner.
+    Prints `ready_line` to stdout once it listens.
 
     In order: uvicorn stops (open requests cancelled after the grace period), the worker threads are
     waited for, then the aligner is closed (engine stopped, model freed). Each wait is bounded.
@@ -362,8 +435,11 @@ def serve(aligner: Aligner, host: str = "127.0.0.1", port: int = 8080, model_nam
     previous = [signal.signal(s, exit_cleanly) for s in signals] if main else []
     server = None
     try:
-        server = Server(aligner, model_name=model_name, api_key=api_key, web=web, request_timeout=request_timeout)
-        _Uvicorn(server, grace_s, host=host, port=port, log_level=log_level).run()
+        server = Server(aligner, model_name=model_name, api_key=api_key, web=web, request_timeout=request_timeout,
+                        steering=steering, default_ratio=default_ratio, ollama=ollama)
+        shown = f"[{host}]" if ":" in host else host
+        ready = lambda: print(ready_line(server, f"http://{shown}:{port}"), flush=True)  # noqa: E731
+        _Uvicorn(server, grace_s, host=host, port=port, log_level=log_level, on_ready=ready).run()
     finally:
         closing.set()
         if server is not None and not server.close():

@@ -462,7 +462,13 @@ class Engine:
             raise EngineUnavailableError("engine stopped")
 
     def _admit(self) -> None:
-        """Admit queued jobs (lock held; a decode may be in flight): their KV changes wait in the pool."""
+        """Admit queued jobs (lock held; a decode may be in flight): their KV changes wait in the pool.
+
+        Not while a job that ended during the batch in flight (a stop string) waits to park: a next
+        turn sent at once would miss its sequences. The next round admits it.
+        """
+        if self.pool.parks_pending:
+            return
         for job in self.scheduler.admit():
             job.owner.t_start = time.perf_counter()
         self._apply_changes()

@@ -213,6 +213,11 @@ class SequencePool:
             self._release(ids, parks, cells)
         self._deferred = []
 
+    @property
+    def parks_pending(self) -> bool:
+        """A job that ended during the batch in flight parks sequences once it ends (not yet matchable)."""
+        return any(parks for _, parks, _ in self._deferred)
+
     def drop_parked(self) -> List[int]:
         """Forget every parked sequence (their clears are queued); returns their ids."""
         ids = list(self.parked)

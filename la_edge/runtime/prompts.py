@@ -72,6 +72,23 @@ def validate_principle(principle: Optional[str]) -> Optional[str]:
     return principle
 
 
+SYSTEM_JOIN = "\n\n"  # several system messages become one principle, joined by a blank line
+
+
+def system_as_principle(messages: Sequence[Dict[str, str]]) -> Tuple[Optional[str], List[Dict[str, str]]]:
+    """`--principle-from system`: (the principle, the messages without their system messages).
+
+    Every system message's content (strings), joined by a blank line, is the principle; None when
+    there is none or it is blank (the request is then plain). The principled branch holds it and
+    the plain branch does not: submitting the returned messages with this principle is exactly a
+    request that sent `principle` and no system message.
+    """
+    texts = [m["content"] for m in messages if m.get("role") == "system"]
+    rest = [m for m in messages if m.get("role") != "system"]
+    principle = SYSTEM_JOIN.join(t for t in texts if isinstance(t, str) and t.strip())
+    return (principle or None), rest
+
+
 def _locate(text: str, markup: List[str], order: List[int], contents: List[str]) -> Optional[Parts]:
     """Read `text` as markup[0] c markup[1] c ... with each c the content (or its trim); None if not."""
     parts, pos = [], 0

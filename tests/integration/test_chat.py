@@ -110,3 +110,26 @@ def test_piped_principles_avoid_and_adaptive(tmp_path):
     assert saved["principle"] == "Answer in French." and saved["ratio_schedule"] == "adaptive"
     assert saved["principles"] == [{"text": "Answer in French.", "ratio": 2.0, "weight": 1.0}]
     assert saved["avoid"] == [{"text": "Use jargon.", "ratio": 2.0}]
+
+
+def test_preset_and_principle_from_system(tmp_path):
+    presets = tmp_path / "presets.toml"
+    presets.write_text('[presets.french]\nprinciples = [{text = "Answer in French.", ratio = 3}]\n')
+    by_preset = chat(["What is rain?"], "--presets-file", str(presets), "--preset", "french")
+    from_system = chat(["What is rain?", "/compare"], "--principle-from", "system", "--system", "Answer in German.")
+    given = chat(["What is rain?", "/principle Answer in German.", "/ratio 2", "/reset", "What is rain?"],
+                 "--principle", "Answer in French.", "--ratio", "3")
+    for r in (by_preset, from_system, given):
+        assert r.returncode == 0, r.stderr
+    # answers may span lines: compare stdout blocks (each answer ends with a newline)
+    assert given.stdout.startswith(by_preset.stdout) and by_preset.stdout.strip()
+    german = given.stdout[len(by_preset.stdout):]
+    assert from_system.stdout.startswith(german)  # the system message is the principle
+    compare = from_system.stdout[len(german):]
+    assert compare.startswith("[plain, no principle]\n") and compare.endswith(german)
+    assert "principle from the system message" in compare and compare.count(german) == 1  # plain differs
+    for args, needle in [(("--presets-file", str(presets), "--preset", "nope"), "no such preset"),
+                         (("--presets-file", str(presets)), "--preset NAME"),
+                         (("--preset", "french", "--principle", "x"), "without --principle")]:
+        r = chat([], *args)
+        assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr, r.stderr

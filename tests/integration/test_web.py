@@ -18,6 +18,8 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from la_edge import Aligner
+from la_edge.faces.presets import Steering
+from la_edge.faces.principles import PrincipleSpec
 from la_edge.faces.server import Server
 from la_edge.faces.web import ASSETS, mount_web
 from serving import running_server, wait_idle
@@ -66,7 +68,8 @@ def browser():
 
 @pytest.fixture(scope="module")
 def server(browser, model_path):
-    with running_server(model_path, server_kw={"api_key": API_KEY}, n_ctx=1024, max_requests=2, max_queue=2,
+    steering = Steering("smollm2", {"french": PrincipleSpec.one("Answer in French.", 3.0)})
+    with running_server(model_path, server_kw={"api_key": API_KEY, "steering": steering}, n_ctx=1024, max_requests=2, max_queue=2,
                         n_threads=1) as srv:
         yield srv
 
@@ -122,7 +125,7 @@ def chat_requests(pg):
 # ---- browser tests ---------------------------------------------------------------------------
 def test_send_streams_an_answer(page, server):
     configure(page)
-    page.wait_for_function("() => document.getElementById('model').textContent === 'smollm2'")
+    page.wait_for_function("() => document.getElementById('model').value === 'smollm2'")
     sent = chat_requests(page)
     send(page, "What is rain?")
     assert page.input_value("#input") == ""  # Enter sent it
@@ -170,6 +173,27 @@ def test_compare_streams_both_columns_at_once(page):
         assert "tokens" in page.text_content(f".assistant.{kind} .stats")
     answers = saved(page)["turns"][0]["answers"]
     assert [a["kind"] for a in answers] == ["plain", "aligned"] and answers[0]["text"] != answers[1]["text"]
+
+
+def test_model_picker_sends_a_preset_by_name(page, server):
+    configure(page)
+    page.wait_for_function("() => document.getElementById('model').options.length === 2")
+    assert page.eval_on_selector_all("#model option", "os => os.map(o => o.value)") == ["smollm2", "smollm2:french"]
+    page.select_option("#model", "smollm2:french")
+    page.check("#compare")  # a preset is enough to compare
+    sent = chat_requests(page)
+    send(page, "Name a colour.")
+    wait_done(page, 2)
+    plain, aligned = [json.loads(r.post_data) for r in sent]
+    assert plain["model"] == "smollm2" and aligned["model"] == "smollm2:french"
+    assert not {"principle", "principles"} & (set(plain) | set(aligned))  # the model name carries it
+    assert page.text_content(".assistant.aligned .label") == "Aligned · preset smollm2:french"
+    direct = httpx.post(server.base + "/v1/chat/completions", headers={"Authorization": f"Bearer {API_KEY}"},
+                        json={**aligned, "model": "smollm2", "principle": "Answer in French.", "alignment_ratio": 3.0,
+                              "stream": False, "stream_options": None}, timeout=60).json()
+    assert saved(page)["turns"][0]["answers"][1]["text"] == direct["choices"][0]["message"]["content"]
+    page.reload()  # the choice is kept
+    page.wait_for_function("() => document.getElementById('model').value === 'smollm2:french'")
 
 
 def add_principle(pg, text, ratio_steps=0):

@@ -205,3 +205,18 @@ def test_raw_prompts_keep_control_tokens_and_reject_lone_surrogates():
 def test_parts_must_join_to_their_string():
     with pytest.raises(InvalidParameterError):
         PromptPair(principled="ab", plain=None, principled_parts=(("a", True),))
+
+
+def test_system_as_principle_moves_every_system_message():
+    from la_edge.runtime.prompts import system_as_principle
+
+    msgs = [{"role": "system", "content": "Answer in French."}, {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Salut"}, {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Why?"}]
+    principle, rest = system_as_principle(msgs)
+    assert principle == "Answer in French.\n\nBe brief."
+    assert [m["role"] for m in rest] == ["user", "assistant", "user"]
+    assert system_as_principle(USER) == (None, USER)
+    assert system_as_principle([{"role": "system", "content": "  "}] + USER) == (None, USER)
+    t = ChatTemplate(CHATML_DEFAULT_SYSTEM)  # the same pair as `principle` with no system message
+    assert t.pair(rest, principle) == t.pair([m for m in msgs if m["role"] != "system"], principle)

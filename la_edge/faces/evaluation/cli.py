@@ -24,15 +24,27 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "eval", help="measure principle adherence of plain, r=0 and Linear Alignment decoding",
         description="Evaluate verifiable principles (or, with --mc, personal-preference multiple choice) "
-                    "for plain decoding, the principle in the prompt (r=0) and Linear Alignment at each ratio.")
-    p.add_argument("--ratios", type=_floats, default=(1.0, 2.0, 4.0), help="comma-separated ratios (default: 1,2,4)")
+                    "for plain decoding, the principle in the prompt (r=0) and Linear Alignment at each ratio; "
+                    "--compose: several principles and a word to avoid; --turns: the system message over a chat.")
+    p.add_argument("--ratios", type=_floats, default=None,
+                   help="comma-separated ratios (default: 1,2,4; with --compose or --turns: 2)")
     p.add_argument("--max-tokens", type=int, default=64, help="tokens per answer (default: 64)")
     p.add_argument("--limit", type=int, default=None,
-                   help="prompts per principle, 8 at most (default: 4); with --mc: items (default: all 16)")
+                   help="prompts per principle, 8 at most (default: 4); with --mc: items (default: all 16); "
+                        "with --compose: prompts per task (default: 4); with --turns: conversations (default: all 3)")
     p.add_argument("--principles", type=_names, default=None, help="comma-separated principle ids (default: all)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default: 0)")
-    p.add_argument("--mc", action="store_true", help="personal-preference multiple-choice mode")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--mc", action="store_true", help="personal-preference multiple-choice mode")
+    mode.add_argument("--compose", action="store_true",
+                      help="several principles at once (joined in one sentence vs one branch each, fixed and "
+                           "adaptive ratio) and a word to avoid (a 'do not' principle vs --avoid)")
+    mode.add_argument("--turns", action="store_true",
+                      help="an instruction in the system message over an 8-turn chat: in the system message "
+                           "vs taken as the principle (serve --principle-from system)")
+    p.add_argument("--adaptive-ratio", action="store_true",
+                   help="also run each ratio with the adaptive per-token ratio (principles mode)")
     p.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
     p.add_argument("--out", default=None, metavar="DIR", help="write results.json, results.md and plot.png")
     p.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
@@ -49,19 +61,27 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from ...backends.models import resolve_model
     from ..flags import load_aligner
     from .report import markdown, write_outputs
+    from ...errors import InvalidParameterError
+    from .compose import run_compose
+    from .turns import run_turns
     from .runner import EvalConfig, load_tasks, run_mc, run_principles
 
-    limit = args.limit if args.limit is not None or args.mc else 4
-    config = EvalConfig(ratios=args.ratios, max_tokens=args.max_tokens, limit=limit, seed=args.seed,
-                        temperature=args.temperature, principles=args.principles, timeout=args.timeout)
+    limit = args.limit if args.limit is not None or args.mc or args.turns else 4
+    ratios = args.ratios if args.ratios is not None else (2.0,) if args.compose or args.turns else (1.0, 2.0, 4.0)
+    config = EvalConfig(ratios=ratios, max_tokens=args.max_tokens, limit=limit, seed=args.seed,
+                        temperature=args.temperature, principles=args.principles, timeout=args.timeout,
+                        adaptive=args.adaptive_ratio)
     config.validate()
-    if not args.mc:
+    own = "--compose" if args.compose else "--turns" if args.turns else None
+    if own and (args.principles or args.adaptive_ratio):
+        raise InvalidParameterError(f"{own} runs its own tasks: drop --principles and --adaptive-ratio")
+    if not (args.mc or own):
         load_tasks(1, config.principles)
     model = resolve_model(args.model)
     progress = None if args.quiet else sys.stderr
     args.model = model
     with load_aligner(args) as la:
-        run = run_mc if args.mc else run_principles
+        run = run_mc if args.mc else run_compose if args.compose else run_turns if args.turns else run_principles
         doc = run(la, config, progress=progress, model=model)
     notes: List[str] = write_outputs(doc, args.out) if args.out else []
     for note in notes:

@@ -20,6 +20,10 @@ def markdown(doc: Dict[str, object]) -> str:
     tokens = "first token only" if doc["mode"] == "mc" else f"max_tokens={cfg['max_tokens']}"
     head = (f"Model: `{os.path.basename(doc.get('model') or '') or 'default'}`; {tokens}, "
             f"temperature={cfg['temperature']:g}, seed={cfg['seed']}.")
+    if doc["mode"] == "compose":
+        return compose_markdown(doc, head)
+    if doc["mode"] == "turns":
+        return turns_markdown(doc, head)
     if doc["mode"] == "mc":
         rows = [[s, _pct(r["accuracy"]), f"{r['correct']}/{r['n']}", _pct(r["answered"]), f"{r['letter_mass']:.2f}",
                  f"{r['answer_prob']:.2f}"] for s, r in doc["results"].items()]
@@ -38,6 +42,46 @@ def markdown(doc: Dict[str, object]) -> str:
         + ["", "## Fluency guard (all principles)", ""] + _table(["metric"] + settings, flu)) + "\n"
 
 
+def _fluency_rows(flu: Dict[str, Dict[str, float]], settings: List[str]) -> List[List[str]]:
+    return [[name] + [f"{flu[s][key]:.2f}" if key != "words" else f"{flu[s][key]:.0f}" for s in settings]
+            for name, key in (("distinct-2", "distinct_2"), ("rep-4 (lower is better)", "rep_4"),
+                              ("mean words", "words"), ("mean ratio scale", "ratio_scale"))]
+
+
+def compose_markdown(doc: Dict[str, object], head: str) -> str:
+    """Per-part adherence of the combination tasks, fluency, and the avoid tasks' word rate."""
+    res, settings = doc["results"], doc["settings"]
+    rows = [[cell] + [_pct(by[s]) for s in settings] for cell, by in res["parts"].items()]
+    rows.append(["**mean per part**"] + [f"**{_pct(res['mean'][s])}**" for s in settings])
+    rows.append(["all parts of an answer"] + [_pct(res["all_parts"][s]) for s in settings])
+    av, asettings = doc["avoid"], doc["avoid_settings"]
+    arows = [["answers using a forbidden word"] + [_pct(av["rate"][s]) for s in asettings],
+             ["forbidden words per answer"] + [f"{av['count'][s]:.2f}" for s in asettings]]
+    return "\n".join(
+        ["## Several principles: adherence per part", "", head + f" {res['n']} answers per setting.", ""]
+        + _table(["combination: part"] + settings, rows)
+        + ["", "## Fluency guard (combination tasks)", ""] + _table(["metric"] + settings,
+                                                                    _fluency_rows(res["fluency"], settings))
+        + ["", "## Avoid a word", "", f"{av['n']} answers per setting (lower is better).", ""]
+        + _table(["metric"] + asettings, arows + _fluency_rows(av["fluency"], asettings)[:2])) + "\n"
+
+
+def turns_markdown(doc: Dict[str, object], head: str) -> str:
+    """Adherence to the system message's instruction at the checked turns, per setting."""
+    turns = [str(t) for t in doc["checked_turns"]]
+    rows = []
+    for iid, by in doc["results"].items():
+        name = "**all**" if iid == "all" else f"{iid}: {doc['instructions'][iid]}"
+        for s, per in by.items():
+            mean = sum(per.values()) / len(per)
+            rows.append([name, s] + [_pct(per[t]) for t in turns] + [_pct(mean)])
+    n = len(doc["samples"]) // (len(doc["settings"]) * doc["turns"] * (len(doc["results"]) - 1))
+    return "\n".join(["## The system message's instruction over a conversation", "",
+                      head + f" {n} conversations per instruction; the model's own answers stay in the history.", ""]
+                     + _table(["instruction", "setting"] + [f"turn {t}" for t in turns]
+                              + [f"turns 1-{doc['turns']}"], rows)) + "\n"
+
+
 def plot(doc: Dict[str, object], path: str) -> Optional[str]:
     """Write a PNG of adherence (or accuracy) and fluency per setting; returns a message if skipped."""
     try:
@@ -46,6 +90,10 @@ def plot(doc: Dict[str, object], path: str) -> Optional[str]:
         return f"no plot.png: {exc}"
     settings = doc["settings"]
     x = list(range(len(settings)))
+    if doc["mode"] == "compose":
+        return _plot_compose(plt, doc, path)
+    if doc["mode"] == "turns":
+        return _plot_turns(plt, doc, path)
     if doc["mode"] == "mc":
         fig, ax = plt.subplots(figsize=(5, 3.5))
         ax.plot(x, [doc["results"][s]["accuracy"] for s in settings], "o-", label="accuracy")
@@ -68,6 +116,40 @@ def plot(doc: Dict[str, object], path: str) -> Optional[str]:
         a.set_ylim(-0.02, 1.02)
         a.set_xlabel("setting (plain, principle in prompt r=0, Linear Alignment ratio r)")
         a.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return None
+
+
+def _plot_compose(plt, doc: Dict[str, object], path: str) -> None:
+    settings, asettings = doc["settings"], doc["avoid_settings"]
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4))
+    ax.bar(range(len(settings)), [doc["results"]["mean"][s] for s in settings], color="tab:blue")
+    ax.set_xticks(range(len(settings)))
+    ax.set_xticklabels(settings, rotation=30, ha="right", fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_title("Mean adherence per part (higher is better)")
+    ax2.bar(range(len(asettings)), [doc["avoid"]["rate"][s] for s in asettings], color="tab:red")
+    ax2.set_xticks(range(len(asettings)))
+    ax2.set_xticklabels(asettings, rotation=30, ha="right", fontsize=8)
+    ax2.set_ylim(0, 1)
+    ax2.set_title("Answers using the forbidden word (lower is better)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return None
+
+
+def _plot_turns(plt, doc: Dict[str, object], path: str) -> None:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    turns = list(range(1, doc["turns"] + 1))
+    for s, per in doc["results"]["all"].items():
+        ax.plot(turns, [per[str(t)] for t in turns], "o-", label=s)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("turn")
+    ax.set_title("Instruction in the system message followed (all instructions)")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -29,10 +29,15 @@ class EvalConfig:
     temperature: float = 0.0
     principles: Optional[Tuple[str, ...]] = None
     timeout: Optional[float] = None  # seconds per answer (None: no deadline)
+    adaptive: bool = False  # also run each ratio with the adaptive (per-token) ratio
 
     def settings(self) -> List[str]:
-        """Setting names in order: 'plain', 'r=0', then 'r=<ratio>'."""
-        return ["plain", "r=0"] + [setting_name(r) for r in self.ratios if r != 0.0]
+        """Setting names in order: 'plain', 'r=0', then 'r=<ratio>' (and 'r=<ratio> adaptive')."""
+        out = ["plain", "r=0"]
+        for r in self.ratios:
+            if r != 0.0:
+                out += [setting_name(r)] + ([f"{setting_name(r)} adaptive"] if self.adaptive else [])
+        return out
 
     def validate(self) -> None:
         """Raise InvalidParameterError now, before any model is loaded, for a bad ratio or limit."""
@@ -59,7 +64,7 @@ def setting_name(ratio: float) -> str:
 
 
 def _ratio_of(setting: str) -> Optional[float]:
-    return None if setting == "plain" else float(setting[2:])
+    return None if setting == "plain" else float(setting[2:].split()[0])
 
 
 def _load_json(name: str) -> Dict[str, object]:
@@ -124,6 +129,13 @@ def _pair(la, prompt: str, principle: str, setting: str):
     return la.prompts(prompt, None if setting == "plain" else principle)
 
 
+def _prompts(la, prompt: str, principle: str, setting: str) -> Dict[str, object]:
+    """submit() keywords of one setting: a prompt pair, or a branch set for the adaptive ratio."""
+    if setting.endswith(" adaptive"):
+        return {"branches": la.branches(prompt, [principle], ratios=_ratio_of(setting), adaptive=True)}
+    return {"pair": _pair(la, prompt, principle, setting)}
+
+
 def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else 0.0
 
@@ -148,7 +160,7 @@ def run_principles(la, config: EvalConfig, progress: Optional[TextIO] = sys.stde
     samples = []
     for t in tasks:
         for s in settings:
-            res = la.generate(params=_params(config, s), pair=_pair(la, t.prompt, t.principle, s))
+            res = la.generate(params=_params(config, s), **_prompts(la, t.prompt, t.principle, s))
             passed = checkers.check(res.text, t.checker, finished=res.finish_reason == "stop")
             samples.append({"principle": t.principle_id, "source": t.source, "setting": s, "text": res.text,
                             "finish_reason": res.finish_reason, "passed": passed,

@@ -15,7 +15,9 @@
   };
 
   let state = load();
-  let model = null;
+  let models = []; // ids from /v1/models: the plain model first, then one MODEL:NAME per preset
+  const base = () => models[0] || null;
+  const chosen = () => (models.includes(state.settings.model) ? state.settings.model : base());
   const running = new Set(); // AbortControllers of the open streams
   const views = new Map(); // answer object -> {body, stats, note} elements
 
@@ -105,6 +107,7 @@
   // ---- conversation view ------------------------------------------------------------------
   function label(a) {
     if (a.kind === "plain") return "Plain (no principle)";
+    if (a.preset) return `Aligned · preset ${a.preset}`;
     if (!a.spec) return `Aligned · ratio ${a.ratio} · “${a.principle}”`;
     const parts = a.spec.principles.map((p) => `“${p.text}” (ratio ${p.ratio})`);
     if (a.spec.avoid) parts.push(`avoid “${a.spec.avoid.text}” (ratio ${a.spec.avoid.ratio})`);
@@ -216,10 +219,11 @@
   function requestBody(turnIndex, a) {
     const s = state.settings;
     const body = { messages: history(turnIndex, a.kind), stream: true, stream_options: { include_usage: true } };
-    if (model) body.model = model;
+    const m = a.model || (a.kind === "plain" ? base() : chosen());
+    if (m) body.model = m; // a preset's id aligns the answer to it (a principle in the body wins)
     if (Number.isFinite(s.temperature)) body.temperature = s.temperature;
     if (Number.isFinite(s.maxTokens)) body.max_tokens = s.maxTokens;
-    if (a.kind === "aligned" && !a.spec) Object.assign(body, { principle: a.principle, alignment_ratio: a.ratio });
+    if (a.kind === "aligned" && !a.spec && !a.preset) Object.assign(body, { principle: a.principle, alignment_ratio: a.ratio });
     if (a.kind === "aligned" && a.spec) {
       body.principles = a.spec.principles.map((p) => ({ text: p.text, ratio: p.ratio }));
       if (a.spec.avoid) body.avoid = [{ text: a.spec.avoid.text, ratio: a.spec.avoid.ratio }];
@@ -289,19 +293,22 @@
     if (!text.trim() || running.size) return;
     const rows = [{ text: s.principle, ratio: s.ratio }, ...s.more]
       .map((r) => ({ text: r.text.trim(), ratio: r.ratio })).filter((r) => r.text);
-    const avoid = s.avoid.trim();
-    if (s.compare && !rows.length) return status("Compare needs a principle: write one in the principle box.");
+    const avoid = s.avoid.trim(), model = chosen(), preset = model !== base() && !rows.length ? model : null;
+    if (s.compare && !rows.length && !preset) {
+      return status("Compare needs a principle: write one in the principle box, or pick a preset model.");
+    }
     if (avoid && !rows.length) return status("Avoid pushes away from a principle: write a principle too.");
     if (s.adaptive && !rows.length) return status("The adaptive ratio scales a principle: write a principle too.");
     status("");
     // One principle, nothing to avoid, a fixed ratio: the request of a single principle, as always.
     const spec = rows.length > 1 || avoid || s.adaptive
       ? { principles: rows, avoid: avoid ? { text: avoid, ratio: s.avoidRatio } : null, adaptive: s.adaptive } : null;
-    const kinds = s.compare ? ["plain", "aligned"] : [rows.length ? "aligned" : "plain"];
+    const kinds = s.compare ? ["plain", "aligned"] : [rows.length || preset ? "aligned" : "plain"];
     const answers = kinds.map((kind) => {
-      const aligned = kind === "aligned";
+      const aligned = kind === "aligned" && !preset;
       const a = { kind, principle: aligned ? rows[0].text : null, ratio: aligned ? rows[0].ratio : null, text: "",
-        pending: true };
+        pending: true, model: kind === "plain" ? base() : model };
+      if (kind === "aligned" && preset) a.preset = preset;
       if (aligned && spec) a.spec = spec;
       return a;
     });
@@ -326,7 +333,7 @@
   function stop() { running.forEach((c) => c.abort()); }
 
   function exportChat() {
-    const data = { format: STORE, exported_at: new Date().toISOString(), model, settings: state.settings,
+    const data = { format: STORE, exported_at: new Date().toISOString(), model: chosen(), settings: state.settings,
       turns: state.turns };
     const url = URL.createObjectURL(new Blob([JSON.stringify(data, null, 2)], { type: "application/json" }));
     const link = el("a");
@@ -342,13 +349,18 @@
     try {
       const res = await fetch(new URL("models", API), { headers: headers() });
       if (!res.ok) {
-        model = null;
-        $("model").textContent = "";
+        models = [];
+        $("model").replaceChildren();
         return status(describe(new ServerError(res.status, await readError(res))));
       }
       const data = await res.json();
-      model = (data.data && data.data[0] && data.data[0].id) || null;
-      $("model").textContent = model || "";
+      models = (Array.isArray(data.data) ? data.data : []).map((m) => m && m.id).filter((id) => typeof id === "string");
+      $("model").replaceChildren(...models.map((id, i) => {
+        const opt = el("option", null, i ? `${id} (preset)` : id);
+        opt.value = id;
+        return opt;
+      }));
+      $("model").value = chosen() || "";
       status("");
     } catch (e) {
       status(describe(e));
@@ -385,6 +397,7 @@
     $("api-key").value = apiKey();
     $("api-key").addEventListener("input", (e) => localStorage.setItem(KEY_STORE, e.target.value));
     $("api-key").addEventListener("change", loadModel);
+    $("model").addEventListener("change", (e) => { s.model = e.target.value; save(); });
   }
 
   function renderMore() { // the principle rows after the first, each with its own ratio and a remove button

@@ -1,0 +1,210 @@
+"""`la-edge eval --compose`: several principles at once, and a word to avoid, per setting.
+
+Combination tasks score each part (principle) of an answer with its own checker, for plain
+decoding, all parts joined in one sentence (r = 0 and r = R), composed (one branch per part) at
+r = R and composed with the adaptive ratio. Avoid tasks count the forbidden word for plain
+decoding, a "do not use X" principle (r = 0 and r = R) and `avoid` ("use X", subtracted).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict, dataclass
+from typing import Dict, List, Optional, Sequence, TextIO, Tuple
+
+from ...decoding.params import GenerationParams
+from . import checkers
+from .runner import EvalConfig, Progress, _fill, _load_json, _mean, setting_name
+
+ROUND = 4
+
+
+@dataclass(frozen=True)
+class Part:
+    """One principle of a combination: its id, text and checker spec."""
+
+    id: str
+    principle: str
+    checker: Dict[str, object]
+
+
+@dataclass(frozen=True)
+class ComposeTask:
+    """One prompt under several parts."""
+
+    combination: str
+    parts: Tuple[Part, ...]
+    prompt: str
+    source: str
+
+    @property
+    def joined(self) -> str:
+        """All parts in one principle text, as a user would write them."""
+        return " ".join(p.principle for p in self.parts)
+
+
+@dataclass(frozen=True)
+class AvoidTask:
+    """One prompt with forbidden words: the 'do not' principle and the text to subtract."""
+
+    say: str
+    avoid: str
+    prompt: str
+    source: str
+    words: Tuple[str, ...]
+
+
+def compose_settings(ratios: Sequence[float]) -> List[str]:
+    """plain, joined r=0, then per ratio R: joined r=R, composed r=R, composed r=R adaptive."""
+    out = ["plain", "joined r=0"]
+    for r in ratios:
+        if r != 0.0:
+            name = setting_name(r)
+            out += [f"joined {name}", f"composed {name}", f"composed {name} adaptive"]
+    return out
+
+
+def avoid_settings(ratios: Sequence[float]) -> List[str]:
+    """plain, say r=0, then per ratio R: say r=R (Linear Alignment), avoid s=R (say r=0 + avoid)."""
+    out = ["plain", "say r=0"]
+    for r in ratios:
+        if r != 0.0:
+            out += [f"say {setting_name(r)}", f"avoid s={r:g}"]
+    return out
+
+
+def _parts() -> Dict[str, Part]:
+    known = {p["id"]: Part(p["id"], p["principle"], dict(p["checker"]))
+             for p in _load_json("principles.json")["principles"]}
+    for pid, p in _load_json("compose.json")["parts"].items():
+        known[pid] = Part(pid, p["principle"], dict(p["checker"]))
+    return known
+
+
+def load_compose_tasks(limit: Optional[int] = None) -> List[ComposeTask]:
+    """The packaged combination tasks, `limit` prompts per combination."""
+    known = _parts()
+    tasks = []
+    for c in _load_json("compose.json")["combinations"]:
+        parts = tuple(known[p] for p in c["parts"])
+        tasks += [ComposeTask(c["id"], parts, x["prompt"], x["source"]) for x in c["prompts"][:limit]]
+    return tasks
+
+
+def load_avoid_tasks(limit: Optional[int] = None) -> List[AvoidTask]:
+    """The packaged avoid tasks: the avoid_keywords prompts of principles.json with their words."""
+    spec = _load_json("compose.json")["avoid"]
+    source = next(p for p in _load_json("principles.json")["principles"] if p["id"] == spec["prompts_from"])
+    out = []
+    for x in source["prompts"][:limit]:
+        args = x["args"]
+        out.append(AvoidTask(_fill(spec["say"], args), _fill(spec["avoid"], args), x["prompt"], x["source"],
+                             tuple(args["forbidden_words"])))
+    return out
+
+
+def _ratio(setting: str) -> float:
+    return float(setting.split("=")[1].split()[0])
+
+
+def _compose_branches(la, task: ComposeTask, setting: str):
+    """One setting's principle text (K <= 2) or branch set (K > 2); (None, None) is plain decoding."""
+    if setting == "plain":
+        return None, None
+    if setting.startswith("joined"):
+        return task.joined, None
+    return None, la.branches(task.prompt, [p.principle for p in task.parts], ratios=_ratio(setting),
+                       adaptive=setting.endswith("adaptive"))
+
+
+def _avoid_branches(la, task: AvoidTask, setting: str):
+    if setting == "plain":
+        return None, None
+    if setting.startswith("say"):
+        return task.say, None
+    return None, la.branches(task.prompt, [task.say], ratios=0.0, avoid=[task.avoid], avoid_ratios=_ratio(setting))
+
+
+def answer(la, config: EvalConfig, ratio: float = 0.0, **where) -> Dict[str, object]:
+    """One answer (greedy or seeded): text, finish reason, branch count, prompt tokens, mean ratio
+    scale and fluency figures.
+
+    `where` are Aligner.submit keywords: prompt/principle, messages or branches.
+    """
+    params = GenerationParams(ratio=ratio, temperature=config.temperature, seed=config.seed,
+                              max_tokens=config.max_tokens, timeout=config.timeout)
+    request = la.submit(params=params, **where)
+    scales = [chunk.ratio_scale for chunk in request.stream()]
+    res = request.result()
+    k = len(res.prompts.get("branches") or ()) or (2 if res.prompts.get("plain") and (ratio or "branches" in where)
+                                                    else 1)
+    return {"text": res.text, "finish_reason": res.finish_reason, "branches": k,
+            "prompt_tokens": res.usage["prompt_tokens"], "cached_tokens": res.usage["cached_tokens"],
+            "ratio_scale": round(_mean(scales), ROUND) if scales else 1.0, "fluency": checkers.fluency(res.text)}
+
+
+def _run(la, config: EvalConfig, prompt: str, setting: str, how) -> Dict[str, object]:
+    principle, branches = how
+    if branches is not None:
+        return answer(la, config, branches=branches)
+    return answer(la, config, _ratio(setting) if principle is not None else 0.0, prompt=prompt, principle=principle)
+
+
+def _fluency(rows: List[Dict[str, object]]) -> Dict[str, float]:
+    out = {key: round(_mean([r["fluency"][key] for r in rows]), ROUND)
+           for key in ("distinct_1", "distinct_2", "rep_4", "words")}
+    out["ratio_scale"] = round(_mean([r["ratio_scale"] for r in rows]), ROUND)
+    return out
+
+
+def run_compose(la, config: EvalConfig, progress: Optional[TextIO] = sys.stderr, model: str = "") -> Dict[str, object]:
+    """Per-part adherence of the combination tasks and the forbidden-word rate of the avoid tasks."""
+    config.validate()
+    tasks, avoid = load_compose_tasks(config.limit), load_avoid_tasks(config.limit)
+    if checkers.uses([p.checker for t in tasks for p in t.parts], "language"):
+        checkers.require_langdetect()
+    settings, asettings = compose_settings(config.ratios), avoid_settings(config.ratios)
+    bar = Progress(len(tasks) * len(settings) + len(avoid) * len(asettings), progress)
+    samples, avoid_samples = [], []
+    for t in tasks:
+        for s in settings:
+            row = _run(la, config, t.prompt, s, _compose_branches(la, t, s))
+            finished = row["finish_reason"] == "stop"
+            row.update(combination=t.combination, source=t.source, setting=s,
+                       passed={p.id: checkers.check(row["text"], p.checker, finished=finished) for p in t.parts})
+            samples.append(row)
+            bar.step(f"{t.combination} {s}")
+    for t in avoid:
+        for s in asettings:
+            row = _run(la, config, t.prompt, s, _avoid_branches(la, t, s))
+            hits = sum(len([w for w in checkers.words(row["text"]) if w.lower() == f.lower()]) for f in t.words)
+            row.update(source=t.source, setting=s, words=list(t.words), used=hits > 0, count=hits)
+            avoid_samples.append(row)
+            bar.step(f"avoid {s}")
+    return {"mode": "compose", "model": model, "config": asdict(config), "settings": settings,
+            "avoid_settings": asettings, "results": _compose_results(tasks, settings, samples),
+            "avoid": _avoid_results(asettings, avoid_samples),
+            "samples": samples, "avoid_samples": avoid_samples}
+
+
+def _compose_results(tasks: List[ComposeTask], settings: List[str], samples) -> Dict[str, object]:
+    """Adherence per (combination, part) and setting, their mean, all-parts rate and fluency."""
+    cells: Dict[str, Dict[str, float]] = {}
+    for combo in dict.fromkeys(t.combination for t in tasks):
+        parts = next(t.parts for t in tasks if t.combination == combo)
+        for p in parts:
+            cells[f"{combo}: {p.id}"] = {s: round(_mean([float(x["passed"][p.id]) for x in samples
+                                                         if x["combination"] == combo and x["setting"] == s]), ROUND)
+                                         for s in settings}
+    by = {s: [x for x in samples if x["setting"] == s] for s in settings}
+    return {"parts": cells,
+            "mean": {s: round(_mean([c[s] for c in cells.values()]), ROUND) for s in settings},
+            "all_parts": {s: round(_mean([float(all(x["passed"].values())) for x in by[s]]), ROUND) for s in settings},
+            "fluency": {s: _fluency(by[s]) for s in settings}, "n": len(by[settings[0]])}
+
+
+def _avoid_results(settings: List[str], samples) -> Dict[str, object]:
+    by = {s: [x for x in samples if x["setting"] == s] for s in settings}
+    return {"rate": {s: round(_mean([float(x["used"]) for x in by[s]]), ROUND) for s in settings},
+            "count": {s: round(_mean([float(x["count"]) for x in by[s]]), ROUND) for s in settings},
+            "fluency": {s: _fluency(by[s]) for s in settings}, "n": len(by[settings[0]])}
