@@ -398,12 +398,15 @@ class BackgroundServer:
 
 
 def ready_line(server: "Server", base_url: str) -> str:
-    """What `la-edge serve` prints once it listens: model, chat template, n_ctx, addresses, presets, key."""
+    """What `la-edge serve` prints once it listens: model, chat template, n_ctx, KV cache, addresses,
+    presets, key."""
     la, st = server.la, server.steering
     parts = [f"model {server.model_name} (chat template: {la.template.source}), n_ctx {la.backend.n_ctx}",
              f"API {base_url}/v1" + (f" and {base_url}/api (Ollama)" if server.ollama else ""),
              f"web page {base_url}/" if server.web else "no web page",
              f"presets: {st.describe()}"]
+    if la.memory is not None:  # the KV cache it allocated (README, "Memory")
+        parts.insert(1, la.memory.describe())
     if st.default.principles:
         parts.append(f"default principle: {st.default.describe()}")
     if st.from_system:

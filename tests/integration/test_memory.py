@@ -40,11 +40,14 @@ def server(model_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "la_edge", "serve", "--model", model_path, "--port", str(port),
                              "--kv-budget", "100MiB", "--max-queue", "1", "--no-web", "--threads", "2"],
-                            stderr=subprocess.PIPE, text=True, env=env)
+                            stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
     base = f"http://127.0.0.1:{port}"
     try:
         startup = proc.stderr.readline()
         threading.Thread(target=proc.stderr.read, daemon=True).start()  # drained: a full pipe would block it
+        ready = proc.stdout.readline()
+        threading.Thread(target=proc.stdout.read, daemon=True).start()
+        assert "1 request x 2 branches x 2048 tokens" in ready
         for _ in range(300):
             try:
                 if httpx.get(base + "/health", timeout=1).status_code == 200:
