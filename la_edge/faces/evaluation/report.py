@@ -77,7 +77,8 @@ def turns_markdown(doc: Dict[str, object], head: str) -> str:
             rows.append([name, s] + [_pct(per[t]) for t in turns] + [_pct(mean)])
     n = len(doc["samples"]) // (len(doc["settings"]) * doc["turns"] * (len(doc["results"]) - 1))
     return "\n".join(["## The system message's instruction over a conversation", "",
-                      head + f" {n} conversations per instruction; the model's own answers stay in the history.", ""]
+                      head + f" {n} conversation{'s' if n != 1 else ''} per instruction; the model's own answers stay in "
+                      "the history.", ""]
                      + _table(["instruction", "setting"] + [f"turn {t}" for t in turns]
                               + [f"turns 1-{doc['turns']}"], rows)) + "\n"
 
