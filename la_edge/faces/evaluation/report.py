@@ -117,29 +117,32 @@ def plot(doc: Dict[str, object], path: str) -> Optional[str]:
         a.set_ylim(-0.02, 1.02)
         a.set_xlabel("setting (plain, principle in prompt r=0, Linear Alignment ratio r)")
         a.legend(fontsize=7)
+    _save(plt, fig, path)
+    return None
+
+
+def _bars(ax, names: List[str], values: List[float], color: str, title: str) -> None:
+    ax.bar(range(len(names)), values, color=color)
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+
+
+def _save(plt, fig, path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
-    return None
 
 
 def _plot_compose(plt, doc: Dict[str, object], path: str) -> None:
     settings, asettings = doc["settings"], doc["avoid_settings"]
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4))
-    ax.bar(range(len(settings)), [doc["results"]["mean"][s] for s in settings], color="tab:blue")
-    ax.set_xticks(range(len(settings)))
-    ax.set_xticklabels(settings, rotation=30, ha="right", fontsize=8)
-    ax.set_ylim(0, 1)
-    ax.set_title("Mean adherence per part (higher is better)")
-    ax2.bar(range(len(asettings)), [doc["avoid"]["rate"][s] for s in asettings], color="tab:red")
-    ax2.set_xticks(range(len(asettings)))
-    ax2.set_xticklabels(asettings, rotation=30, ha="right", fontsize=8)
-    ax2.set_ylim(0, 1)
-    ax2.set_title("Answers using the forbidden word (lower is better)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return None
+    _bars(ax, settings, [doc["results"]["mean"][s] for s in settings], "tab:blue",
+          "Mean adherence per part (higher is better)")
+    _bars(ax2, asettings, [doc["avoid"]["rate"][s] for s in asettings], "tab:red",
+          "Answers using the forbidden word (lower is better)")
+    _save(plt, fig, path)
 
 
 def _plot_turns(plt, doc: Dict[str, object], path: str) -> None:
@@ -151,10 +154,7 @@ def _plot_turns(plt, doc: Dict[str, object], path: str) -> None:
     ax.set_xlabel("turn")
     ax.set_title("Instruction in the system message followed (all instructions)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return None
+    _save(plt, fig, path)
 
 
 def write_outputs(doc: Dict[str, object], out_dir: str) -> List[str]:
