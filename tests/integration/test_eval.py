@@ -109,3 +109,13 @@ def test_eval_turns(model_path, tmp_path, capsys):
         assert first["system as principle r=2"]["prompt_tokens"] > first["none"]["prompt_tokens"]
     assert set(doc["results"]) == {"french", "question", "concise", "all"}
     assert "| turn 1 | turn 4 | turn 8 |" in (out / "results.md").read_text()
+
+
+def test_eval_mc_adaptive_runs_the_adaptive_rule(model_path, capsys):
+    argv = ["--model", model_path, "--mc", "--limit", "1", "--ratios", "2", "--adaptive-ratio", "--quiet", "--json",
+            "--threads", "1"]
+    doc = json.loads(_run(argv, capsys).out)
+    assert doc["settings"] == ["plain", "r=0", "r=2", "r=2 adaptive"]
+    by = {s["setting"]: s["scores"] for s in doc["samples"]}
+    # The adaptive ratio scales r by the step's JSD (< 1), so the letter probabilities move.
+    assert by["r=2 adaptive"] != by["r=2"]

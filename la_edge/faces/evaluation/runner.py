@@ -203,7 +203,7 @@ def run_mc(la, config: EvalConfig, progress: Optional[TextIO] = sys.stderr, mode
     for item in items:
         for s in settings:
             params = _params(config, s, plausibility_top_p=1.0, top_logprobs=20).with_(max_tokens=1)
-            res = la.generate(params=params, pair=_pair(la, mc_prompt(item), item["preference"], s))
+            res = la.generate(params=params, **_prompts(la, mc_prompt(item), item["preference"], s))
             scores = letter_scores(res.logprobs[0]["top"] if res.logprobs else [])
             choice = max(sorted(scores), key=scores.get) if scores else None
             samples.append({"item": item["id"], "setting": s, "choice": choice, "answer": item["answer"],
