@@ -107,22 +107,23 @@ def _ratio(setting: str) -> float:
     return float(setting.split("=")[1].split()[0])
 
 
-def _compose_branches(la, task: ComposeTask, setting: str):
-    """One setting's principle text (K <= 2) or branch set (K > 2); (None, None) is plain decoding."""
+def _compose_where(la, task: ComposeTask, setting: str) -> Dict[str, object]:
+    """answer() keywords of one setting: the prompt alone, one principle (K <= 2) or a branch set."""
     if setting == "plain":
-        return None, None
+        return {"prompt": task.prompt}
     if setting.startswith("joined"):
-        return task.joined, None
-    return None, la.branches(task.prompt, [p.principle for p in task.parts], ratios=_ratio(setting),
-                       adaptive=setting.endswith("adaptive"))
+        return {"ratio": _ratio(setting), "prompt": task.prompt, "principle": task.joined}
+    return {"branches": la.branches(task.prompt, [p.principle for p in task.parts], ratios=_ratio(setting),
+                                    adaptive=setting.endswith("adaptive"))}
 
 
-def _avoid_branches(la, task: AvoidTask, setting: str):
+def _avoid_where(la, task: AvoidTask, setting: str) -> Dict[str, object]:
     if setting == "plain":
-        return None, None
+        return {"prompt": task.prompt}
     if setting.startswith("say"):
-        return task.say, None
-    return None, la.branches(task.prompt, [task.say], ratios=0.0, avoid=[task.avoid], avoid_ratios=_ratio(setting))
+        return {"ratio": _ratio(setting), "prompt": task.prompt, "principle": task.say}
+    return {"branches": la.branches(task.prompt, [task.say], ratios=0.0, avoid=[task.avoid],
+                                    avoid_ratios=_ratio(setting))}
 
 
 def answer(la, config: EvalConfig, ratio: float = 0.0, **where) -> Dict[str, object]:
@@ -143,13 +144,6 @@ def answer(la, config: EvalConfig, ratio: float = 0.0, **where) -> Dict[str, obj
             "ratio_scale": round(_mean(scales), ROUND) if scales else 1.0, "fluency": checkers.fluency(res.text)}
 
 
-def _run(la, config: EvalConfig, prompt: str, setting: str, how) -> Dict[str, object]:
-    principle, branches = how
-    if branches is not None:
-        return answer(la, config, branches=branches)
-    return answer(la, config, _ratio(setting) if principle is not None else 0.0, prompt=prompt, principle=principle)
-
-
 def _fluency(rows: List[Dict[str, object]]) -> Dict[str, float]:
     out = {key: round(_mean([r["fluency"][key] for r in rows]), ROUND)
            for key in ("distinct_1", "distinct_2", "rep_4", "words")}
@@ -168,7 +162,7 @@ def run_compose(la, config: EvalConfig, progress: Optional[TextIO] = sys.stderr,
     samples, avoid_samples = [], []
     for t in tasks:
         for s in settings:
-            row = _run(la, config, t.prompt, s, _compose_branches(la, t, s))
+            row = answer(la, config, **_compose_where(la, t, s))
             finished = row["finish_reason"] == "stop"
             row.update(combination=t.combination, source=t.source, setting=s,
                        passed={p.id: checkers.check(row["text"], p.checker, finished=finished) for p in t.parts})
@@ -176,7 +170,7 @@ def run_compose(la, config: EvalConfig, progress: Optional[TextIO] = sys.stderr,
             bar.step(f"{t.combination} {s}")
     for t in avoid:
         for s in asettings:
-            row = _run(la, config, t.prompt, s, _avoid_branches(la, t, s))
+            row = answer(la, config, **_avoid_where(la, t, s))
             hits = sum(len([w for w in checkers.words(row["text"]) if w.lower() == f.lower()]) for f in t.words)
             row.update(source=t.source, setting=s, words=list(t.words), used=hits > 0, count=hits)
             avoid_samples.append(row)
