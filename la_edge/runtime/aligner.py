@@ -6,9 +6,7 @@ result(); stream, generate and the HTTP server are all built on it.
 
 from __future__ import annotations
 
-import threading
 import warnings
-import weakref
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from .branches import BranchSet, compose
@@ -39,8 +37,6 @@ class Aligner:
         self._template_choice = (chat_template, chat_template_file)
         if chat_template is not None or chat_template_file is not None:
             self.template  # an unknown name or unreadable file fails here, at load
-        self._open: "weakref.WeakSet[Request]" = weakref.WeakSet()
-        self._open_lock = threading.Lock()  # server threads add requests while another cancels all
         self._closed = False
         self.memory = None  # the KV cache's KvPlan (runtime/memory.py); None where the backend grows its cache
 
@@ -191,10 +187,7 @@ class Aligner:
         else:
             pair = pair or self.prompts(prompt, principle, system, messages)
             handle, prompts = self.engine.submit(pair, params), {"principled": pair.principled, "plain": pair.plain}
-        request = Request(handle, prompts, params, self.sampler)
-        with self._open_lock:
-            self._open.add(request)
-        return request
+        return Request(handle, prompts, params, self.sampler)
 
     def steps(self, pair: Union[PromptPair, BranchSet],
               params: GenerationParams) -> Tuple[RequestHandle, Iterator[StepEvent]]:
@@ -242,19 +235,15 @@ class Aligner:
                 "prompt_cache": e.cache_stats(), "kv": e.kv_stats()}
 
     def start(self) -> None:
-        """Run the engine in a background thread (servers and concurrent callers); idempotent."""
+        """Kept for callers of earlier versions: the engine's thread runs from load."""
         self.engine.start()
 
     def cancel_all(self) -> int:
         """Cancel every open request; returns how many were still running."""
-        with self._open_lock:
-            running = [r for r in list(self._open) if not r.done]
-        for r in running:
-            r.cancel()
-        return len(running)
+        return self.engine.cancel_all()
 
     def close(self, timeout: float = STOP_TIMEOUT_S) -> None:
-        """Cancel open requests, stop the engine, then free the model.
+        """Stop the engine (its open requests end as cancelled), then free the model.
 
         The model is freed only when no decode is in flight and no vocabulary call runs; after a
         bounded extra wait it is left allocated (a RuntimeWarning says so) rather than freed under one.
@@ -262,7 +251,6 @@ class Aligner:
         if self._closed:
             return
         self._closed = True
-        self.cancel_all()
         clean = self.engine.stop(timeout) or self.engine.stop(STOP_EXTRA_S)
         if clean:
             self.backend.close()

@@ -1,73 +1,41 @@
-"""The engine: a small runner over the Scheduler (scheduler.py), its SequencePool (pool.py) and
-one backend context.
+"""The engine: one thread owns the scheduler (scheduler.py), its SequencePool (pool.py), the
+backend's KV cache and the sampler (vLLM's EngineCore shape).
 
-The scheduler plans each batch under the lock; the runner makes the pool's pending KV changes,
-decodes the batch, reads each request's K logits rows and samples with the lock released ("in
-flight"), then applies the results under the lock. Cancels during a decode free their sequences
-after it. A failure while decoding or sampling ends only the requests of that batch; if the runner
-itself breaks, every open and later request gets EngineUnavailableError instead of waiting.
-Every vocabulary call holds a lease on the backend, so close() never frees it under one.
+Other threads talk to it through one command queue (add, end, call), drained between decode
+steps, and read each request's events from that request's own output queue. No lock guards
+engine state. A caller's cancel() marks the request ended at once (first writer wins) and the
+engine frees its sequences at its next step. A failure while decoding or sampling ends only the
+requests of that batch; if the engine thread itself breaks, every open and later request gets
+EngineUnavailableError. Vocabulary calls from other threads hold a lease (leases.py).
 """
 
 from __future__ import annotations
 
-import collections
-import contextlib
 import itertools
+import queue
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
-from typing import Deque, Dict, List, Optional, Tuple, Union
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 from ..errors import (BusyError, ContextOverflowError, EngineUnavailableError, InvalidParameterError,
                       LaEdgeError, RequestTimeoutError, StepFailedError)
 from ..decoding.params import GenerationParams
 from ..decoding.rng import SplitMix64
 from .branches import BranchSet, tokenize_branches
-from .pool import KvOp, SequencePool
+from .leases import Leases
+from .pool import KvOp
 from .prompts import PromptPair, tokenize_text
 from .scheduler import Action, Batch, Job, Phase, Scheduler
+from .pool import SequencePool
 
 __all__ = ["Engine", "RequestHandle", "StepEvent"]
 
-_WAIT_S = 0.5  # every wait on the condition is bounded by this and then re-checks its predicate
-_IDLE_S = 0.002  # a round that could run nothing waits this long before the next (no spinning)
-_CANCEL_WAIT_S = 2.0  # a cancel() that cannot take the lock this fast is queued instead
-
-
-class _OwnedLock:
-    """A plain (non-reentrant) lock that knows which thread holds it.
-
-    A cancel() can run inside the engine's own locked code: a garbage-collected generator's
-    `finally` calls it in whatever thread collects. The engine then queues the cancel instead.
-    """
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self.owner: Optional[int] = None
-
-    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
-        ok = self._lock.acquire(blocking, timeout)
-        if ok:
-            self.owner = threading.get_ident()
-        return ok
-
-    def release(self) -> None:
-        self.owner = None
-        self._lock.release()
-
-    def locked(self) -> bool:
-        return self._lock.locked()
-
-    def _is_owned(self) -> bool:  # used by threading.Condition
-        return self.owner == threading.get_ident()
-
-    def __enter__(self):
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc):
-        self.release()
+_WAIT_S = 0.5  # every wait is a loop of slices this long that re-checks the engine thread
+_CALL_TIMEOUT_S = 30.0  # a query (used_sequences, clear_cache, ...) waits at most this for the engine
+_KV_RETRIES = 3  # a KV change that raises is retried this many steps before the engine gives up
+_END = object()  # the last item of a request's output queue
 
 
 @dataclass(frozen=True)
@@ -92,6 +60,8 @@ class StepEvent:
 
 @dataclass(eq=False)
 class _Request:
+    """A request's state; the engine thread writes it, except `_end` (first writer wins)."""
+
     rid: int
     branches: BranchSet
     params: GenerationParams
@@ -99,22 +69,43 @@ class _Request:
     rng: SplitMix64
     seed: int
     history: List[int] = field(default_factory=list)
-    events: Deque[StepEvent] = field(default_factory=collections.deque)
-    finish_reason: Optional[str] = None  # set once: the request is over
-    error: Optional[BaseException] = None
+    out: "queue.SimpleQueue" = field(default_factory=queue.SimpleQueue)
+    _end: Dict[str, tuple] = field(default_factory=dict)  # {"v": (reason, error)} once ended
+    admitted: bool = False
+    enqueued: bool = False  # the scheduler holds its job
+    released: bool = False  # its job is freed and _END is queued
+    raised: bool = False  # the consumer raised its error once
     deadline: Optional[float] = None  # time.monotonic() past which it ends with RequestTimeoutError
     t_submit: float = 0.0
     t_start: float = 0.0
     t_first: float = 0.0
     t_end: float = 0.0
 
+    def claim(self, reason: str, error: Optional[BaseException] = None) -> bool:
+        """End the request as `reason` unless it already ended; dict.setdefault is atomic."""
+        mine = (reason, error)
+        return self._end.setdefault("v", mine) is mine
+
+    @property
+    def finish_reason(self) -> Optional[str]:
+        return self._end.get("v", (None, None))[0]
+
+    @property
+    def error(self) -> Optional[BaseException]:
+        return self._end.get("v", (None, None))[1]
+
 
 class RequestHandle:
-    """A submitted request: iterate it for StepEvents; cancel() frees its sequences."""
+    """A submitted request: iterate it for StepEvents; cancel() frees its sequences.
+
+    A handle that is dropped, garbage-collected or whose iteration is closed early cancels its
+    request (weakref.finalize and try/finally), so an abandoned request never holds the engine.
+    """
 
     def __init__(self, engine: "Engine", req: _Request):
         self._engine = engine
         self._req = req
+        weakref.finalize(self, engine.cancel, req)
 
     @property
     def branches(self) -> BranchSet:
@@ -143,7 +134,8 @@ class RequestHandle:
     def cached_tokens(self) -> Tuple[int, int]:
         """Prompt tokens taken from the prompt cache: (principled, plain)."""
         job, ref = self._req.job, self._req.branches.combination.ref
-        return job.cached[0], (0 if ref is None else job.cached[ref])
+        cached = job.cached or (0,) * job.n_seqs
+        return cached[0], (0 if ref is None else cached[ref])
 
     @property
     def seed(self) -> int:
@@ -178,12 +170,14 @@ class RequestHandle:
         self._engine.cancel(self._req, reason="stop")
 
     def __iter__(self):
-        req = self._req
-        while True:
-            ev = self._engine.next_event(req)
-            if ev is None:
-                return
-            yield ev
+        try:
+            while True:
+                ev = self._engine.next_event(self._req)
+                if ev is None:
+                    return
+                yield ev
+        finally:
+            self.cancel()  # closed or dropped early; a no-op once it ended
 
 
 def _step_error(exc: BaseException) -> BaseException:
@@ -204,7 +198,7 @@ def _check_chunk(name: str, value: int, max_branches: int) -> None:
 @dataclass
 class _Profile:
     """Host time per decode step: inside the native forward pass, in the sampler, and the rest
-    (batch filling, bookkeeping, locks and thread hand-offs)."""
+    (batch filling, bookkeeping, queue hand-offs)."""
 
     steps: int = 0
     tokens: int = 0
@@ -222,9 +216,18 @@ class _Profile:
                 "outside_decode_ms_per_step": (self.wall_s - self.decode_s) * per}
 
 
+class _Reply:
+    """The answer to a `call` command."""
+
+    def __init__(self):
+        self.done = threading.Event()
+        self.value: object = None
+        self.error: Optional[BaseException] = None
+
+
 class Engine:
     """Schedules requests of up to `max_branches` branches over one backend context; every batch
-    is one decode call."""
+    is one decode call, made by the engine's own thread."""
 
     def __init__(self, backend, max_requests: int = 1, max_queue: int = 16, prefer_native: bool = True,
                  prefill_chunk: int = 256, mix_prefill: bool = False, prompt_cache: bool = True,
@@ -251,20 +254,25 @@ class Engine:
         self.pool = SequencePool(max_requests * max_branches, backend.n_ctx_total, backend.kv_unified,
                                  prompt_cache=prompt_cache, reuse_block=backend.reuse_block)
         self.scheduler = Scheduler(self.pool, max_requests, backend.n_batch, prefill_chunk, mix_prefill)
-        self._lock = _OwnedLock()  # guards the scheduler, the pool and the requests; never held in a decode
-        self._cond = threading.Condition(self._lock)
-        self._cancels: Deque[Tuple[_Request, str]] = collections.deque()  # queued while the lock was busy
+        self._inbox: "queue.SimpleQueue" = queue.SimpleQueue()  # commands; put() is safe in finalizers
+        # Open requests: max_requests running and max_queue waiting; the rest get BusyError at once.
+        self._slots = threading.BoundedSemaphore(max_requests + max_queue)
+        self._leases = Leases()
         self._ids = itertools.count()
-        self._open: Dict[int, _Request] = {}
-        self._background: Optional[threading.Thread] = None
+        self._requests: Dict[int, _Request] = {}  # open ones; submit() adds, the engine thread removes
         self._closed = False
         self._failure: Optional[BaseException] = None
-        self._leases = 0  # vocabulary calls running now (see lease())
+        self._in_decode = False
+        self._kv_failures = 0
         self._profile = _Profile()
         self._last_end: Optional[float] = None
+        self._snap: Dict[str, Dict] = {}
         self.steps = 0  # decode calls so far
         for s in range(backend.n_seq_max):  # the engine owns the KV cache: start from an empty one
             backend.seq_remove(s)
+        self._publish()
+        self._thread = threading.Thread(target=self._run, name="la-edge-engine", daemon=True)
+        self._thread.start()
 
     # ---- configuration -----------------------------------------------------------------------
     @property
@@ -290,109 +298,121 @@ class Engine:
     def mix_prefill(self, value: bool) -> None:
         self.scheduler.mix_prefill = value
 
-    # ---- state -------------------------------------------------------------------------------
+    # ---- state (read from any thread) ---------------------------------------------------------
     @property
     def alive(self) -> bool:
-        """True until stop() or a failure of the runner itself."""
+        """True until stop() or a failure of the engine thread."""
         return not self._closed and self._failure is None
 
     @property
     def failure(self) -> Optional[BaseException]:
-        """What broke the runner, if anything did."""
+        """What broke the engine thread, if anything did."""
         return self._failure
 
     @property
     def decode_in_flight(self) -> bool:
-        """A decode (or its sampling) runs now; the context must not be freed meanwhile."""
-        return self.scheduler.in_flight and self._failure is None
+        """A decode runs now; the context must not be freed meanwhile."""
+        return self._in_decode and self._failure is None
 
     @property
     def prompt_cache(self) -> bool:
         """Finished requests park their sequences for later prompts that start the same way."""
         return self.pool.prompt_cache
 
+    def _open(self) -> Tuple[_Request, ...]:
+        return tuple(self._requests.values())
+
     @property
     def n_active(self) -> int:
-        return len(self.scheduler.active)
+        return sum(1 for r in self._open() if r.admitted and r.finish_reason is None)
 
     @property
     def n_queued(self) -> int:
-        return len(self.scheduler.queue)
+        return sum(1 for r in self._open() if not r.admitted and r.finish_reason is None)
 
+    def cache_stats(self) -> Dict[str, object]:
+        """The prompt cache: on or off, parked and running sequences, parked cells, the bound."""
+        return dict(self._snap["cache"])
+
+    def kv_stats(self) -> Dict[str, int]:
+        """KV cells: all of them, reserved by running requests (prompt + max_tokens per branch), held by
+        the prompt cache, and free; and the sequences free."""
+        return dict(self._snap["kv"])
+
+    def _publish(self) -> None:
+        """Snapshot the pool for readers in other threads (engine thread only)."""
+        pool, total = self.pool, self.backend.n_ctx_total
+        parked = pool.parked_cells
+        self._snap = {
+            "cache": {"enabled": pool.prompt_cache, "parked_sequences": len(pool.parked),
+                      "running_sequences": sum(len(j.seqs) for j in self.scheduler.active),
+                      "parked_cells": parked, "max_sequences": pool.n_seq, "kv_cells": total},
+            "kv": {"cells": total, "cells_in_use": pool.reserved + parked, "cells_running": pool.reserved,
+                   "cells_parked": parked, "cells_free": max(total - pool.reserved - parked, 0),
+                   "sequences": pool.n_seq, "sequences_free": len(pool.free)}}
+
+    # ---- queries, answered by the engine thread between steps --------------------------------
     def profile(self, reset: bool = False) -> Dict[str, float]:
         """Host time per decode step (see _Profile); reset=True starts a new count after reading."""
-        with self._cond:
+        def read():
             out = self._profile.as_dict()
             if reset:
                 self._profile = _Profile()
             return out
+        return self._call(read)
 
     def used_sequences(self) -> List[int]:
-        """Sequences that hold KV cells now (should be empty when idle); waits out a decode in flight."""
-        with self._cond:
-            return self._used()
+        """Sequences that hold KV cells now (should be empty when idle)."""
+        return self._call(self._used)
 
     def _used(self) -> List[int]:
-        """used_sequences() with the lock held."""
-        self._wait_until(lambda: not self.decode_in_flight, 30.0)
         self._apply_changes()
         return [s for s in range(self.backend.n_seq_max) if self.backend.seq_pos_max(s) >= 0]
 
     def parked_sequences(self) -> List[int]:
         """Sequences the prompt cache holds for later requests (least recently used first)."""
-        with self._cond:
-            return list(self.pool.parked)
+        return self._call(lambda: list(self.pool.parked))
 
     def leaked_sequences(self) -> List[int]:
         """Sequences holding KV cells that no request runs on and the cache does not hold (should be [])."""
-        with self._cond:
-            used = self._used()
+        def leaked():
             held = {s.seq_id for j in self.scheduler.active for s in j.seqs} | set(self.pool.parked)
-            return [s for s in used if s not in held]
-
-    def cache_stats(self) -> Dict[str, object]:
-        """The prompt cache: on or off, parked and running sequences, parked cells, the bound."""
-        with self._cond:
-            pool = self.pool
-            return {"enabled": pool.prompt_cache, "parked_sequences": len(pool.parked),
-                    "running_sequences": sum(len(j.seqs) for j in self.scheduler.active),
-                    "parked_cells": pool.parked_cells, "max_sequences": pool.n_seq,
-                    "kv_cells": self.backend.n_ctx_total}
-
-    def kv_stats(self) -> Dict[str, int]:
-        """KV cells: all of them, reserved by running requests (prompt + max_tokens per branch), held by
-        the prompt cache, and free; and the sequences free."""
-        with self._cond:
-            pool = self.pool
-            total, parked = self.backend.n_ctx_total, pool.parked_cells
-            return {"cells": total, "cells_in_use": pool.reserved + parked, "cells_running": pool.reserved,
-                    "cells_parked": parked, "cells_free": max(total - pool.reserved - parked, 0),
-                    "sequences": pool.n_seq, "sequences_free": len(pool.free)}
+            return [s for s in self._used() if s not in held]
+        return self._call(leaked)
 
     def clear_cache(self) -> int:
-        """Drop every parked sequence now (waits out a decode in flight); returns how many."""
-        with self._cond:
-            self._wait_until(lambda: not self.scheduler.in_flight, 30.0)
-            if self.scheduler.in_flight:
-                return 0
+        """Drop every parked sequence now; returns how many."""
+        def clear():
             n = len(self.pool.drop_parked())
             self._apply_changes()
+            self._publish()
             return n
+        return self._call(clear)
+
+    def _call(self, fn: Callable[[], object], timeout: float = _CALL_TIMEOUT_S):
+        """Run fn on the engine thread between steps (directly once that thread has ended)."""
+        if threading.current_thread() is self._thread or not self._thread.is_alive():
+            return fn()
+        reply = _Reply()
+        self._inbox.put(("call", fn, reply))
+        deadline = time.monotonic() + timeout
+        while not reply.done.wait(0.05):
+            if not self._thread.is_alive():
+                return fn() if not reply.done.is_set() else self._answer(reply)
+            if time.monotonic() > deadline:
+                raise EngineUnavailableError(f"the engine did not answer within {timeout:g} s (a decode is running)")
+        return self._answer(reply)
+
+    @staticmethod
+    def _answer(reply: _Reply):
+        if reply.error is not None:
+            raise reply.error
+        return reply.value
 
     # ---- the backend's vocabulary, leased ------------------------------------------------------
-    @contextlib.contextmanager
     def lease(self):
-        """Hold the backend for a vocabulary call: close() frees it only after every lease ends."""
-        with self._cond:
-            if self._closed:
-                raise EngineUnavailableError("engine stopped")
-            self._leases += 1
-        try:
-            yield self.backend
-        finally:
-            with self._cond:
-                self._leases -= 1
-                self._cond.notify_all()
+        """Hold the backend for a vocabulary call: stop() frees it only after every lease ends."""
+        return self._leases.hold(self.backend)
 
     def tokenize_prompt(self, text: str) -> List[int]:
         """Tokens of a rendered prompt, with BOS added only where the model wants it and the text lacks it."""
@@ -403,7 +423,7 @@ class Engine:
         with self.lease() as b:
             return b.token_bytes(token)
 
-    # ---- submission --------------------------------------------------------------------------
+    # ---- submission (any thread) -------------------------------------------------------------
     def submit(self, branches: Union[BranchSet, PromptPair], params: GenerationParams) -> RequestHandle:
         """Validate sizes and enqueue; raises ContextOverflowError, BusyError or EngineUnavailableError.
 
@@ -415,6 +435,7 @@ class Engine:
             raise InvalidParameterError(
                 f"the request has {branches.k} branches but the engine allows max_branches="
                 f"{self.max_branches}; use fewer principles or load with a larger max_branches")
+        self._check_available()
         with self.lease() as b:
             prompts = tokenize_branches(b, branches)
         for k, p in enumerate(prompts):
@@ -423,6 +444,21 @@ class Engine:
                     f"the {branches.branches[k].role} prompt (branch {k}) has no tokens; give a non-empty prompt")
         # A sliding-window cache's seq_copy is not exact: such backends decode every prompt in full.
         job = Job.for_branches(prompts, params.max_tokens, share_prefix=self.backend.supports_seq_copy)
+        self._check_fits(job, prompts, params)
+        seed = params.seed if params.seed is not None else SplitMix64().next_u64()
+        timeout = params.timeout
+        req = _Request(rid=next(self._ids), branches=branches, params=params, job=job, rng=SplitMix64(seed),
+                       seed=seed, t_submit=time.perf_counter(),
+                       deadline=None if timeout is None else time.monotonic() + timeout)
+        job.owner = req
+        self._check_available()
+        if not self._slots.acquire(blocking=False):
+            raise BusyError(f"engine busy: {self.n_active} running, {self.n_queued} queued")
+        self._requests[req.rid] = req
+        self._inbox.put(("add", req))
+        return RequestHandle(self, req)
+
+    def _check_fits(self, job: Job, prompts: List[List[int]], params: GenerationParams) -> None:
         longest = max(len(p) for p in prompts)
         n_ctx = self.backend.n_ctx
         if longest + params.max_tokens > n_ctx:
@@ -436,24 +472,6 @@ class Engine:
                 f"{'+'.join(str(len(p)) for p in prompts)} tokens, {job.shared} shared, + "
                 f"{job.n_seqs}x{params.max_tokens} generated) but the unified cache has {total}; "
                 f"lower max_tokens")
-        seed = params.seed if params.seed is not None else SplitMix64().next_u64()
-        now = time.perf_counter()
-        timeout = params.timeout
-        req = _Request(rid=next(self._ids), branches=branches, params=params, job=job, rng=SplitMix64(seed),
-                       seed=seed, t_submit=now,
-                       deadline=None if timeout is None else time.monotonic() + timeout)
-        job.owner = req
-        with self._cond:
-            self._check_available()
-            self._drain_cancels()
-            self._admit()
-            if len(self.scheduler.queue) >= self.max_queue:
-                raise BusyError(f"engine busy: {self.n_active} running, {self.n_queued} queued")
-            self.scheduler.enqueue(job)
-            self._open[req.rid] = req
-            self._admit()  # takes free sequences now, even while a decode runs
-            self._cond.notify_all()
-        return RequestHandle(self, req)
 
     def _check_available(self) -> None:
         if self._failure is not None:
@@ -461,167 +479,197 @@ class Engine:
         if self._closed:
             raise EngineUnavailableError("engine stopped")
 
-    def _admit(self) -> None:
-        """Admit queued jobs (lock held; a decode may be in flight): their KV changes wait in the pool.
+    def cancel(self, req: _Request, reason: str = "cancelled") -> None:
+        """End a request now, from any thread (finalizers included); its sequences are freed at the
+        engine's next step. reason="stop" (a stop string was found) parks its prompt sequences."""
+        if req.claim(reason):
+            self._inbox.put(("end", req))
 
-        Not while a job that ended during the batch in flight (a stop string) waits to park: a next
-        turn sent at once would miss its sequences. The next round admits it.
-        """
-        if self.pool.parks_pending:
+    def cancel_all(self) -> int:
+        """Cancel every open request; returns how many were still running."""
+        n = 0
+        for req in self._open():
+            if req.claim("cancelled"):
+                self._inbox.put(("end", req))
+                n += 1
+        return n
+
+    # ---- reading a request's events (the consumer's thread) -----------------------------------
+    def next_event(self, req: _Request) -> Optional[StepEvent]:
+        """The request's next event (None at its end); raises its error once. Waits in bounded slices."""
+        while True:
+            try:
+                item = req.out.get(timeout=_WAIT_S)
+            except queue.Empty:
+                if not self._thread.is_alive() and not req.released:
+                    self._orphaned(req)  # the engine thread ended without ending this request
+                continue
+            if item is not _END:
+                return item
+            req.out.put(_END)  # any later read ends too
+            if req.finish_reason == "error" and req.error is not None and not req.raised:
+                req.raised = True
+                raise req.error
+            return None
+
+    def _orphaned(self, req: _Request) -> None:
+        err = self._failure
+        req.claim("error", EngineUnavailableError(
+            f"engine failed: {err!r}" if err is not None else "engine stopped", cause=err))
+        req.released = True
+        req.out.put(_END)
+
+    # ---- the engine thread ---------------------------------------------------------------------
+    def start(self) -> None:
+        """Kept for callers of earlier versions: the engine thread runs from construction."""
+        self._check_available()
+
+    def _run(self) -> None:
+        try:
+            while True:
+                if self._drain(block=False):
+                    break
+                self._expire()
+                self._admit()
+                self._apply_changes()
+                if self.pool.pending:  # a KV change failed: it is retried before anything decodes
+                    continue
+                batch = self.scheduler.plan() or self.scheduler.plan()  # the round's next, or a new round
+                self._publish()
+                if batch is not None:
+                    self._execute(batch)
+                    continue
+                self._last_end = None  # idle: the next step starts a new busy stretch
+                if self._drain(block=True):
+                    break
+            self._shutdown()
+        except BaseException as exc:  # whatever ends this thread is recorded
+            self._fail(exc)
+
+    def _drain(self, block: bool) -> bool:
+        """Do the queued commands (waiting up to _WAIT_S for a first one if `block`); True on stop."""
+        while True:
+            try:
+                cmd = self._inbox.get(timeout=_WAIT_S) if block else self._inbox.get_nowait()
+            except queue.Empty:
+                return False
+            block = False
+            kind = cmd[0]
+            if kind == "stop":
+                return True
+            if kind == "add":
+                self._add(cmd[1])
+            elif kind == "end":
+                self._release(cmd[1])
+            elif kind == "call":
+                reply = cmd[2]
+                try:
+                    reply.value = cmd[1]()
+                except Exception as exc:  # reported to the caller
+                    reply.error = exc
+                reply.done.set()
+
+    def _add(self, req: _Request) -> None:
+        if req.finish_reason is not None:  # cancelled before it got here
+            self._release(req)
             return
+        self.scheduler.enqueue(req.job)
+        req.enqueued = True
+
+    def _admit(self) -> None:
         for job in self.scheduler.admit():
-            job.owner.t_start = time.perf_counter()
-        self._apply_changes()
+            req = job.owner
+            req.admitted, req.t_start = True, time.perf_counter()
+
+    def _expire(self) -> None:
+        """End the requests past their deadline."""
+        now = time.monotonic()
+        for req in self._open():
+            if req.deadline is not None and now >= req.deadline and not req.released:
+                self._finish(req, "error", RequestTimeoutError(
+                    f"request timed out after {req.params.timeout:g} s ({len(req.history)} tokens generated); "
+                    f"raise the timeout or lower max_tokens"))
+
+    def _finish(self, req: _Request, reason: str, error: Optional[BaseException] = None) -> None:
+        req.claim(reason, error)
+        self._release(req)
+
+    def _release(self, req: _Request) -> None:
+        """Free an ended request's job (park it if it ended normally) and close its output."""
+        if req.released:
+            return
+        req.released = True
+        req.t_end = time.perf_counter()
+        self._requests.pop(req.rid, None)
+        self._slots.release()
+        if req.enqueued:
+            # Only a request that ended normally parks its sequences: nothing half-written is kept.
+            self.scheduler.finish(req.job, park=req.finish_reason in ("stop", "length"))
+        req.job.phase = Phase.DONE
+        self._publish()
+        req.out.put(_END)
 
     def _apply_changes(self) -> None:
-        """Make the pool's pending KV changes (lock held); only between decodes."""
-        if self.scheduler.in_flight or not self.pool.pending:
-            return
-        for c in self.pool.take_changes():
-            if c.op is KvOp.CLEAR:
-                self.backend.seq_remove(c.seq_id)
-            elif (self.backend.seq_pos_max(c.seq_id) + 1 < c.pos  # cleared behind the engine's back
-                  or self._window_lost(c.seq_id, c.pos)
-                  or self.backend.seq_remove(c.seq_id, c.pos, -1) is False):  # a cache that cannot cut
-                self.backend.seq_remove(c.seq_id)
-                self.scheduler.cold(c.job, c.branch)
+        """Make the pool's pending KV changes, each dequeued only once made (a raise keeps the rest)."""
+        while self.pool.pending:
+            c = self.pool.next_change()
+            try:
+                if c.op is KvOp.CLEAR:
+                    self.backend.seq_remove(c.seq_id)
+                elif (self.backend.seq_pos_max(c.seq_id) + 1 < c.pos  # cleared behind the engine's back
+                      or self._window_lost(c.seq_id, c.pos)
+                      or self.backend.seq_remove(c.seq_id, c.pos, -1) is False):  # a cache that cannot cut
+                    self.backend.seq_remove(c.seq_id)
+                    self.scheduler.cold(c.job, c.branch)
+            except Exception:
+                self._kv_failures += 1
+                if self._kv_failures >= _KV_RETRIES:
+                    raise
+                time.sleep(0.01 * self._kv_failures)
+                return  # retried at the next step; nothing is decoded before it succeeds
+            self._kv_failures = 0
+            self.pool.change_done()
 
     def _window_lost(self, seq_id: int, pos: int) -> bool:
         """A sliding-window cache no longer holds the window before `pos` (llama.cpp's own server test)."""
         n_swa = self.backend.n_swa
         return bool(n_swa) and self.backend.seq_pos_min(seq_id) > max(0, pos - n_swa)
 
-    # ---- lifecycle ---------------------------------------------------------------------------
-    def cancel(self, req: _Request, reason: str = "cancelled") -> None:
-        """End a request now; sequences in a decode in flight are freed right after it.
-
-        reason="stop" (a stop string was found) parks its prompt sequences like a finished request.
-        From inside the engine's locked code (a finalizer) or when the lock stays busy, the cancel
-        is queued and done at the engine's next locked section instead: it never deadlocks.
-        """
-        if self._lock.owner == threading.get_ident() or not self._lock.acquire(timeout=_CANCEL_WAIT_S):
-            self._cancels.append((req, reason))
-            return
-        try:
-            self._drain_cancels()
-            self._finish(req, reason)
-        finally:
-            self._lock.release()
-
-    def _drain_cancels(self) -> None:
-        """Do the queued cancels (lock held)."""
-        while self._cancels:
-            self._finish(*self._cancels.popleft())
-
-    def _expire(self) -> None:
-        """End the requests past their deadline (lock held)."""
-        now = time.monotonic()
-        for req in [r for r in self._open.values() if r.deadline is not None and now >= r.deadline]:
-            self._finish(req, "error", RequestTimeoutError(
-                f"request timed out after {req.params.timeout:g} s ({len(req.history)} tokens generated); "
-                f"raise the timeout or lower max_tokens"))
-
-    def _finish(self, req: _Request, reason: str, error: Optional[BaseException] = None) -> None:
-        if req.finish_reason is not None:
-            return
-        req.finish_reason = reason
-        req.error = error
-        req.t_end = time.perf_counter()
-        self._open.pop(req.rid, None)
-        # Only a request that ended normally parks its sequences: nothing half-written is kept.
-        self.scheduler.finish(req.job, park=reason in ("stop", "length"))
-        self._apply_changes()
-        self._cond.notify_all()
-
-    def _wait_until(self, ready, timeout: float) -> bool:
-        """Wait on the condition (lock held) in bounded slices until ready() or the timeout."""
-        deadline = time.monotonic() + timeout
-        while not ready():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            self._cond.wait(min(left, _WAIT_S))
-        return True
-
-    # ---- one round ---------------------------------------------------------------------------
-    def step(self) -> bool:
-        """One scheduling round; False when there was nothing to decode.
-
-        Running requests decode together in one batch. A newcomer's prompt (at most
-        prefill_chunk tokens per step while others run) goes in that same batch when
-        mix_prefill is on; by default it gets its own call, which keeps every request's
-        logits bit-identical to running alone (see README, "Batching and numerics").
-        """
-        try:
-            return self._step()
-        except Exception as exc:  # a bug outside the per-batch guards: the engine is unusable
-            self._die(exc)
-            raise EngineUnavailableError(f"engine failed: {exc!r}", cause=exc) from exc
-
-    def _step(self) -> bool:
-        ran = False
-        while True:
-            with self._cond:
-                # Another thread's batch must finish first; a stopped engine plans nothing.
-                while self.scheduler.in_flight and self.alive:
-                    self._cond.wait(_WAIT_S)
-                if not self.alive:
-                    return ran
-                self._drain_cancels()
-                self._expire()
-                if not ran:
-                    self._admit()
-                self._apply_changes()
-                batch = self.scheduler.plan()
-                if batch is None:
-                    if not ran:
-                        self._last_end = None  # idle: the next step starts a new busy stretch
-                    return ran
-            self._execute(batch)
-            ran = True
-
+    # ---- one batch -----------------------------------------------------------------------------
     def _execute(self, batch: Batch) -> None:
-        """Decode and sample without the lock, then apply the results and end the batch under it."""
+        """Decode, sample each request's choice, and apply the results."""
         error: Optional[BaseException] = None
-        choices: Dict[int, object] = {}
         t0 = time.perf_counter()
+        self._in_decode = True
         try:
             self.backend.decode(batch.entries)
-        except BaseException as exc:  # an interrupt fails this batch, then propagates
+        except Exception as exc:  # fails this batch's requests only
             error = exc
+        finally:
+            self._in_decode = False
         t1 = time.perf_counter()
+        choices: Dict[int, object] = {}
         if error is None:
             for i, p in enumerate(batch.planned):
-                if p.action is Action.SAMPLE and p.job.phase is not Phase.DONE:
+                if p.action is Action.SAMPLE and p.job.owner.finish_reason is None:
                     choices[i] = self._choose(p.job.owner, p.rows)
         t2 = time.perf_counter()
-        interrupt = error if error is not None and not isinstance(error, Exception) else None
-        with self._cond:
-            try:
-                self.steps += 1
-                for i, p in enumerate(batch.planned):
-                    req = p.job.owner
-                    if req.finish_reason is not None:
-                        continue  # cancelled during the decode
-                    if error is not None:
-                        self._finish(req, "error", _step_error(error))
-                    elif p.action is Action.COPY:
-                        self._copy(req)
-                    elif p.action is Action.SAMPLE:
-                        out = choices[i]
-                        if isinstance(out, BaseException):
-                            interrupt = interrupt or (None if isinstance(out, Exception) else out)
-                            self._finish(req, "error", _step_error(out))
-                        else:
-                            self._emit(req, out)
-            finally:
-                self._drain_cancels()  # queued during the decode or the loop above
-                self.scheduler.end_batch()
-                self._apply_changes()
-                self._note_profile(t0, t1, t2, len(choices))
-                self._cond.notify_all()
-        if interrupt is not None:
-            raise interrupt
+        self.steps += 1
+        for i, p in enumerate(batch.planned):
+            req = p.job.owner
+            if req.finish_reason is not None:
+                self._release(req)  # cancelled during the decode
+            elif error is not None:
+                self._finish(req, "error", _step_error(error))
+            elif p.action is Action.COPY:
+                self._copy(req)
+            elif p.action is Action.SAMPLE:
+                out = choices[i]
+                if isinstance(out, Exception):
+                    self._finish(req, "error", _step_error(out))
+                else:
+                    self._emit(req, out)
+        self._note_profile(t0, t1, t2, len(choices))
 
     def _note_profile(self, t0: float, t1: float, t2: float, n_tokens: int) -> None:
         end = time.perf_counter()
@@ -638,7 +686,7 @@ class Engine:
         try:
             logits = tuple(self.backend.logits_row(r) for r in rows)
             return self.chooser.choose(logits, req.branches.combination, req.params, req.rng, req.history)
-        except BaseException as exc:  # reported per request by _execute
+        except Exception as exc:  # reported per request by _execute
             return exc
 
     def _copy(self, req: _Request) -> None:
@@ -664,116 +712,76 @@ class Engine:
         elif len(req.history) >= req.params.max_tokens:
             reason = "length"
         top = tuple(self.backend.token_bytes(t) for t, _ in choice.top)
-        req.events.append(StepEvent(tok, choice.logprob, choice.top, choice.nucleus_size, reason,
-                                    self.backend.token_bytes(tok), eog, top, choice.ratio_scale))
-        if reason:
-            self._finish(req, reason)
-        else:
+        ev = StepEvent(tok, choice.logprob, choice.top, choice.nucleus_size, reason,
+                       self.backend.token_bytes(tok), eog, top, choice.ratio_scale)
+        if reason is None:
+            req.out.put(ev)
             self.scheduler.sampled(req.job, tok)
-
-    # ---- failure -----------------------------------------------------------------------------
-    def _die(self, exc: BaseException) -> None:
-        with self._cond:
-            self._record_failure(exc)
-
-    def _record_failure(self, exc: BaseException) -> None:
-        """The runner broke: fail every open request at once and clear the cache (no decode runs now)."""
-        if self._failure is not None:
             return
+        if req.claim(reason):
+            req.out.put(ev)
+        self._release(req)
+
+    # ---- the end -------------------------------------------------------------------------------
+    def _shutdown(self) -> None:
+        """stop(): end every open request (and any still in the inbox) and empty the KV cache."""
+        for req in self._open():
+            self._finish(req, "cancelled")
+        self._drain_after_end()
+        self.pool.drop_parked()
+        self._apply_changes()
+        self._publish()
+
+    def _drain_after_end(self, error: Optional[BaseException] = None) -> None:
+        """Answer what is still queued once the engine has ended (stopped or failed)."""
+        while True:
+            try:
+                cmd = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if cmd[0] in ("add", "end"):
+                cmd[1].claim("error", error) if error is not None else cmd[1].claim("cancelled")
+                self._close_output(cmd[1])
+            elif cmd[0] == "call":
+                cmd[2].error = EngineUnavailableError("engine stopped", cause=error)
+                cmd[2].done.set()
+
+    def _close_output(self, req: _Request) -> None:
+        if not req.released:
+            req.released = True
+            req.t_end = time.perf_counter()
+            self._requests.pop(req.rid, None)
+            self._slots.release()
+            req.out.put(_END)
+
+    def _fail(self, exc: BaseException) -> None:
+        """The engine thread broke: fail every open request at once and clear the KV cache."""
         self._failure = exc
         err = EngineUnavailableError(f"engine failed: {exc!r}", cause=exc)
-        for req in list(self._open.values()):
-            req.finish_reason, req.error, req.t_end = "error", err, time.perf_counter()
-        self._open.clear()
-        self.pool.drop_parked()
-        self.pool.take_changes()
+        for req in self._open():
+            req.claim("error", err)
+            self._close_output(req)
+        self._drain_after_end(err)
         for s in range(self.backend.n_seq_max):
             try:
                 self.backend.seq_remove(s)
             except Exception:  # best effort: the engine is already marked failed
                 pass
-        self._cond.notify_all()
-
-    # ---- the stepping loop -------------------------------------------------------------------
-    def next_event(self, req: _Request) -> Optional[StepEvent]:
-        """The request's next event (None at its end); drives the stepping loop itself unless a
-        background runner does."""
-        while True:
-            with self._cond:
-                self._drain_cancels()
-                if req.events:
-                    return req.events.popleft()
-                if req.finish_reason is not None:
-                    if req.error is not None and req.finish_reason == "error":
-                        err, req.error = req.error, None
-                        raise err
-                    return None
-                self._expire()
-                t = self._background
-                if t is not None and not t.is_alive() and self.alive:
-                    self._record_failure(RuntimeError("the engine thread exited"))
-                    continue
-                if t is not None or self.scheduler.in_flight or not self.alive:
-                    self._cond.wait(_WAIT_S)
-                    continue
-            self._round()
-
-    def _round(self) -> None:
-        """One pass of the stepping loop (the background thread's, or a consumer's without one)."""
-        try:
-            ran = self.step()
-        except EngineUnavailableError:
-            return  # the failure is recorded; every request now holds it
-        if not ran:
-            with self._cond:
-                self._cond.wait(_IDLE_S)  # nothing could run this round; do not spin
-
-    def start(self) -> None:
-        """Run the stepping loop in a background thread (for servers and concurrent callers); idempotent."""
-        with self._cond:
-            self._check_available()
-            if self._background is not None:
-                return
-            self._background = threading.Thread(target=self._loop, name="la-edge-engine", daemon=True)
-            self._background.start()
 
     def stop(self, timeout: float = 10.0) -> bool:
         """Stop the engine for good; open requests end as "cancelled" and later submits raise.
 
-        Waits (at most `timeout` seconds) for the background thread, the decode in flight and the
+        Waits (at most `timeout` seconds) for the engine thread, its decode in flight and the
         vocabulary calls running. Returns True when none is left (later leases are refused), so the
         backend may be freed.
         """
         deadline = time.monotonic() + timeout
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-            t = self._background
-        if t is not None and t is not threading.current_thread():
-            t.join(max(0.0, deadline - time.monotonic()))
-        with self._cond:
-            self._wait_until(lambda: not self.decode_in_flight, max(0.0, deadline - time.monotonic()))
-            self._cancels.clear()  # every open request ends here anyway
-            for req in list(self._open.values()):
-                self._finish(req, "cancelled")
-            self._wait_until(lambda: self._leases == 0, max(0.0, deadline - time.monotonic()))
-            idle = not self.decode_in_flight and not (t is not None and t.is_alive()) and self._leases == 0
-            if idle:
-                self.pool.drop_parked()  # a stopped engine leaves the KV cache empty
-                self._apply_changes()
-            return idle
-
-    def _loop(self) -> None:
-        try:
-            while True:
-                with self._cond:
-                    if not self.alive:
-                        return
-                    self._drain_cancels()
-                    self._expire()
-                    if not self.scheduler.has_work:
-                        self._cond.wait(_WAIT_S)
-                        continue
-                self._round()
-        except BaseException as exc:  # whatever ends this thread is recorded
-            self._die(exc)
+        self._closed = True
+        for req in self._open():
+            req.claim("cancelled")
+        self._inbox.put(("stop",))
+        if self._thread is not threading.current_thread():
+            self._thread.join(max(0.0, deadline - time.monotonic()))
+        if self._thread.is_alive():
+            return False
+        return self._leases.retire(max(0.0, deadline - time.monotonic()))

@@ -3,8 +3,8 @@ recently used first), reserved cells (unified caches) and the KV changes still t
 
 No model, no threads. `place()` gives a job's branches their sequences and returns a typed
 `Placement`; every KV change it decides (evict, trim), and every clear of a finished job, is queued
-here and handed to the runner by `take_changes()` before its next decode, whatever happens to the
-job meanwhile. Ids freed while a batch is in flight come back only at `end_batch()`.
+here and made by the engine thread before its next decode (`next_change()`, then `change_done()`
+once made), whatever happens to the job meanwhile.
 """
 
 from __future__ import annotations
@@ -81,9 +81,7 @@ class SequencePool:
         self.reuse_block = reuse_block  # reuse whole blocks of this many tokens (see matched())
         self.free: List[int] = list(range(n_seq - 1, -1, -1))  # pop() hands out 0, 1, ...
         self.parked: "OrderedDict[int, Parked]" = OrderedDict()
-        self.reserved = 0  # cells held by placed jobs and by releases waiting for end_batch()
-        self.in_flight = False
-        self._deferred: List[Tuple[List[int], List[Tuple[int, Parked]], int]] = []
+        self.reserved = 0  # cells held by placed jobs
         self._changes: List[KvChange] = []
 
     # ---- placement -------------------------------------------------------------------------
@@ -189,34 +187,12 @@ class SequencePool:
 
     # ---- release ---------------------------------------------------------------------------
     def release(self, ids: List[int], parks: List[Tuple[int, Parked]], cells: int) -> None:
-        """A job ended: clear `ids`, park `parks` (id, Parked), return its cells; after the batch
-        in flight, if any."""
-        if self.in_flight:
-            self._deferred.append((ids, parks, cells))
-        else:
-            self._release(ids, parks, cells)
-
-    def _release(self, ids, parks, cells: int) -> None:
+        """A job ended: clear `ids`, park `parks` (id, Parked), return its cells."""
         self.free.extend(ids)
         self._changes.extend(KvChange(KvOp.CLEAR, s) for s in ids)
         for sid, p in parks:
             self.parked[sid] = p  # the most recently used, last
         self.reserved -= cells
-
-    def begin_batch(self) -> None:
-        self.in_flight = True
-
-    def end_batch(self) -> None:
-        """The batch in flight is done: deferred releases happen now."""
-        self.in_flight = False
-        for ids, parks, cells in self._deferred:
-            self._release(ids, parks, cells)
-        self._deferred = []
-
-    @property
-    def parks_pending(self) -> bool:
-        """A job that ended during the batch in flight parks sequences once it ends (not yet matchable)."""
-        return any(parks for _, parks, _ in self._deferred)
 
     def drop_parked(self) -> List[int]:
         """Forget every parked sequence (their clears are queued); returns their ids."""
@@ -226,8 +202,16 @@ class SequencePool:
         self._changes.extend(KvChange(KvOp.CLEAR, s) for s in ids)
         return ids
 
+    def next_change(self) -> KvChange:
+        """The oldest queued KV change; it stays queued until change_done()."""
+        return self._changes[0]
+
+    def change_done(self) -> None:
+        """The oldest queued change was made."""
+        del self._changes[0]
+
     def take_changes(self) -> List[KvChange]:
-        """The queued KV changes, in order; the runner makes them before its next decode."""
+        """All queued KV changes, in order, dequeued (for planners without a backend, e.g. tests)."""
         out, self._changes = self._changes, []
         return out
 
@@ -240,8 +224,3 @@ class SequencePool:
     def parked_cells(self) -> int:
         """KV cells the parked sequences hold."""
         return sum(p.cells for p in self.parked.values())
-
-    @property
-    def releasing(self) -> List[int]:
-        """Ids of finished jobs that are freed or parked at end_batch()."""
-        return [i for ids, parks, _ in self._deferred for i in ids + [sid for sid, _ in parks]]

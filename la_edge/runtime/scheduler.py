@@ -5,7 +5,7 @@ prefix all branches share is decoded once in branch 0 and copied to the others (
 backend's copy is exact). The planner owns admission, rounds and which tokens go into each batch;
 sequence ids, parked sequences, cells and KV changes belong to the `SequencePool` (pool.py). The
 runner (engine.py) makes the pool's KV changes before each decode, decodes what it plans, samples,
-and reports back with copied(), sampled(), finish() and end_batch().
+and reports back with copied(), sampled() and finish().
 
 Prompt cache (pool.py): a job that ends normally parks its sequences with their prompt tokens; a
 new job's branch adopts the parked sequence with the longest common prefix and prefills only the
@@ -124,7 +124,6 @@ class Scheduler:
     Rounds: by default a round is one batch of all decoding jobs, then one batch with the prompt of
     one newcomer (its own decode call keeps logits bit-identical to running alone); with mix_prefill
     a round is one batch of both. plan() returns the round's batches one by one, then None.
-    A batch is "in flight" from plan() to end_batch(): sequences freed meanwhile return only then.
     """
 
     def __init__(self, pool: SequencePool, max_requests: int, n_batch: int, prefill_chunk: int = 256,
@@ -138,10 +137,6 @@ class Scheduler:
         self.active: List[Job] = []
         self._round: Optional[List[Optional[Phase]]] = None
         self._chunk = n_batch
-
-    @property
-    def in_flight(self) -> bool:
-        return self.pool.in_flight
 
     # ---- admission ---------------------------------------------------------------------
     def enqueue(self, job: Job) -> None:
@@ -196,9 +191,7 @@ class Scheduler:
 
     # ---- planning ----------------------------------------------------------------------
     def plan(self) -> Optional[Batch]:
-        """The next batch of the current round (it is then in flight), or None when the round is over."""
-        if self.in_flight:
-            raise RuntimeError("plan() while a batch is in flight; call end_batch() first")
+        """The next batch of the current round, or None when the round is over."""
         if self._round is None:
             decoding = any(j.phase is Phase.DECODE for j in self.active)
             self._chunk = self.prefill_chunk if decoding else self.n_batch
@@ -206,7 +199,6 @@ class Scheduler:
         while self._round:
             batch = self._build(self._round.pop(0))
             if batch is not None:
-                self.pool.begin_batch()
                 return batch
         self._round = None
         return None
@@ -290,7 +282,7 @@ class Scheduler:
             s.pending = [token]
 
     def finish(self, job: Job, park: bool = False) -> None:
-        """End a job; its sequences are cleared (or parked) by the pool, after the batch in flight.
+        """End a job; its sequences are cleared (or parked) by the pool.
 
         park=True (a job that ended normally, with the prompt cache on) keeps its sequences and
         their prompt tokens for later jobs instead of clearing them.
@@ -309,10 +301,6 @@ class Scheduler:
         job.seqs = []
         job.phase = Phase.DONE
         self.pool.release(ids, parks, job.cells)
-
-    def end_batch(self) -> None:
-        """The batch in flight is done; deferred releases happen now."""
-        self.pool.end_batch()
 
     @property
     def has_work(self) -> bool:

@@ -20,7 +20,7 @@ def job(p, q=None, max_tokens=4, *more):
 
 
 def held(s):
-    return sorted([x.seq_id for j in s.active for x in j.seqs] + s.pool.releasing + list(s.pool.parked))
+    return sorted([x.seq_id for j in s.active for x in j.seqs] + list(s.pool.parked))
 
 
 def cleared(s):
@@ -38,7 +38,6 @@ def run_round(s, sample_token=7):
                 s.copied(p.job)
             elif p.action is Action.SAMPLE:
                 s.sampled(p.job, sample_token)
-        s.end_batch()
     return out
 
 
@@ -85,7 +84,6 @@ def test_shared_prefix_then_copy_then_decode():
     assert [(e.token, e.pos, e.seq_ids, e.logits) for e in batch.entries] == [
         (1, 0, (a,), False), (2, 1, (a,), False), (3, 2, (a,), False)]
     assert [(p.job, p.action) for p in batch.planned] == [(j, Action.COPY)]
-    s.end_batch()
     s.copied(j)
     assert j.phase is Phase.PREFILL and j.seqs[1].n_past == 3
     assert s.plan() is None  # the round is over (its prefill batch was the shared prefix)
@@ -94,7 +92,6 @@ def test_shared_prefix_then_copy_then_decode():
         (4, 3, (a,), False), (9, 3, (b,), False), (5, 4, (a,), True), (8, 4, (b,), True)]
     assert batch.planned[0].action is Action.SAMPLE and batch.planned[0].rows == (2, 3)
     assert j.phase is Phase.DECODE
-    s.end_batch()
     s.sampled(j, 42)
     assert s.plan() is None
     batch = s.plan()
@@ -159,19 +156,17 @@ def test_decoders_fill_at_most_n_batch():
     assert [p.job for p in batch.planned] == jobs[:2]
 
 
-def test_admission_never_exceeds_free_sequences_and_waits_for_deferred_frees():
+def test_admission_never_exceeds_free_sequences():
     s = sched(n_seq_max=4, max_requests=2)
     a, b, c = job([1, 2], [3]), job([4, 5], [6]), job([7, 8], [9])
     for j in (a, b, c):
         s.enqueue(j)
     assert s.admit() == [a, b] and s.pool.free == []
+    assert s.admit() == [] and c.phase is Phase.QUEUED  # no free sequence ids
     batch = s.plan()
-    assert s.in_flight and [p.job for p in batch.planned] == [a]
-    s.finish(a)  # cancelled during the decode: its ids wait for end_batch()
-    assert cleared(s) == [] and a.phase is Phase.DONE and len(s.active) == 1
-    assert s.admit() == [] and c.phase is Phase.QUEUED  # a free slot, but no free sequence ids
-    s.end_batch()
-    assert sorted(cleared(s)) == [0, 1] and not s.in_flight
+    assert [p.job for p in batch.planned] == [a]
+    s.finish(a)  # the engine thread ends jobs only between decodes: its ids are free at once
+    assert sorted(cleared(s)) == [0, 1] and a.phase is Phase.DONE and len(s.active) == 1
     assert s.admit() == [c] and sorted(x.seq_id for x in c.seqs) == [0, 1]
 
 
@@ -198,15 +193,6 @@ def test_finishing_a_queued_job_frees_nothing():
     assert cleared(s) == []
 
 
-def test_plan_while_in_flight_is_a_bug():
-    s = sched()
-    s.enqueue(job([1, 2]))
-    s.admit()
-    s.plan()
-    with pytest.raises(RuntimeError):
-        s.plan()
-
-
 def test_unified_kv_cells_are_reserved_until_the_sequences_really_free():
     s = sched(n_seq_max=6, max_requests=3, kv_unified=True, n_ctx_total=40)
     a, b = job([1, 2, 3], [4, 5], max_tokens=8), job([6, 7, 8], [9], max_tokens=8)
@@ -215,9 +201,8 @@ def test_unified_kv_cells_are_reserved_until_the_sequences_really_free():
     s.enqueue(b)
     assert s.admit() == [a] and s.pool.reserved == 21  # 21 + 20 > 40: b waits
     s.plan()
+    assert s.admit() == []  # a's cells are still reserved
     s.finish(a)
-    assert s.pool.reserved == 21 and s.admit() == []  # a's cells are still in the cache
-    s.end_batch()
     assert s.pool.reserved == 0 and s.admit() == [b] and s.pool.reserved == 20
     s.finish(b)
     assert s.pool.reserved == 0
@@ -247,7 +232,6 @@ def test_random_operations_keep_every_sequence_id_accounted_for(k_max):
                   mix_prefill=rnd.random() < 0.5)
         jobs = []
         batch = None
-        releasing_cells = 0  # cells of jobs finished while a batch was in flight
         for _ in range(300):
             op = rnd.random()
             if op < 0.2:
@@ -258,10 +242,7 @@ def test_random_operations_keep_every_sequence_id_accounted_for(k_max):
             elif op < 0.35:
                 s.admit()
             elif op < 0.5 and jobs:
-                j = rnd.choice(jobs)
-                if s.in_flight and j.phase not in (Phase.QUEUED, Phase.DONE):
-                    releasing_cells += j.cells
-                s.finish(j)  # a cancel, in flight or not
+                s.finish(rnd.choice(jobs))  # a cancel, with a batch planned or not
             elif batch is None:
                 s.pool.take_changes()
                 batch = s.plan()
@@ -274,16 +255,11 @@ def test_random_operations_keep_every_sequence_id_accounted_for(k_max):
                     elif p.action is Action.SAMPLE:
                         assert len(p.rows) == p.job.n_seqs
                         s.sampled(p.job, 1)
-                s.end_batch()
                 batch = None
-                releasing_cells = 0
             ids = held(s)
             assert len(ids) == len(set(ids)) and sorted(ids + s.pool.free) == list(range(n_seq))
             assert len(s.active) <= s.max_requests
-            assert s.pool.reserved == sum(j.cells for j in s.active) + releasing_cells
-            assert s.in_flight == (batch is not None)
-        if batch is not None:
-            s.end_batch()
+            assert s.pool.reserved == sum(j.cells for j in s.active)
         for j in jobs:
             s.finish(j)
         assert s.pool.reserved == 0 and sorted(s.pool.free) == list(range(n_seq))
@@ -337,7 +313,6 @@ def finish_one(s, kv, j, tokens=(7, 8, 9)):
                 s.copied(p.job)
             elif p.action is Action.SAMPLE:
                 s.sampled(p.job, out.pop(0))
-        s.end_batch()
     s.finish(j, park=True)
     kv.apply(s)
 
@@ -446,8 +421,6 @@ def test_cancelled_and_failed_jobs_park_nothing():
     s.admit()
     kv.plan(s)
     s.finish(j, park=False)
-    assert cleared(s) == []
-    s.end_batch()
     assert cleared(s) == [0, 1] and not s.pool.parked
 
 
@@ -557,7 +530,6 @@ def test_random_traffic_with_the_cache_feeds_every_sequence_exactly_its_tokens(s
                     t = rnd.randrange(5)
                     h.append(t)
                     s.sampled(p.job, t)
-            s.end_batch()
             kv.apply(s)  # the state the next decode sees
             ids = held(s)
             assert len(ids) == len(set(ids)) and sorted(ids + s.pool.free) == list(range(n_seq))
