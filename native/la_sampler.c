@@ -437,7 +437,9 @@ static inline void swap_cand(la_cand* a, la_cand* b) {
   *b = t;
 }
 
-/* Partial quicksort: afterwards c[0..k) holds the k first candidates, in order. */
+/* Partial quicksort: afterwards c[0..k) holds the k first candidates, in order. It recurses into the
+   smaller part and loops on the larger, so the stack holds O(log n) frames whatever the input; the
+   parts are disjoint, so the order in which they are sorted does not change the result. */
 static void partial_sort(la_cand* c, int32_t n, int32_t k) {
   while (n > SMALL_SORT && k > 0) {
     int32_t mid = n / 2;
@@ -456,11 +458,15 @@ static void partial_sort(la_cand* c, int32_t n, int32_t k) {
     int32_t left = j + 1;
     if (k <= left) {
       n = left;
-    } else {
+    } else if (left <= n - left) { /* sort all of the left part, then k - left of the right */
       partial_sort(c, left, left);
       c += left;
       n -= left;
       k -= left;
+    } else {
+      partial_sort(c + left, n - left, k - left);
+      n = left;
+      k = left;
     }
   }
   for (int32_t i = 1; i < n; i++) {
@@ -490,17 +496,12 @@ static int reached(double above, la_thr* t) {
   return above >= t->lo;
 }
 
-/* plausibility_mask: the nucleus of softmax(b/T_m) into ws->cand; *sorted says if it is ordered. */
+/* plausibility_mask: the nucleus of softmax(b/T_m) into ws->cand (topf finite); *sorted says if it is ordered. */
 static int32_t stage_nucleus(const float* zb, int32_t n, float topf, const la_params* p, la_workspace* ws,
                              int* sorted) {
   la_cand* c = ws->cand;
   double* w = ws->w;
   *sorted = 1;
-  if (topf == -INFINITY) { /* every weight is 0: the first token by id */
-    c[0].id = 0;
-    c[0].value = zb[0];
-    return 1;
-  }
   double top = topf, s = weight_scale(p->mask_temperature), dlo = Y_MIN / s;
   if (p->mask_top_p >= 1.0) {
     int32_t nz = row_nonzero(zb, n, top, s, dlo);
@@ -568,6 +569,24 @@ static int32_t stage_nucleus(const float* zb, int32_t n, float topf, const la_pa
     }
     return keep > 0 ? keep : 1;
   }
+}
+
+/* banned of sampling.py: drop the candidates that a guiding row (guide[k] s_t != 0), or the plain row
+   while any row guides, holds at -inf; the order is kept. Returns how many are left. */
+static int32_t stage_ban(la_cand* c, int32_t n, const float* const* rows, const la_combination* cb, double scale) {
+  const float* by[LA_MAX_BRANCHES + 1];
+  int32_t m = 0;
+  for (int32_t k = 0; k < cb->k; k++)
+    if (cb->guide[k] * scale != 0.0) by[m++] = rows[k];
+  if (m == 0) return n;
+  by[m++] = rows[cb->ref];
+  int32_t kept = 0;
+  for (int32_t i = 0; i < n; i++) {
+    int ok = 1;
+    for (int32_t r = 0; r < m; r++) ok &= by[r][c[i].id] != -INFINITY;
+    if (ok) c[kept++] = c[i];
+  }
+  return kept;
 }
 
 /* guided of sampling.py: z = b + sum f32(guide[k] s_t) (z_k - z_ref) in index order; NaN -> -inf. */
@@ -711,39 +730,6 @@ void la_workspace_free(la_workspace* ws) {
   free(ws);
 }
 
-void la_relative_weights(const float* values, int32_t n, double temperature, double* w) {
-  float top = -INFINITY;
-  for (int32_t j = 0; j < n; j++) top = values[j] > top ? values[j] : top;
-  double s = weight_scale(temperature), dlo = Y_MIN / s;
-  for (int32_t i = 0; i < n; i++) {
-    if (top == INFINITY || top == -INFINITY)
-      w[i] = (top == INFINITY && values[i] == INFINITY) ? 1.0 : 0.0;
-    else
-      w[i] = exp2_weight((double)values[i] - (double)top, s, dlo);
-  }
-}
-
-double la_row_mass(const float* z, int32_t n, double temperature) {
-  float top;
-  if (n < 1 || row_scan(z, n, &top) || top == -INFINITY) return 0.0;
-  double s = weight_scale(temperature);
-  return row_mass(z, n, top, s, Y_MIN / s);
-}
-
-LA_CLONES void la_log(const double* x, int32_t n, double* out) {
-  for (int32_t i = 0; i < n; i++) out[i] = log_exact(x[i]);
-}
-
-double la_jsd_bits(const float* b, const float* ref, int32_t n, double temperature) {
-  float tb, tr;
-  if (n < 1 || row_scan(b, n, &tb) || row_scan(ref, n, &tr)) return 1.0;
-  double *wb = malloc((size_t)n * sizeof *wb), *wr = malloc((size_t)n * sizeof *wr), j = -1.0;
-  if (wb != NULL && wr != NULL) j = jsd_bits(b, tb, ref, tr, n, temperature, wb, wr);
-  free(wb);
-  free(wr);
-  return j;
-}
-
 int32_t la_abi_version(void) { return LA_ABI_VERSION; }
 int32_t la_sizeof_params(void) { return (int32_t)sizeof(la_params); }
 int32_t la_sizeof_result(void) { return (int32_t)sizeof(la_result); }
@@ -806,15 +792,21 @@ int32_t la_choose(const float* const* rows, int32_t k, const la_combination* com
     if (rc == LA_ERR_NONFINITE) out->bad_row = k;
     return rc;
   }
+  if (topf == -INFINITY) { /* every token banned in the base row */
+    out->bad_row = k;
+    return LA_ERR_NO_TOKEN;
+  }
 
   int sorted;
   la_cand* c = ws->cand;
   int32_t nn = stage_nucleus(b, n_vocab, topf, p, ws, &sorted);
   out->nucleus_size = nn;
-  if (!greedy) memcpy(ws->nuc, c, (size_t)nn * sizeof *c);
   if (combo->adaptive)
     out->ratio_scale =
         jsd_bits(b, topf, rows[combo->ref], tops[combo->ref], n_vocab, p->mask_temperature, ws->w, ws->w2);
+  nn = stage_ban(c, nn, rows, combo, out->ratio_scale);
+  if (nn == 0) return LA_ERR_NO_TOKEN;
+  if (!greedy) memcpy(ws->nuc, c, (size_t)nn * sizeof *c);
   stage_guide(c, nn, rows, combo, out->ratio_scale);
 
   /* Penalties on the aligned nucleus, greedy or not; the nucleus itself came from the unpenalised b. */
@@ -835,12 +827,11 @@ int32_t la_choose(const float* const* rows, int32_t k, const la_combination* com
     if (p->top_p < 1.0) nk = stage_top_p(c, nk, p->top_p, ws->w);
     if (p->min_p > 0.0) nk = stage_min_p(c, nk, p->min_p, ws->w);
     pick = stage_draw(c, nk, p->temperature, rng_state, ws->w);
-    if (pick < 0) { /* aligned weights underflowed: fall back to the base row's nucleus */
+    if (pick < 0) { /* every aligned value overflowed to -inf: draw by b over the same (finite) tokens */
       if (!sorted) partial_sort(ws->nuc, nn, nn);
       kept = ws->nuc;
       nk = nn;
       pick = stage_draw(kept, nk, p->mask_temperature, rng_state, ws->w);
-      if (pick < 0) pick = 0;
     }
   }
   out->token = kept[pick].id;

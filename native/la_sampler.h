@@ -14,16 +14,18 @@ extern "C" {
 #define LA_API __attribute__((visibility("default")))
 #endif
 
-#define LA_ABI_VERSION 3 /* 3: K rows and a la_combination; 2: penalties apply in greedy decoding too */
+#define LA_ABI_VERSION 4 /* 4: -inf bans and LA_ERR_NO_TOKEN, only la_choose exported; 3: K rows and a la_combination */
 #define LA_MAX_TOP_LOGPROBS 20
 #define LA_MAX_BRANCHES 16
 
 #define LA_OK 0
 #define LA_ERR_NONFINITE (-1) /* out->bad_row: the branch, or k for the mixed base row */
 #define LA_ERR_INVALID (-3)
+#define LA_ERR_NO_TOKEN (-4) /* every token banned: out->bad_row is k for an all -inf base row, else -1 */
 
 /* How K rows combine (la_edge/decoding/combination.py): b = sum mix[k] z_k;
-   z = b + sum guide[k] s_t (z_k - z_ref) over the nucleus of softmax(b / T_m). */
+   z = b + sum guide[k] s_t (z_k - z_ref) over the nucleus of softmax(b / T_m), less the tokens that a
+   guiding row (guide[k] s_t != 0), or z_ref while any row guides, bans with -inf. */
 typedef struct {
   int32_t k;                     /* number of rows, 1..LA_MAX_BRANCHES */
   int32_t ref;                   /* the plain branch, or -1 when every guide is 0 */
@@ -52,7 +54,7 @@ typedef struct {
   int32_t top_ids[LA_MAX_TOP_LOGPROBS];
   double top_logprobs[LA_MAX_TOP_LOGPROBS];
   double ratio_scale; /* s_t when adaptive, else 1 */
-  int32_t bad_row;    /* on LA_ERR_NONFINITE, else -1 */
+  int32_t bad_row;    /* on LA_ERR_NONFINITE and LA_ERR_NO_TOKEN, else -1 */
 } la_result;
 
 typedef struct la_workspace la_workspace; /* opaque scratch buffers, sized for n_vocab */
@@ -62,19 +64,12 @@ LA_API la_workspace* la_workspace_new(int32_t n_vocab);
 LA_API void la_workspace_free(la_workspace* ws);
 
 /* One decision over k rows of n_vocab logits. Returns LA_OK, LA_ERR_NONFINITE (NaN or +inf in a row or
-   in the mixed base row; see out->bad_row) or LA_ERR_INVALID. rng_state is advanced exactly like
-   la_edge/decoding/rng.py (and may be NULL when greedy). history (generated ids) feeds the penalties. */
+   in the mixed base row; see out->bad_row), LA_ERR_NO_TOKEN (every token banned by -inf) or
+   LA_ERR_INVALID. rng_state is advanced exactly like la_edge/decoding/rng.py (and may be NULL when
+   greedy; errors leave it untouched). history (generated ids) feeds the penalties. */
 LA_API int32_t la_choose(const float* const* rows, int32_t k, const la_combination* combo, int32_t n_vocab,
                          const la_params* p, const int32_t* history, int32_t n_history, uint64_t* rng_state,
                          la_workspace* ws, la_result* out);
-
-/* Building blocks exposed for bit-exactness tests: relative_weights, the nucleus total (mass_total of
-   relative_weights), log_exact and jsd_bits of sampling.py (-1 when out of memory). Rows must be free of
-   NaN and +inf. */
-LA_API void la_relative_weights(const float* values, int32_t n, double temperature, double* w);
-LA_API double la_row_mass(const float* z, int32_t n, double temperature);
-LA_API void la_log(const double* x, int32_t n, double* out);
-LA_API double la_jsd_bits(const float* b, const float* ref, int32_t n, double temperature);
 
 /* ABI checks for loaders. */
 LA_API int32_t la_abi_version(void);

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Optional, Sequence, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 from ..errors import InvalidParameterError
 from .params import RATIO_MAX, RATIO_MIN
@@ -35,6 +35,26 @@ def _floats(name: str, values: Sequence[float]) -> Tuple[float, ...]:
     if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
         raise InvalidParameterError(f"{name} must be a sequence of numbers, got {type(values).__name__}")
     return tuple(_number(f"{name}[{i}]", v) for i, v in enumerate(values))
+
+
+def normalise_weights(weights: Sequence[float], fail: Callable[[int, str], Exception]) -> Tuple[float, ...]:
+    """Nonnegative finite weights (the largest > 0) divided by their sum, without overflow.
+
+    The weights are first scaled by a power of two (exact), so the result is bit-identical to
+    w / fsum(w) whenever that sum is finite. A nonzero weight below MIX_MIN of the sum would round
+    to 0 in float32: it is refused, never silently dropped, by raising fail(i, message) for the
+    first such index i (the caller names its own field: `weights[i]`, `principles[i].weight`).
+    """
+    shift = -math.frexp(max(weights))[1]
+    scaled = [math.ldexp(x, shift) for x in weights]
+    total = math.fsum(scaled)
+    out = tuple(x / total for x in scaled)
+    for i, (x, w) in enumerate(zip(weights, out)):
+        if x > 0 and w < MIX_MIN:
+            need = math.ldexp(MIX_MIN * total * 1.01, -shift)
+            raise fail(i, f"is {x:g}, less than {MIX_MIN:g} of the weights' sum, so it would round to 0 in "
+                          f"float32; raise it to at least {need:.3g}, or set it to 0 to drop that principle")
+    return out
 
 
 def _ratio(name: str, value: float, low: float = RATIO_MIN) -> float:
@@ -63,9 +83,9 @@ class Combination:
             raise InvalidParameterError(f"a combination needs 1 to {MAX_BRANCHES} branches, got {len(mix)}")
         if len(guide) != len(mix):
             raise InvalidParameterError(f"guide has {len(guide)} weights but mix has {len(mix)}; give one per branch")
-        for i, m in enumerate(mix):
-            if m < 0 or 0 < m < MIX_MIN:
-                raise InvalidParameterError(f"mix[{i}] must be 0 or in [{MIX_MIN:g}, 1], got {m:g}")
+        bad = [i for i, m in enumerate(mix) if m < 0 or 0 < m < MIX_MIN] or [i for i, m in enumerate(mix) if m > 1]
+        if bad:  # checked before the sum, which weights above 1 could overflow
+            raise InvalidParameterError(f"mix[{bad[0]}] must be 0 or in [{MIX_MIN:g}, 1], got {mix[bad[0]]:g}")
         if abs(math.fsum(mix) - 1.0) > 1e-9:
             raise InvalidParameterError(f"mix weights must sum to 1 (normalise them), got {math.fsum(mix):.12g}")
         ref = self.ref
@@ -94,14 +114,6 @@ class Combination:
         """True when some guide weight is nonzero."""
         return any(self.guide)
 
-    @property
-    def branch_weights(self) -> Tuple[float, ...]:
-        """Each branch's net weight on the logits at s_t = 1: mix + guide, less the guides' sum on ref."""
-        out = [m + g for m, g in zip(self.mix, self.guide)]
-        if self.ref is not None:
-            out[self.ref] -= math.fsum(self.guide)
-        return tuple(out)
-
     def role(self, k: int) -> str:
         """'plain' for ref, 'avoid' for a pure negative guide, else 'principled' (for messages)."""
         if k == self.ref:
@@ -122,7 +134,10 @@ class Combination:
     def compose(cls, ratios: Sequence[float], weights: Optional[Sequence[float]] = None,
                 avoid_ratios: Sequence[float] = (), adaptive: bool = False) -> "Combination":
         """Branches [P_1..P_n, N_1..N_m, plain]: principles mixed by `weights` (default equal,
-        normalised), each guided by w_i r_i; each avoided prompt pushed away by its ratio s_j."""
+        normalised), each guided by w_i r_i; each avoided prompt pushed away by its ratio s_j.
+
+        Any finite weights >= 0 normalise (even near the float maximum); a nonzero weight below
+        MIX_MIN of their sum is refused naming `weights[i]` (see normalise_weights)."""
         ratios = tuple(_ratio(f"ratios[{i}]", r) for i, r in enumerate(_floats("ratios", ratios)))
         avoid = tuple(_ratio(f"avoid_ratios[{j}]", s, 0.0)
                       for j, s in enumerate(_floats("avoid_ratios", avoid_ratios)))
@@ -131,10 +146,9 @@ class Combination:
         w = (1.0,) * len(ratios) if weights is None else _floats("weights", weights)
         if len(w) != len(ratios):
             raise InvalidParameterError(f"{len(w)} weights for {len(ratios)} principles; give one weight each")
-        if any(x < 0 for x in w) or not sum(w) > 0:
+        if any(x < 0 for x in w) or not max(w) > 0:
             raise InvalidParameterError("each weight must be >= 0 and the weights must sum to more than 0")
-        total = math.fsum(w)
-        w = tuple(x / total for x in w)
+        w = normalise_weights(w, lambda i, message: InvalidParameterError(f"weights[{i}] {message}"))
         guide = tuple(x * r for x, r in zip(w, ratios)) + tuple(-s for s in avoid) + (0.0,)
         return cls(w + (0.0,) * (len(avoid) + 1), guide, len(ratios) + len(avoid), adaptive)
 

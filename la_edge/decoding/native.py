@@ -16,15 +16,15 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..errors import InvalidParameterError, NonFiniteLogitsError
+from ..errors import AllTokensBannedError, InvalidParameterError, NonFiniteLogitsError
 from .combination import MAX_BRANCHES, Combination
 from .params import GenerationParams
 from .rng import SplitMix64
-from .sampling import Choice, choose_rows
+from .sampling import BASE_BANNED, NUCLEUS_BANNED, Choice, choose_rows
 
-ABI_VERSION = 3  # 3: K rows and a combination; 2: penalties apply in greedy decoding too
+ABI_VERSION = 4  # 4: -inf bans (LA_ERR_NO_TOKEN), only la_choose exported; 3: K rows and a combination
 MAX_TOP_LOGPROBS = 20
-_ERR_NONFINITE, _ERR_INVALID = -1, -3
+_ERR_NONFINITE, _ERR_INVALID, _ERR_NO_TOKEN = -1, -3, -4
 _PFLOAT = ctypes.POINTER(ctypes.c_float)
 _CACHE = 64  # converted params / combinations kept per sampler
 _I32_MAX = 2**31 - 1
@@ -121,14 +121,6 @@ def _bind(lib: ctypes.CDLL) -> None:
     lib.la_workspace_new.argtypes = [ctypes.c_int32]
     lib.la_workspace_free.restype = None
     lib.la_workspace_free.argtypes = [ctypes.c_void_p]
-    lib.la_relative_weights.restype = None
-    lib.la_relative_weights.argtypes = [ctypes.c_void_p, ctypes.c_int32, ctypes.c_double, ctypes.c_void_p]
-    lib.la_row_mass.restype = ctypes.c_double
-    lib.la_row_mass.argtypes = [ctypes.c_void_p, ctypes.c_int32, ctypes.c_double]
-    lib.la_log.restype = None
-    lib.la_log.argtypes = [ctypes.c_void_p, ctypes.c_int32, ctypes.c_void_p]
-    lib.la_jsd_bits.restype = ctypes.c_double
-    lib.la_jsd_bits.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32, ctypes.c_double]
     # Pointers travel as plain ints (c_void_p): the cheapest conversion per call.
     lib.la_choose.restype = ctypes.c_int32
     lib.la_choose.argtypes = [
@@ -220,38 +212,6 @@ def _by_address(convert):
 _PARAMS_AT, _COMBINATION_AT = _by_address(_to_params), _by_address(_to_combination)
 
 
-def _f32(values) -> np.ndarray:
-    return np.ascontiguousarray(values, dtype=np.float32)
-
-
-def native_relative_weights(values: np.ndarray, temperature: float) -> np.ndarray:
-    """The C relative_weights of a float32 row (for bit-exactness checks)."""
-    v = _f32(values)
-    w = np.empty(v.size, dtype=np.float64)
-    _LIB.la_relative_weights(v.ctypes.data, v.size, float(temperature), w.ctypes.data)
-    return w
-
-
-def native_row_mass(values: np.ndarray, temperature: float) -> float:
-    """The C nucleus total (mass_total of relative_weights) of a float32 row."""
-    v = _f32(values)
-    return float(_LIB.la_row_mass(v.ctypes.data, v.size, float(temperature)))
-
-
-def native_log(x: np.ndarray) -> np.ndarray:
-    """The C log_exact of positive finite doubles (for bit-exactness checks)."""
-    x = np.ascontiguousarray(x, dtype=np.float64)
-    out = np.empty(x.size, dtype=np.float64)
-    _LIB.la_log(x.ctypes.data, x.size, out.ctypes.data)
-    return out
-
-
-def native_jsd_bits(b: np.ndarray, ref: np.ndarray, temperature: float) -> float:
-    """The C jsd_bits of two float32 rows (for bit-exactness checks)."""
-    b, ref = _f32(b), _f32(ref)
-    return float(_LIB.la_jsd_bits(b.ctypes.data, ref.ctypes.data, b.size, float(temperature)))
-
-
 def _cached(cache: Dict[int, tuple], key, convert) -> int:
     # The address of a frozen input's struct, looked up by identity; the entry keeps the key alive.
     hit = cache.get(id(key))
@@ -324,17 +284,14 @@ class NativeSampler:
         if rc != 0:
             if rc == _ERR_NONFINITE:
                 raise _nonfinite(combo, res.bad_row)
+            if rc == _ERR_NO_TOKEN:
+                raise AllTokensBannedError(BASE_BANNED if res.bad_row == combo.k else NUCLEUS_BANNED)
             raise InvalidParameterError(f"la_choose rejected its arguments (code {rc}); check history ids >= 0")
         if not params.greedy:
             rng.state = self._state.value
         n = res.n_top
         top = tuple(zip(res.top_ids[:n], res.top_logprobs[:n])) if n else ()
         return Choice(res.token, res.logprob, top, res.nucleus_size, res.ratio_scale)
-
-    def choose_pair(self, zp, z0, params: GenerationParams, rng: Optional[SplitMix64] = None,
-                    history: Sequence[int] = ()) -> Choice:
-        """Linear Alignment over (z_P, z_0) at params.ratio; z0 None decodes z_P alone."""
-        return self.choose(*_pair(zp, z0, params), params, rng, history)
 
     def _history(self, history, params: GenerationParams) -> Tuple[Optional[int], int]:
         """(address, count) of the penalty window, copied into a reused int32 buffer."""
@@ -353,12 +310,6 @@ class NativeSampler:
             self._hist = (ctypes.c_int32 * max(m, 2 * len(self._hist)))()
         self._hist[:m] = recent
         return ctypes.addressof(self._hist), m
-
-
-def _pair(zp, z0, params: GenerationParams) -> Tuple[tuple, Combination]:
-    if z0 is None:
-        return (zp,), Combination.plain()
-    return (zp, z0), Combination.linear_alignment(params.ratio)
 
 
 class NumpySampler:
@@ -384,11 +335,6 @@ class NumpySampler:
                rng: Optional[SplitMix64] = None, history: Sequence[int] = ()) -> Choice:
         """One decision via sampling.choose_rows."""
         return choose_rows(tuple(self._row(r) for r in rows), combo, params, rng, list(history))
-
-    def choose_pair(self, zp, z0, params: GenerationParams, rng: Optional[SplitMix64] = None,
-                    history: Sequence[int] = ()) -> Choice:
-        """Linear Alignment over (z_P, z_0) at params.ratio; z0 None decodes z_P alone."""
-        return self.choose(*_pair(zp, z0, params), params, rng, history)
 
 
 def make_chooser(n_vocab: int, prefer_native: bool = True):

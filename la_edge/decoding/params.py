@@ -11,7 +11,9 @@ from ..errors import InvalidParameterError
 RATIO_MIN = -1.0  # r = -1 gives plain decoding of the principle-free prompt
 RATIO_MAX = 100.0  # beyond this the combination only amplifies noise
 TEMPERATURE_MAX = 100.0
+# Stop strings are checked against every token's text; these bounds keep that cost small and fixed.
 MAX_STOP_STRINGS = 16
+MAX_STOP_LENGTH = 512  # characters of one stop string
 
 
 def _finite(name: str, value: float) -> float:
@@ -32,6 +34,26 @@ def _integer(name: str, value: int, low: int, high: Optional[int] = None) -> int
     return value
 
 
+def _stop_strings(stop) -> Tuple[str, ...]:
+    """`stop` as a tuple: None, one string, or a list / tuple of at most MAX_STOP_STRINGS non-empty
+    strings of at most MAX_STOP_LENGTH characters each."""
+    if stop is None:
+        return ()
+    if isinstance(stop, str):
+        stop = (stop,)
+    if not isinstance(stop, (list, tuple)):
+        raise InvalidParameterError(f"stop must be a string or a list of strings, got {type(stop).__name__}")
+    if len(stop) > MAX_STOP_STRINGS:
+        raise InvalidParameterError(f"stop: at most {MAX_STOP_STRINGS} stop strings, got {len(stop)}")
+    for s in stop:
+        if not isinstance(s, str) or not s:
+            raise InvalidParameterError("stop: each stop string must be a non-empty string")
+        if len(s) > MAX_STOP_LENGTH:
+            raise InvalidParameterError(f"stop: each stop string must be at most {MAX_STOP_LENGTH} characters, "
+                                        f"got one of {len(s)}")
+    return tuple(stop)
+
+
 @dataclass(frozen=True)
 class GenerationParams:
     """Alignment and sampling settings, validated once on construction.
@@ -41,6 +63,7 @@ class GenerationParams:
     nucleus of softmax(z_P / T_m) that every chosen token must lie in (T_m defaults to T, or 1
     when T = 0). top_k / top_p / min_p and the penalties default to off. timeout: seconds from
     submission after which the request ends with RequestTimeoutError (None = no deadline).
+    stop: up to MAX_STOP_STRINGS (16) non-empty strings of at most MAX_STOP_LENGTH (512) characters.
     """
 
     ratio: float = 2.0
@@ -109,18 +132,7 @@ class GenerationParams:
                 raise InvalidParameterError(f"timeout must be a finite number of seconds > 0 (omit it, or None, "
                                             f"for no deadline), got {to!r}")
             set_("timeout", float(to))
-        stop = self.stop
-        if isinstance(stop, str):
-            stop = (stop,)
-        if stop is None:
-            stop = ()
-        stop = tuple(stop)
-        if len(stop) > MAX_STOP_STRINGS:
-            raise InvalidParameterError(f"at most {MAX_STOP_STRINGS} stop strings, got {len(stop)}")
-        for s in stop:
-            if not isinstance(s, str) or not s:
-                raise InvalidParameterError("each stop string must be a non-empty string")
-        set_("stop", stop)
+        set_("stop", _stop_strings(self.stop))
 
     @staticmethod
     def _unit_open(name: str, value: float) -> float:

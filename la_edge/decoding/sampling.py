@@ -2,9 +2,14 @@
 
 Order of a step over K rows and a `Combination`: the base row b (z_P for Linear Alignment); the
 plausibility nucleus of softmax(b / T_m) (always from the unpenalised b); the adaptive scale s_t
-when asked for; the aligned z = b + sum_k guide_k s_t (z_k - z_ref) over the nucleus in float32
-(see combination.py); penalties on z; then greedy argmax, or top-k -> top-p -> min-p ->
+when asked for; the bans; the aligned z = b + sum_k guide_k s_t (z_k - z_ref) over the nucleus in
+float32 (see combination.py); penalties on z; then greedy argmax, or top-k -> top-p -> min-p ->
 temperature -> seeded draw, all restricted to the nucleus.
+Bans: -inf at token t in any row that enters with a nonzero weight bans t. In a mixed row it makes
+b[t] = -inf (outside the nucleus); in a guiding row (guide_k s_t != 0), or in the plain row z_ref
+while any row guides, it removes t from the nucleus before z is formed (z_P + r (z_P - (-inf))
+would be +inf and force t): t is never chosen nor listed in top_logprobs. An all -inf base row,
+or a nucleus left empty, raises AllTokensBannedError. NaN and +inf in a row stay errors.
 Candidates are ordered by value descending, ties by token id ascending (a nucleus of the whole
 vocabulary stays in id order). Sums run sequentially in candidate order, except totals over the
 whole vocabulary (the nucleus mass, s_t), which are `mass_total` (fixed chunk/lane order in
@@ -21,7 +26,7 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..errors import InvalidParameterError, NonFiniteLogitsError
+from ..errors import AllTokensBannedError, InvalidParameterError, NonFiniteLogitsError
 from .combination import Combination
 from .params import GenerationParams
 from .rng import SplitMix64
@@ -42,16 +47,6 @@ def check_finite(row: np.ndarray, name: str) -> None:
     """Raise NonFiniteLogitsError if the row holds NaN or +inf (-inf is allowed: a banned token)."""
     if np.isnan(row).any() or np.isposinf(row).any():
         raise NonFiniteLogitsError(f"{name} logits hold NaN or +inf; refusing to sample")
-
-
-def combine(z_p: np.ndarray, z_0: Optional[np.ndarray], ratio: float) -> np.ndarray:
-    """z = z_P + r*(z_P - z_0), in float32 (no fused multiply-add): Linear Alignment over whole rows."""
-    z_p = np.asarray(z_p, dtype=np.float32)
-    if z_0 is None or ratio == 0.0:
-        return z_p.copy()
-    r = np.float32(ratio)
-    with np.errstate(invalid="ignore", over="ignore"):
-        return z_p + r * (z_p - np.asarray(z_0, dtype=np.float32))
 
 
 def base_row(rows: Sequence[np.ndarray], combo: Combination) -> np.ndarray:
@@ -77,6 +72,21 @@ def guided(b: np.ndarray, rows: Sequence[np.ndarray], combo: Combination, ids: n
             if g * scale != 0.0:
                 z = z + np.float32(g * scale) * (rows[k][ids] - rows[combo.ref][ids])
     return z
+
+
+BASE_BANNED = "every token is banned: the base row is all -inf; nothing to sample"
+NUCLEUS_BANNED = ("every token of the nucleus is banned: each is -inf in a guiding row or in the plain row; "
+                  "nothing to sample")
+
+
+def banned(rows: Sequence[np.ndarray], combo: Combination, ids: np.ndarray, scale: float = 1.0) -> np.ndarray:
+    """Mask over ids: True where a guiding row (guide[k] * scale != 0), or the plain row while any row
+    guides, is -inf (a mixed row needs no mask: its -inf makes b -inf, outside the nucleus)."""
+    guiding = [k for k, g in enumerate(combo.guide) if g * scale != 0.0]
+    out = np.zeros(ids.size, dtype=bool)
+    for k in guiding + [combo.ref] * bool(guiding):
+        out |= rows[k][ids] == -np.inf
+    return out
 
 
 def order_desc(values: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -276,42 +286,32 @@ def choose_rows(
         for k, row in enumerate(rows):
             check_finite(row, f"branch {k} ({combo.role(k)})")
     b = base_row(rows, combo)
+    if not (b > -np.inf).any():
+        raise AllTokensBannedError(BASE_BANNED)
     nucleus = plausibility_mask(b, params.plausibility_top_p, params.mask_temperature)
     scale = jsd_bits(b, rows[combo.ref], params.mask_temperature) if combo.adaptive else 1.0
-    z = guided(b, rows, combo, nucleus, scale)
-    z = np.where(np.isnan(z), np.float32(-np.inf), z)  # NaN (inf - inf) is banned; +/-inf stay
-    z = apply_penalties(z, nucleus, history, params)
+    allowed = nucleus[~banned(rows, combo, nucleus, scale)]
+    if allowed.size == 0:
+        raise AllTokensBannedError(NUCLEUS_BANNED)
+    z = guided(b, rows, combo, allowed, scale)
+    z = np.where(np.isnan(z), np.float32(-np.inf), z)  # NaN (inf - inf of overflows) is -inf; +/-inf stay
+    z = apply_penalties(z, allowed, history, params)
     if params.greedy:
-        token = int(nucleus[order_desc(z, nucleus)[0]])
-        ids, kept = nucleus, z
+        token = int(allowed[order_desc(z, allowed)[0]])
+        ids, kept = allowed, z
     else:
         if rng is None:
             raise ValueError("sampling needs an rng")
-        ids, kept = _filtered(z, nucleus, params)
+        ids, kept = _filtered(z, allowed, params)
         token = _draw(kept, ids, params.temperature, rng)
         if token < 0:
-            # Aligned weights underflowed: fall back to the base row's nucleus, ordered by b.
-            ids = nucleus[order_desc(b[nucleus], nucleus)]
+            # Every aligned value overflowed to -inf: draw from softmax(b / T_m) over the same tokens
+            # (b is finite there, so its maximum has weight 1 and the draw succeeds).
+            ids = allowed[order_desc(b[allowed], allowed)]
             kept = b[ids]
             token = _draw(kept, ids, params.mask_temperature, rng)
-            if token < 0:
-                token = int(ids[0])  # every b is -inf: the nucleus is its single token
     logprob, top = _logprobs(kept, ids, token, params.temperature, params.top_logprobs)
     return Choice(token=token, logprob=logprob, top=top, nucleus_size=int(nucleus.size), ratio_scale=scale)
-
-
-def choose_token(
-    z_p: np.ndarray,
-    z_0: Optional[np.ndarray],
-    params: GenerationParams,
-    rng: Optional[SplitMix64] = None,
-    history: Sequence[int] = (),
-    check: bool = True,
-) -> Choice:
-    """Linear Alignment over (z_P, z_0) at params.ratio, or plain decoding of z_P when z_0 is None."""
-    if z_0 is None:
-        return choose_rows((z_p,), Combination.plain(), params, rng, history, check)
-    return choose_rows((z_p, z_0), Combination.linear_alignment(params.ratio), params, rng, history, check)
 
 
 def _filtered(z: np.ndarray, ids: np.ndarray, p: GenerationParams):

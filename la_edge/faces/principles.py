@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from ..decoding.combination import normalise_weights
 from ..decoding.params import RATIO_MAX, RATIO_MIN, GenerationParams
 from ..errors import InvalidParameterError, check_unicode
 from ..runtime.prompts import raw_pair
@@ -49,7 +50,11 @@ class Avoid:
 @dataclass(frozen=True)
 class PrincipleSpec:
     """What a request aligns to: principles (each with a ratio and a weight), texts to avoid, and
-    whether the ratio adapts per token. Empty: plain decoding."""
+    whether the ratio adapts per token. Empty: plain decoding.
+
+    Weights are normalised to sum to 1; any finite weights >= 0 do (even near the float maximum).
+    A nonzero weight below 1e-30 of their sum would round to 0, so it is refused naming
+    `principles[i].weight` (set it to 0 to drop that principle's pull) rather than silently dropped."""
 
     principles: Tuple[Principle, ...] = ()
     avoid: Tuple[Avoid, ...] = ()
@@ -62,8 +67,11 @@ class PrincipleSpec:
             _text(f"principles[{i}].text", p.text)
             _in_range(f"principles[{i}].ratio", p.ratio, RATIO_MIN)
             _in_range(f"principles[{i}].weight", p.weight, 0.0, math.inf)
-        if self.principles and not math.fsum(p.weight for p in self.principles) > 0:
-            raise SpecError("principles", "the weights must sum to more than 0 (they are normalised to 1)")
+        if self.principles:
+            weights = [p.weight for p in self.principles]
+            if not max(weights) > 0:
+                raise SpecError("principles", "the weights must sum to more than 0 (they are normalised to 1)")
+            normalise_weights(weights, lambda i, message: SpecError(f"principles[{i}].weight", message))
         for j, a in enumerate(self.avoid):
             _text(f"avoid[{j}].text", a.text)
             _in_range(f"avoid[{j}].ratio", a.ratio, 0.0)

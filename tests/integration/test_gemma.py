@@ -10,8 +10,9 @@ import pytest
 
 from la_edge import Aligner, GenerationParams
 from la_edge.decoding import native
+from la_edge.decoding.combination import Combination
 from la_edge.decoding.rng import SplitMix64
-from la_edge.decoding.sampling import choose_token
+from la_edge.decoding.sampling import choose_rows
 from la_edge.runtime.prompts import raw_pair
 from tests.integration.reference import SeparateContext, aligned_gaps, aligned_greedy
 
@@ -106,8 +107,9 @@ def test_native_and_numpy_samplers_agree_on_gemma_rows(la):
         params = GenerationParams(temperature=0.9, ratio=2.0, top_p=0.95, seed=seed, repeat_penalty=1.1,
                                   top_logprobs=5)
         r1, r2 = SplitMix64(seed), SplitMix64(seed)
-        c = chooser.choose_pair(zp, z0, params, r1, [5, 17, 17])
-        ref = choose_token(zp, z0, params, r2, [5, 17, 17])
+        combo = Combination.linear_alignment(params.ratio)
+        c = chooser.choose((zp, z0), combo, params, r1, [5, 17, 17])
+        ref = choose_rows((zp, z0), combo, params, r2, [5, 17, 17])
         assert c.token == ref.token and r1.state == r2.state
         assert np.isclose(c.logprob, ref.logprob, rtol=0, atol=1e-9)
 

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import ctypes
 import math
+import re
 import struct
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,26 +18,32 @@ from hypothesis import strategies as st
 
 from la_edge.decoding import native
 from la_edge.decoding.combination import Combination
-from la_edge.errors import InvalidParameterError, NonFiniteLogitsError
+from la_edge.errors import AllTokensBannedError, InvalidParameterError, NonFiniteLogitsError
 from la_edge.decoding.params import GenerationParams
 from la_edge.decoding.rng import SplitMix64
-from la_edge.decoding.sampling import (choose_rows, choose_token, exp2_weights, jsd_bits, log_exact, mass_total,
-                                       relative_weights)
+from la_edge.decoding.sampling import choose_rows, exp2_weights, jsd_bits, mass_total
 
 if not native.available():
     pytest.skip(f"native sampler library not found: {native.load_error()}", allow_module_level=True)
 
 F32 = np.float32
 GREEDY = GenerationParams(temperature=0.0)
+PLAIN = Combination.plain()
+
+
+def pair(zp, z0, params):
+    """The rows and combination of Linear Alignment over (z_P, z_0) at params.ratio (z_P alone if z_0 is None)."""
+    return ((zp,), PLAIN) if z0 is None else ((zp, z0), Combination.linear_alignment(params.ratio))
 
 
 def both(zp, z0, params, seed=7, history=()):
     """(reference Choice, native Choice, reference rng, native rng) for one decision."""
     zp = np.ascontiguousarray(zp, dtype=F32)
     z0 = None if z0 is None else np.ascontiguousarray(z0, dtype=F32)
+    rows, combo = pair(zp, z0, params)
     r_ref, r_nat = SplitMix64(seed), SplitMix64(seed)
-    ref = choose_token(zp, z0, params, r_ref, list(history))
-    nat = native.NativeSampler(zp.size).choose_pair(zp, z0, params, r_nat, list(history))
+    ref = choose_rows(rows, combo, params, r_ref, list(history))
+    nat = native.NativeSampler(zp.size).choose(rows, combo, params, r_nat, list(history))
     return ref, nat, r_ref, r_nat
 
 
@@ -85,13 +95,14 @@ def test_banned_tokens_are_never_chosen():
 
 
 @pytest.mark.parametrize("temperature", [0.0, 0.7])
-def test_all_masked_row_picks_token_zero_without_rng(temperature):
+def test_all_masked_row_is_a_typed_error_without_rng(temperature):
     p = GenerationParams(temperature=temperature, top_logprobs=2)
-    ref, nat, r1, r2 = both([-np.inf] * 5, [-np.inf] * 5, p, seed=3)
-    assert ref.token == nat.token == 0
-    assert ref.nucleus_size == nat.nucleus_size == 1
-    assert r1.state == r2.state == 3
-    assert ref.logprob == nat.logprob == -math.inf
+    rows = (F32([-np.inf] * 5), F32([-np.inf] * 5))
+    for chooser in (choose_rows, native.NativeSampler(5).choose):
+        rng = SplitMix64(3)
+        with pytest.raises(AllTokensBannedError, match="base row is all -inf"):
+            chooser(rows, Combination.linear_alignment(p.ratio), p, rng, [])
+        assert rng.state == 3
 
 
 def test_sampling_advances_rng_once_per_draw():
@@ -106,7 +117,7 @@ def test_sampling_advances_rng_once_per_draw():
 def test_fallback_to_principled_nucleus_when_aligned_weights_vanish():
     p = GenerationParams(temperature=0.7, ratio=2.0, plausibility_top_p=1.0)
     zp = np.array([1.0, 0.5, 0.0], F32)
-    z0 = np.array([-np.inf, -np.inf, -np.inf], F32)  # z_P - z_0 = +inf -> every aligned value +inf
+    z0 = np.array([-3e38, -3e38, -3e38], F32)  # z_P - z_0 overflows to +inf -> every aligned value +inf
     ref, nat, r1, r2 = both(zp, z0, p, seed=9)
     assert_same(ref, nat, r1, r2)
     zp2 = np.array([-np.inf, 1.0, 0.0], F32)
@@ -123,20 +134,20 @@ def test_non_finite_rows_raise(bad):
     s = native.NativeSampler(8)
     for zp, z0 in [(row, np.zeros(8, F32)), (np.zeros(8, F32), row)]:
         with pytest.raises(NonFiniteLogitsError):
-            s.choose_pair(zp, z0, GREEDY, None, ())
+            s.choose(*pair(zp, z0, GREEDY), GREEDY, None, ())
         with pytest.raises(NonFiniteLogitsError):
-            choose_token(zp, z0, GREEDY)
+            choose_rows(*pair(zp, z0, GREEDY), GREEDY)
 
 
 def test_negative_history_is_invalid():
     p = GenerationParams(temperature=0.7, repeat_penalty=1.2)
     with pytest.raises(InvalidParameterError):
-        native.NativeSampler(4).choose_pair(np.zeros(4, F32), None, p, SplitMix64(1), [1, -2])
+        native.NativeSampler(4).choose((np.zeros(4, F32),), PLAIN, p, SplitMix64(1), [1, -2])
 
 
 def test_negative_history_is_invalid_when_greedy_too():
     with pytest.raises(InvalidParameterError):
-        native.NativeSampler(4).choose_pair(np.zeros(4, F32), None, GREEDY.with_(repeat_penalty=1.2), None, [1, -2])
+        native.NativeSampler(4).choose((np.zeros(4, F32),), PLAIN, GREEDY.with_(repeat_penalty=1.2), None, [1, -2])
 
 
 @pytest.mark.parametrize("history, penalties, token", [
@@ -164,7 +175,7 @@ def test_greedy_penalties_keep_the_unpenalised_nucleus():
 
 def test_wrong_shape_is_invalid():
     with pytest.raises(InvalidParameterError):
-        native.NativeSampler(4).choose_pair(np.zeros(5, F32), None, GREEDY)
+        native.NativeSampler(4).choose((np.zeros(5, F32),), PLAIN, GREEDY)
 
 
 def test_pointers_are_accepted_zero_copy():
@@ -173,9 +184,10 @@ def test_pointers_are_accepted_zero_copy():
     z0 = rs.standard_normal(1000).astype(F32)
     p = GenerationParams(temperature=0.9, top_logprobs=4)
     ptr = lambda a: a.ctypes.data_as(ctypes.POINTER(ctypes.c_float))  # noqa: E731
-    want = choose_token(zp, z0, p, SplitMix64(5))
+    la = Combination.linear_alignment(p.ratio)
+    want = choose_rows((zp, z0), la, p, SplitMix64(5))
     for chooser in (native.NativeSampler(1000), native.NumpySampler(1000)):
-        got = chooser.choose_pair(ptr(zp), ptr(z0), p, SplitMix64(5), [])
+        got = chooser.choose((ptr(zp), ptr(z0)), la, p, SplitMix64(5), [])
         assert got.token == want.token and [t for t, _ in got.top] == [t for t, _ in want.top]
 
 
@@ -196,6 +208,17 @@ def test_loader_reports_its_library():
     assert native.load_error() is None and native.LIB_PATH
 
 
+def test_the_library_exports_only_the_chooser_and_its_checks():
+    # The building blocks were exported for tests only; parity is checked through la_choose itself.
+    for name in ("la_relative_weights", "la_row_mass", "la_log", "la_jsd_bits"):
+        assert not hasattr(native._LIB, name), name
+    assert native._LIB.la_abi_version() == native.ABI_VERSION == 4
+    for owner, name in [(native, "native_relative_weights"), (native, "native_row_mass"), (native, "native_log"),
+                        (native, "native_jsd_bits"), (native.NativeSampler, "choose_pair"),
+                        (native.NumpySampler, "choose_pair")]:
+        assert not hasattr(owner, name), name
+
+
 def test_exp2_weights_is_accurate():
     d = -np.linspace(0.0, 700.0, 200001)
     rel = np.abs(exp2_weights(d, 1.0) / np.exp(d) - 1.0)
@@ -214,10 +237,12 @@ def test_mass_total_is_a_faithful_sum():
     ["normal", "ties", "masked", "huge", "tiny", "flat", "single", "peaked"]),
     temperature=st.sampled_from([0.01, 0.3, 1.0, 7.0, 100.0, 1e-300]), seed=st.integers(0, 2**32 - 1))
 def test_weights_and_nucleus_total_are_bit_exact(n, kind, temperature, seed):
+    # The nucleus cut compares prefix masses with top_p times the row's total: the same sizes at many
+    # top_p show the same total; the logprobs (20 alternatives, bit for bit) show the same weights.
     row = make_row(np.random.default_rng(seed), n, kind)
-    w = relative_weights(row, temperature)
-    assert np.array_equal(native.native_relative_weights(row, temperature).view(np.uint64), w.view(np.uint64))
-    assert native.native_row_mass(row, temperature) == mass_total(w)
+    for top_p in (0.05, 0.5, 0.9, 0.999, 1.0):
+        p = GenerationParams(temperature=temperature, plausibility_top_p=top_p, top_logprobs=20)
+        assert_rows_parity((row,), PLAIN, p, seed)
 
 
 # ---- properties: identical ids over random rows and parameters ----
@@ -287,9 +312,15 @@ def run_case(n, kind, z0_kind, params, seed, steps=3):
     history = [int(t) for t in rs.integers(0, n + 3, 40)]
     sampler = native.NativeSampler(n)
     r_ref, r_nat = SplitMix64(seed), SplitMix64(seed)
+    rows, combo = pair(zp, z0, params)
     for _ in range(steps):
-        ref = choose_token(zp, z0, params, r_ref, history)
-        nat = sampler.choose_pair(zp, z0, params, r_nat, history)
+        try:
+            ref = choose_rows(rows, combo, params, r_ref, history)
+        except AllTokensBannedError as exc:  # z_0 "other" may ban the whole nucleus
+            with pytest.raises(AllTokensBannedError, match=re.escape(str(exc))):
+                sampler.choose(rows, combo, params, r_nat, history)
+            return
+        nat = sampler.choose(rows, combo, params, r_nat, history)
         assert_same(ref, nat, r_ref, r_nat)
         history.append(ref.token)
 
@@ -333,8 +364,8 @@ def test_native_matches_reference_long_seeded_run(temperature):
     for _ in range(100):
         zp = make_row(rs, n, "normal")
         z0 = (zp + rs.standard_normal(n).astype(F32)).astype(F32)
-        ref = choose_token(zp, z0, p, r_ref, history)
-        nat = sampler.choose_pair(zp, z0, p, r_nat, history)
+        ref = choose_rows(*pair(zp, z0, p), p, r_ref, history)
+        nat = sampler.choose(*pair(zp, z0, p), p, r_nat, history)
         assert_same(ref, nat, r_ref, r_nat)
         history.append(ref.token)
 
@@ -356,11 +387,21 @@ def assert_identical(ref, nat, r_ref, r_nat):
 
 
 def test_log_is_bit_exact():
+    # A logprob is log(w) - log(total) of weights w in (0, 1], subnormal ones too: rows of one 0 and 20
+    # lower values give 20 logs each (total ~1); flat rows of n tokens give log(n) (total = n).
     rs = np.random.default_rng(4)
-    x = np.concatenate([rs.random(50000) * 2, np.exp(rs.uniform(-740, 700, 50000)), [
-        5e-324, 1e-310, 2.0 ** -1022, np.nextafter(2.0 ** -1022, 0), 1.0, 2.0, 0.5, np.nextafter(1.0, 0),
-        np.nextafter(1.0, 2), math.sqrt(2), np.nextafter(math.sqrt(2), 0), 1.7976931348623157e308]])
-    assert np.array_equal(native.native_log(x).view(np.uint64), log_exact(x).view(np.uint64))
+    p = GREEDY.with_(plausibility_top_p=1.0, top_logprobs=20)
+    sampler, lowest = native.NativeSampler(21), 0.0
+    for low in [1.0, 30.0, 700.0, 744.0] * 150:
+        row = np.concatenate([[0.0], -rs.uniform(0.0, low, 20)]).astype(F32)
+        ref, nat = choose_rows((row,), PLAIN, p), sampler.choose((row,), PLAIN, p)
+        assert [bits(v) for _, v in nat.top] == [bits(v) for _, v in ref.top] and len(ref.top) == 20
+        lowest = min(lowest, ref.top[-1][1])
+    assert lowest < -709  # subnormal weights (below e^-708.4) reached
+    for n in (1, 2, 3, 7, 1000, 4097, 65537):
+        flat = np.zeros(n, F32)
+        ref, nat = choose_rows((flat,), PLAIN, p), native.NativeSampler(n).choose((flat,), PLAIN, p)
+        assert bits(nat.logprob) == bits(ref.logprob) and math.isclose(-ref.logprob, math.log(n), rel_tol=1e-15)
 
 
 @settings(max_examples=60, deadline=None)
@@ -373,8 +414,13 @@ def test_jsd_is_bit_exact(n, kind, ref_kind, temperature, seed):
     ref = {"perturbed": (b + rs.standard_normal(n).astype(F32) * F32(0.3)).astype(F32), "same": b,
            "other": make_row(rs, n, kind)}[ref_kind]
     want = jsd_bits(b, ref, temperature)
-    assert bits(native.native_jsd_bits(b, ref, temperature)) == bits(want)
     assert 0.0 <= want <= 1.0
+    adaptive = Combination((1.0, 0.0), (0.0, 0.0), 1, adaptive=True)  # s_t is computed, nothing guided
+    got = assert_rows_parity((b, ref), adaptive, GREEDY.with_(plausibility_temperature=temperature), seed)
+    if isinstance(got, tuple):  # b all -inf: nothing to sample, in both paths
+        assert not np.isfinite(b).any()
+    else:
+        assert bits(got.ratio_scale) == bits(want)
 
 
 SHAPES = ("two_principles", "principles_and_avoid", "base_with_plain")
@@ -401,7 +447,12 @@ def run_rows_case(n, kind, shape, adaptive, params, seed, steps):
     sampler = native.NativeSampler(n)
     r_ref, r_nat = SplitMix64(seed), SplitMix64(seed)
     for _ in range(steps):
-        ref = choose_rows(rows, combo, params, r_ref, history)
+        try:
+            ref = choose_rows(rows, combo, params, r_ref, history)
+        except AllTokensBannedError as exc:  # kind "masked" or "single" may leave nothing to sample
+            with pytest.raises(AllTokensBannedError, match=re.escape(str(exc))):
+                sampler.choose(tuple(rows), combo, params, r_nat, history)
+            return
         nat = sampler.choose(tuple(rows), combo, params, r_nat, history)
         assert_identical(ref, nat, r_ref, r_nat)
         assert (ref.ratio_scale == 1.0) or adaptive
@@ -459,7 +510,173 @@ def test_history_ids_past_int32_are_ignored_not_wrapped():
     p = GREEDY.with_(repeat_penalty=5.0, plausibility_top_p=1.0, top_logprobs=2)
     zp = np.array([2.0, 1.9, 0.5], F32)
     s = native.NativeSampler(3)
-    assert s.choose_pair(zp, None, p, None, [2**32 + 1, 0]) == choose_token(zp, None, p, None, [0])
-    assert s.choose_pair(zp, None, p, None, [2**32, 2**31]) == choose_token(zp, None, p, None, [])
+    assert s.choose((zp,), PLAIN, p, None, [2**32 + 1, 0]) == choose_rows((zp,), PLAIN, p, None, [0])
+    assert s.choose((zp,), PLAIN, p, None, [2**32, 2**31]) == choose_rows((zp,), PLAIN, p, None, [])
     with pytest.raises(InvalidParameterError):
-        s.choose_pair(zp, None, p, None, [-2**32 + 1])
+        s.choose((zp,), PLAIN, p, None, [-2**32 + 1])
+
+
+# ---- -inf outside the base row bans the token, in both paths ----
+
+def rows_outcome(chooser, rows, combo, params, seed, history):
+    """(Choice or (error type, message), rng state after) of one decision."""
+    rng = SplitMix64(seed)
+    try:
+        return chooser(rows, combo, params, rng, list(history)), rng.state
+    except AllTokensBannedError as exc:
+        return (type(exc), str(exc)), rng.state
+
+
+def assert_rows_parity(rows, combo, params, seed=7, history=()):
+    """Native and NumPy agree bit for bit, or raise the same typed error; returns the reference outcome."""
+    rows = tuple(np.ascontiguousarray(r, dtype=F32) for r in rows)
+    ref, s_ref = rows_outcome(choose_rows, rows, combo, params, seed, history)
+    nat, s_nat = rows_outcome(native.NativeSampler(rows[0].size).choose, rows, combo, params, seed, history)
+    if isinstance(ref, tuple) or isinstance(nat, tuple):
+        assert nat == ref and s_nat == s_ref
+    else:
+        assert_identical(ref, nat, SplitMix64(s_ref), SplitMix64(s_nat))
+    return ref
+
+
+NEG = -np.inf
+BAN_CASES = {  # rows, combination, the banned token
+    "plain": ((F32([1.0, 0.9, 0.5, 0.2]), F32([0.0, NEG, 0.0, 0.0])), Combination.linear_alignment(2.0), 1),
+    "avoid": ((F32([1.0, 0.9, 0.5, 0.2]), F32([0.0, 0.0, NEG, 0.0]), F32([0.0, 0.0, 0.0, 0.0])),
+              Combination.compose((1.0,), avoid_ratios=(1.5,)), 2),
+    "negative_guide": ((F32([1.0, 0.5, 0.2, 0.1]), F32([NEG, 0.0, 0.0, 0.0]), F32([0.0, 0.0, 0.0, 0.0])),
+                       Combination((0.5, 0.0, 0.5), (1.0, -0.5, 0.0), 2), 0),
+    "adaptive_plain": ((F32([1.0, 0.9, 0.5, 0.2]), F32([0.0, 0.5, NEG, 0.0])),
+                       Combination((1.0, 0.0), (3.0, 0.0), 1, adaptive=True), 2),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAN_CASES))
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_minus_inf_outside_the_base_row_bans_the_token_in_both_paths(case, temperature):
+    rows, combo, banned = BAN_CASES[case]
+    p = GenerationParams(temperature=temperature, plausibility_top_p=1.0, top_logprobs=4)
+    for seed in range(25):
+        ref = assert_rows_parity(rows, combo, p, seed)
+        assert ref.token != banned and banned not in [t for t, _ in ref.top] and math.isfinite(ref.logprob)
+
+
+ALL_BANNED = {
+    "base_all_minus_inf": ((F32([NEG] * 5),), Combination.plain()),
+    "la_base_all_minus_inf": ((F32([NEG] * 5), F32([0.0] * 5)), Combination.linear_alignment(2.0)),
+    "mixed_base_all_minus_inf": ((F32([NEG, 0.0]), F32([0.0, NEG]), F32([0.0, 0.0])), Combination.compose((1.0, 1.0))),
+    "nucleus_banned_by_plain": ((F32([3.0, 0.0, 0.0]), F32([NEG, 0.0, 0.0])), Combination.linear_alignment(2.0)),
+    "plain_all_minus_inf": ((F32([1.0, 0.5, 0.0]), F32([NEG] * 3)), Combination.linear_alignment(2.0)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ALL_BANNED))
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_every_token_banned_is_the_same_typed_error_in_both_paths(case, temperature):
+    rows, combo = ALL_BANNED[case]
+    p = GenerationParams(temperature=temperature, plausibility_top_p=0.5, top_logprobs=2)
+    ref = assert_rows_parity(rows, combo, p, seed=3)
+    assert isinstance(ref, tuple) and ref[0] is AllTokensBannedError
+
+
+def sprinkle(rs: np.random.Generator, row: np.ndarray, density: float) -> np.ndarray:
+    row = row.copy()
+    row[rs.random(row.size) < density] = -np.inf
+    return row
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n=st.integers(1, 2000), kind=st.sampled_from(ROW_KINDS), shape=st.sampled_from(SHAPES + ("la",)),
+       adaptive=st.booleans(), density=st.sampled_from([0.0, 0.01, 0.3, 0.9, 1.0]), params=params_st,
+       seed=st.integers(0, 2**64 - 1))
+def test_banning_rows_native_matches_reference(n, kind, shape, adaptive, density, params, seed):
+    rs = np.random.default_rng(seed % 2**32)
+    combo = (Combination((1.0, 0.0), (params.ratio, 0.0), 1, adaptive) if shape == "la"
+             else make_combination(rs, shape, adaptive))
+    zp = make_row(rs, n, kind)
+    rows = [zp] + [sprinkle(rs, (zp + rs.standard_normal(n).astype(F32)).astype(F32), density)
+                   for _ in range(combo.k - 1)]
+    history = [int(t) for t in rs.integers(0, n + 3, 20)]
+    ref = assert_rows_parity(rows, combo, params, seed, history)
+    if not isinstance(ref, tuple) and combo.guided and not adaptive:
+        assert all(rows[k][ref.token] != -np.inf for k in range(combo.k))  # every row here guides or is plain
+
+
+# ---- the sort's stack depth is O(log n) ----
+
+def sort_killer(n: int) -> np.ndarray:
+    """Logits that drive a median-of-three quicksort which always recurses on its left part (the
+    sampler's order: value descending, ties by id) to depth ~n/2: McIlroy's adversary, with undecided
+    items ordered before decided ones and each decision handing out the latest rank left."""
+    c, rank, latest = np.arange(n), np.full(n, -1), [n - 1]
+
+    def fix(x):
+        rank[x], latest[0] = latest[0], latest[0] - 1
+
+    def before(a, b):
+        if rank[a] < 0 and rank[b] < 0:
+            fix(a)
+        return rank[a] < 0 if rank[a] < 0 or rank[b] < 0 else rank[a] < rank[b]
+
+    lo, m, stack = 0, n, []  # the sampler's partial_sort(c, n, n), its recursion unrolled
+    while True:
+        while m > 16:
+            mid = m // 2
+            for a, b in ((mid, 0), (m - 1, 0), (m - 1, mid)):
+                if before(c[lo + a], c[lo + b]):
+                    c[[lo + a, lo + b]] = c[[lo + b, lo + a]]
+            c[[lo, lo + mid]] = c[[lo + mid, lo]]
+            if rank[c[lo]] < 0:
+                fix(c[lo])
+            rp, i, j = rank[c[lo]], -1, m
+            while True:  # Hoare's scans, each a vector search (the pivot is decided)
+                i += 1 + int(np.argmax(rank[c[lo + i + 1:lo + m]] >= rp))
+                j -= 1 + int(np.argmax(rank[c[lo:lo + j]][::-1] <= rp))
+                if i >= j:
+                    break
+                c[[lo + i, lo + j]] = c[[lo + j, lo + i]]
+            stack.append((lo + j + 1, m - j - 1))
+            m = j + 1
+        for i in range(1, m):  # insertion sort of the leaf
+            x, j = c[lo + i], i
+            while j > 0 and before(x, c[lo + j - 1]):
+                c[lo + j] = c[lo + j - 1]
+                j -= 1
+            c[lo + j] = x
+        if not stack:
+            break
+        lo, m = stack.pop()
+    undecided = np.flatnonzero(rank < 0)
+    rank[undecided] = np.arange(undecided.size)
+    return (-rank / 1024).astype(F32)  # every weight nonzero: the whole row is sorted
+
+
+_SMALL_STACK = """
+import sys, threading, numpy as np
+from la_edge.decoding import native
+from la_edge.decoding.combination import Combination
+from la_edge.decoding.params import GenerationParams
+from la_edge.decoding.rng import SplitMix64
+row = np.load(sys.argv[1])
+sampler, out = native.NativeSampler(row.size), []
+params = GenerationParams(temperature=1.0, plausibility_top_p=1.0, top_logprobs=3)
+threading.stack_size(128 * 1024)
+t = threading.Thread(target=lambda: out.append(sampler.choose((row,), Combination.plain(), params, SplitMix64(5))))
+t.start()
+t.join()
+print(out[0].token, out[0].top)
+"""
+
+
+def test_sort_stack_depth_is_logarithmic_on_adversarial_rows(tmp_path):
+    # Recursing on the left part always, this row needs ~10000 nested calls (~0.5 MB of stack); on the
+    # smaller part, ~log2(n). A 128 KiB thread stack shows the difference (a crash is a failure).
+    row = sort_killer(20000)
+    np.save(tmp_path / "row.npy", row)
+    root = Path(__file__).resolve().parents[2]
+    run = subprocess.run([sys.executable, "-c", _SMALL_STACK, str(tmp_path / "row.npy")], cwd=root,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, f"the sampler crashed on a 128 KiB stack (rc {run.returncode}): {run.stderr[-400:]}"
+    want = choose_rows((row,), Combination.plain(), GenerationParams(temperature=1.0, plausibility_top_p=1.0,
+                                                                     top_logprobs=3), SplitMix64(5))
+    assert run.stdout.strip() == f"{want.token} {want.top}"
