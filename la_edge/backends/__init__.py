@@ -47,6 +47,6 @@ def kv_shape(path: Optional[str] = None, kind: str = "auto") -> Optional[KvShape
     resolved = resolve_model(path)
     if detect_kind(resolved, kind) == "onnx":
         return None
-    from .llamacpp import read_kv_shape
+    from .gguf_meta import read_kv_shape
 
     return read_kv_shape(resolved)

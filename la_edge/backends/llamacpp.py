@@ -1,6 +1,8 @@
 """llama.cpp backend through llama-cpp-python's low-level ctypes API.
 
-Thin owners over the C handles (model, context, batch) that free them in order.
+Thin owners over the C handles (model, context, batch) that free them in order. GGUF metadata (read
+before a load: the KV shape, the architecture) lives in gguf_meta.py, llama.cpp's built-in chat
+templates in llamacpp_templates.py; both are re-exported here.
 """
 
 from __future__ import annotations
@@ -13,9 +15,13 @@ from typing import List, Optional, Sequence, Tuple
 import llama_cpp
 from llama_cpp import _logger as _llama_logger
 
-from .base import BackendOptions, BatchEntry, KvShape, VocabMixin
-from .models import GGUF_MAGIC
-from ..errors import InvalidParameterError, ModelLoadError, ModelNotFoundError, check_unicode, decode_error
+from .base import BackendOptions, BatchEntry, VocabMixin
+from .gguf_meta import check_gguf, gguf_architecture, gguf_metadata, kv_shape_of, read_kv_shape
+from .llamacpp_templates import apply_builtin_template, builtin_chat_templates
+from ..errors import InvalidParameterError, ModelLoadError, check_unicode, decode_error
+
+__all__ = ["LlamaBatch", "LlamaCppBackend", "LlamaModel", "apply_builtin_template", "builtin_chat_templates",
+           "check_gguf", "gguf_architecture", "gguf_metadata", "read_kv_shape", "system_info"]
 
 _backend_ready = False
 
@@ -28,99 +34,27 @@ def _init_backend(verbose: bool) -> None:
         _backend_ready = True
 
 
-def check_gguf(path: str) -> None:
-    """Raise ModelNotFoundError / ModelLoadError unless `path` is a readable GGUF file."""
-    if not os.path.exists(path):
-        raise ModelNotFoundError(f"model file not found: {path}")
-    if os.path.isdir(path):
-        raise ModelLoadError(f"model path is a directory, expected a .gguf file: {path}")
-    with open(path, "rb") as f:
-        magic = f.read(4)
-    if magic != GGUF_MAGIC:
-        raise ModelLoadError(f"not a GGUF file (magic {magic!r}, expected b'GGUF'): {path}")
-
-
-_GGUF_FORMATS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q",
-                 12: "<d"}  # scalar value types
-_GGUF_STRING, _GGUF_ARRAY = 8, 9
-_GGUF_ARRAY_MAX = 4096  # numeric arrays up to this length are read (per-layer values); longer ones skipped
-
-
-def gguf_metadata(path: str) -> dict:
-    """The GGUF header's key-value metadata (numbers, strings, short numeric arrays), read without
-    llama.cpp; {} if the file is no GGUF or unreadable."""
-    import struct
-
-    def u(f, fmt):
-        data = f.read(struct.calcsize(fmt))
-        if len(data) != struct.calcsize(fmt):
-            raise EOFError
-        return struct.unpack(fmt, data)[0]
-
-    def text(f):
-        return f.read(u(f, "<Q")).decode("utf-8", "replace")
-
-    def value(f, typ, depth=0):
-        if typ in _GGUF_FORMATS:
-            return u(f, _GGUF_FORMATS[typ])
-        if typ == _GGUF_STRING:
-            return text(f)
-        if typ == _GGUF_ARRAY and depth < 4:
-            elem, count = u(f, "<I"), u(f, "<Q")
-            if elem in _GGUF_FORMATS:
-                size = struct.calcsize(_GGUF_FORMATS[elem])
-                if count > _GGUF_ARRAY_MAX:
-                    f.seek(size * count, 1)
-                    return None
-                return list(struct.unpack(f"<{count}{_GGUF_FORMATS[elem][1]}", f.read(size * count)))
-            items = [value(f, elem, depth + 1) for _ in range(count)]
-            return None if count > _GGUF_ARRAY_MAX else items
-        raise ValueError(f"GGUF value type {typ}")
-
-    meta: dict = {}
-    try:
-        with open(path, "rb") as f:
-            if f.read(4) != GGUF_MAGIC or u(f, "<I") < 2:
-                return {}
-            u(f, "<Q")  # tensor count
-            for _ in range(min(u(f, "<Q"), 65536)):
-                key, typ = text(f), u(f, "<I")
-                meta[key] = value(f, typ)
-    except (OSError, EOFError, ValueError, struct.error):
-        pass
-    return meta
-
-
-def gguf_architecture(path: str) -> Optional[str]:
-    """`general.architecture` read from a GGUF header (None if absent or unreadable)."""
-    arch = gguf_metadata(path).get("general.architecture")
-    return arch if isinstance(arch, str) else None
-
-
 # ggml type ids of the offered KV cache types (ggml.h)
 _GGML_TYPES = {"f16": 1, "q4_0": 2, "q8_0": 8}
-# Sliding-window layer patterns llama.cpp sets per architecture when the GGUF gives none
-# (src/models/*.cpp, load_swa_pattern): (n, dense_first). n = 6: five window layers, then one full.
-_SWA_PATTERNS = {"gemma3": (6, False), "gemma2": (2, False), "gemma3n": (5, False), "gemma-embedding": (6, False),
-                 "cohere2": (4, False), "exaone4": (4, False), "olmo2": (4, False), "openai-moe": (2, False),
-                 "gpt-oss": (2, False), "plamo3": (8, False), "afmoe": (4, False), "smallthinker": (4, True)}
 
 
 class LlamaModel:
     """Owns a llama_model and its vocabulary."""
 
     def __init__(self, path: str, n_gpu_layers: int = 0, verbose: bool = False):
-        check_gguf(path)
         _init_backend(verbose)
+        # The header first: a corrupt or truncated file is a one-line ModelLoadError saying why, and
+        # what llama.cpp then fails to load is a file that reads (an architecture it cannot run).
+        self.metadata = gguf_metadata(path)
         mparams = llama_cpp.llama_model_default_params()
         mparams.n_gpu_layers = n_gpu_layers
         self._model = llama_cpp.llama_model_load_from_file(path.encode(), mparams)
         if not self._model:
-            arch = gguf_architecture(path)
-            why = (f"its architecture {arch!r} is not one this llama.cpp build (llama-cpp-python "
-                   f"{llama_cpp.__version__}) can run, or the file is corrupt" if arch
-                   else "corrupt or unsupported GGUF (no general.architecture)")
-            raise ModelLoadError(f"llama.cpp could not load the model: {why}: {path}")
+            arch = self.metadata.get("general.architecture")
+            what = f"architecture {arch!r}" if isinstance(arch, str) else "no general.architecture"
+            raise ModelLoadError(f"llama.cpp could not load the model ({what}): this llama.cpp build "
+                                 f"(llama-cpp-python {llama_cpp.__version__}) does not run it, or its tensors are "
+                                 f"corrupt; --verbose shows llama.cpp's log: {path}")
         self._vocab = llama_cpp.llama_model_get_vocab(self._model)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
         self._piece_cache: dict = {}
@@ -177,33 +111,6 @@ class LlamaModel:
             return self.token_bytes(tok, special=True).decode("utf-8", "replace") if tok >= 0 else ""
 
         return text(llama_cpp.llama_vocab_bos(self._vocab)), text(llama_cpp.llama_vocab_eos(self._vocab))
-
-
-def read_kv_shape(path: str) -> KvShape:
-    """The model's KV cell shape from its GGUF header (no weights, no context): layers, KV heads, head
-    sizes, and which layers keep only a sliding window. A window pattern llama.cpp sets in code for an
-    architecture this table does not know counts every layer as full (an overestimate)."""
-    meta = gguf_metadata(path)
-    arch = meta.get("general.architecture") or ""
-
-    def get(key, default=0):
-        v = meta.get(f"{arch}.{key}", default)
-        return max(v) if isinstance(v, list) and v else (v if isinstance(v, (int, float)) else default)
-
-    n_layer, n_head = int(get("block_count")), max(1, int(get("attention.head_count", 1)))
-    n_head_kv = int(get("attention.head_count_kv", n_head)) or n_head
-    head_k = int(get("attention.key_length")) or int(get("embedding_length")) // n_head
-    head_v = int(get("attention.value_length")) or head_k
-    n_swa, n_layer_swa = int(get("attention.sliding_window")), 0
-    pattern = meta.get(f"{arch}.attention.sliding_window_pattern")
-    if n_swa and isinstance(pattern, list):  # one flag per layer
-        n_layer_swa = sum(bool(x) for x in pattern[:n_layer])
-    elif n_swa:
-        given = isinstance(pattern, int) and pattern > 0
-        n, dense_first = (int(pattern), False) if given else _SWA_PATTERNS.get(arch, (0, False))
-        if n:
-            n_layer_swa = sum((il % n != 0) if dense_first else (il % n < n - 1) for il in range(n_layer))
-    return KvShape(n_layer, n_head_kv, head_k, head_v, n_swa if n_layer_swa else 0, n_layer_swa)
 
 
 class LlamaBatch:
@@ -276,7 +183,7 @@ class LlamaCppBackend(VocabMixin):
             llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
         )
         cparams.no_perf = True
-        self.kv_shape = read_kv_shape(model_path)
+        self.kv_shape = kv_shape_of(self.model.metadata)
         self.kv_type, self.flash_attn = kv_type, flash_attn
         self._ctx = llama_cpp.llama_init_from_model(self.model.handle, cparams)
         if not self._ctx:
@@ -375,31 +282,3 @@ def system_info() -> dict:
         "cpu_features": features,
         "system_info": info,
     }
-
-
-def builtin_chat_templates() -> List[str]:
-    """Names of the chat templates built into this llama.cpp (llama_chat_builtin_templates)."""
-    n = llama_cpp.llama_chat_builtin_templates(None, 0)
-    arr = (ctypes.c_char_p * n)()
-    llama_cpp.llama_chat_builtin_templates(arr, n)
-    return [a.decode("utf-8") for a in arr]
-
-
-def apply_builtin_template(name: str, messages: Sequence[dict], add_assistant: bool = True) -> str:
-    """Render messages with a built-in llama.cpp template (llama_chat_apply_template)."""
-    keep = []
-    chat = (llama_cpp.llama_chat_message * len(messages))()
-    for i, m in enumerate(messages):
-        role, content = m["role"].encode("utf-8"), m["content"].encode("utf-8")
-        keep += [role, content]
-        chat[i].role, chat[i].content = role, content
-    size = 256 + 2 * sum(len(k) for k in keep)
-    for _ in range(2):
-        buf = ctypes.create_string_buffer(size)
-        n = llama_cpp.llama_chat_apply_template(name.encode("utf-8"), chat, len(messages), add_assistant, buf, size)
-        if n < 0:
-            raise InvalidParameterError(f"llama.cpp could not apply chat template {name!r}")
-        if n <= size:
-            return buf.raw[:n].decode("utf-8")
-        size = n + 1
-    raise InvalidParameterError(f"chat template {name!r} output did not fit its buffer")

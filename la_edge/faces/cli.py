@@ -8,7 +8,7 @@ import os
 import sys
 from typing import List, Optional
 
-from ..errors import InvalidParameterError, LaEdgeError, RequestTimeoutError
+from ..errors import InvalidParameterError, LaEdgeError, MissingDependencyError, RequestTimeoutError
 
 from .flags import (
     SERVE_REQUEST_TIMEOUT_S, add_max_requests_flag, add_model_flags, add_param_flags, add_preset_flags,
@@ -102,10 +102,26 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+# Top-level modules of the `server` extra (and what fastapi brings): missing, `la-edge serve` cannot run.
+SERVER_MODULES = ("fastapi", "uvicorn", "starlette", "pydantic")
+
+
+def _server_face():
+    """faces.server, or MissingDependencyError (exit 2, one line) when the `server` extra is not installed."""
+    try:
+        from . import server
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] not in SERVER_MODULES:
+            raise
+        raise MissingDependencyError(f"la-edge serve needs the server extra (fastapi, uvicorn; {exc.name} is "
+                                     "missing): pip install 'la-edge[server]', or run scripts/install.sh") from None
+    return server
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
+    serve = _server_face().serve  # before the model loads
     from ..backends.models import model_name, resolve_model
     from .presets import DEFAULT_RATIO, Steering
-    from .server import serve
 
     default = principles_from_args(args)  # --principle, --ratio, --principles-file: for requests with none
     ratio = args.ratio[0] if args.ratio and len(args.ratio) == 1 else None

@@ -324,7 +324,7 @@ async def _lines(server, request, answer: _Answer):
 
 def _model_info(la) -> Dict[str, Any]:
     """Size, time and details of the loaded model file, read once."""
-    from ..backends.llamacpp import gguf_architecture
+    from ..backends.gguf_meta import gguf_architecture
     from ..backends.models import quantization
 
     path = la.backend.path

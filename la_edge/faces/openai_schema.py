@@ -9,7 +9,7 @@ flags.params_from_fields.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Union
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
@@ -149,7 +149,7 @@ class _Request(_WithParams):
         self.refuse_unsupported()
         if max_tokens is None:
             max_tokens = self.max_tokens if self.max_tokens is not None else defaults.max_tokens
-        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+        stop = _field("stop", _stop, self.stop)
         timeout = defaults.timeout if self.timeout is None else _field("timeout", _timeout, self.timeout)
         ratio = defaults.ratio if self.alignment_ratio is None else None
         return params_from_fields(dict(self), max_tokens=max_tokens, top_logprobs=top_logprobs, stop=stop,
@@ -300,6 +300,10 @@ class CompletionRequest(_Request):
 
 def _timeout(seconds: float) -> float:
     return GenerationParams(timeout=seconds).timeout
+
+
+def _stop(stop) -> Tuple[str, ...]:
+    return GenerationParams(stop=stop).stop
 
 
 def _field(name: str, check, value):

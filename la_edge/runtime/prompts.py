@@ -121,7 +121,7 @@ class ChatTemplate:
                  source: str = "gguf"):
         self.name, self.source, self.template = name, source, template
         if name is not None:
-            from ..backends.llamacpp import apply_builtin_template
+            from ..backends.llamacpp_templates import apply_builtin_template
 
             # Built-ins are C strings: placeholders use a private-use mark instead of NUL.
             self._mark = "\ue000"
@@ -219,7 +219,7 @@ class ChatTemplate:
 
 def builtin_templates() -> List[str]:
     """The chat template names built into this llama.cpp, read from it (never copied)."""
-    from ..backends.llamacpp import builtin_chat_templates
+    from ..backends.llamacpp_templates import builtin_chat_templates
 
     return builtin_chat_templates()
 

@@ -52,38 +52,7 @@ class GenerationResult:
         }
 
 
-class _StopFilter:
-    """Finds stop strings across token boundaries; holds back text that may begin one."""
-
-    def __init__(self, stops: Sequence[str]):
-        self.stops = tuple(stops)
-        self.hold = max((len(s) for s in self.stops), default=1) - 1
-        self.text = ""
-        self.emitted = 0
-
-    def push(self, new: str) -> Tuple[str, bool]:
-        """Add decoded text; return (text safe to emit, whether a stop string was hit)."""
-        start = max(0, len(self.text) - self.hold)
-        self.text += new
-        hits = [i for i in (self.text.find(s, start) for s in self.stops) if i >= 0]
-        if hits:
-            self.text = self.text[: min(hits)]
-            return self._take(len(self.text)), True
-        safe = len(self.text)
-        for s in self.stops:  # keep back a suffix that is a prefix of a stop string
-            for k in range(min(len(s) - 1, len(self.text)), 0, -1):
-                if self.text.endswith(s[:k]):
-                    safe = min(safe, len(self.text) - k)
-                    break
-        return self._take(safe), False
-
-    def flush(self) -> str:
-        return self._take(len(self.text))
-
-    def _take(self, upto: int) -> str:
-        out = self.text[self.emitted: upto]
-        self.emitted = max(self.emitted, upto)
-        return out
+from .stops import StopFilter as _StopFilter  # noqa: E402 (stop strings in time linear in the new text)
 
 
 def _text_chunks(handle: RequestHandle, params: GenerationParams) -> Iterator[Chunk]:

@@ -45,6 +45,25 @@ def test_bad_input_exits_2_with_a_message(args, needle):
     assert needle in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.parametrize("stops, needle", [
+    (["x" * 513], "stop: each stop string must be at most 512 characters, got one of 513"),
+    (["a"] * 17, "stop: at most 16 stop strings, got 17"),
+])
+def test_stop_beyond_its_limits_exits_2_with_one_line(stops, needle):
+    r = la_edge("generate", "hi", *(arg for s in stops for arg in ("--stop", s)))
+    assert r.returncode == 2 and r.stderr == f"la-edge: error: {needle}\n" and r.stdout == ""
+
+
+def test_serve_without_the_server_extra_exits_2_with_one_line():
+    # fastapi / uvicorn missing (a `pip install la-edge` without [server]): one line naming the extra
+    for module in ("uvicorn", "fastapi"):
+        code = (f"import sys; sys.modules[{module!r}] = None; from la_edge.faces.cli import main; "
+                "sys.exit(main(['serve', '--port', '1']))")
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+        assert f"{module} is missing" in r.stderr and "pip install 'la-edge[server]'" in r.stderr
+
+
 def test_doctor_reports_the_sampler_path():
     r = la_edge("doctor", "--json")
     assert r.returncode == 0, r.stderr

@@ -125,6 +125,16 @@ def test_bad_timeout_is_400_naming_the_field(client, bad):
     assert "timeout" in e.value.message and e.value.param == "timeout"
 
 
+@pytest.mark.parametrize("stop", [["x" * 513], ["a"] * 17, "", [""]])
+def test_stop_beyond_its_limits_is_400_naming_the_field(client, stop):
+    with pytest.raises(openai.BadRequestError) as e:
+        chat(client, "hi", max_tokens=2, stop=stop)
+    assert e.value.param == "stop" and "400 - stop" in e.value.message
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model="smollm2", prompt="hi", max_tokens=2, stop=stop)
+    assert e.value.param == "stop"
+
+
 def test_a_request_past_its_deadline_ends_with_a_timeout_error_and_frees_its_sequences(server, client):
     # Python API: RequestTimeoutError; HTTP: 504 (an error event in a stream); the next request works.
     params = GenerationParams(temperature=0, max_tokens=200, ignore_eos=True, timeout=0.05)

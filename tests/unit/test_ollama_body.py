@@ -2,8 +2,8 @@
 
 import pytest
 
-from la_edge.faces.ollama_api import to_openai
-from la_edge.faces.openai_schema import ChatRequest, CompletionRequest, RequestError, validate
+from la_edge.faces.ollama_api import _renamed, to_openai
+from la_edge.faces.openai_schema import ChatRequest, CompletionRequest, Defaults, RequestError, validate
 
 USER = [{"role": "user", "content": "hi"}]
 
@@ -54,3 +54,17 @@ def test_refused_and_wrong_fields_are_named(chat, extra, field):
 def test_empty_values_of_refused_fields_pass():
     out, _ = to_openai({"model": "m", "messages": USER, "format": "", "tools": [], "think": False}, chat=True)
     assert "format" not in out and "tools" not in out
+
+
+@pytest.mark.parametrize("stop, limit", [(["x"] * 17, "at most 16"), (["x" * 513], "at most 512 characters"),
+                                         ([""], "non-empty")])
+def test_stop_beyond_its_limits_names_stop_and_options_stop(stop, limit):
+    for chat in (True, False):
+        out, origin = to_openai({"model": "m", **({"messages": USER} if chat else {"prompt": "hi", "raw": True}),
+                                 "options": {"stop": stop}}, chat=chat)
+        req = validate(out, ChatRequest if chat else CompletionRequest)
+        with pytest.raises(RequestError) as e:
+            req.params(Defaults())
+        assert e.value.param == "stop" and e.value.status == 400 and limit in str(e.value)  # OpenAI's param
+        ollama = _renamed(e.value, origin)
+        assert ollama.param == "options.stop" and str(ollama).startswith("options.stop") and limit in str(ollama)

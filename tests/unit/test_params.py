@@ -40,6 +40,10 @@ def test_frozen():
     ({"max_tokens": 0}, "max_tokens"),
     ({"seed": -1}, "seed"),
     ({"stop": ("",)}, "stop"),
+    ({"stop": ("a",) * 17}, "stop: at most 16 stop strings, got 17"),
+    ({"stop": ("x" * 513,)}, "stop: each stop string must be at most 512 characters, got one of 513"),
+    ({"stop": ("ok", 5)}, "stop: each stop string must be a non-empty string"),
+    ({"stop": 5}, "stop must be a string or a list of strings"),
     ({"top_logprobs": 21}, "top_logprobs"),
     ({"repeat_penalty": 0.0}, "repeat_penalty"),
     ({"timeout": 0}, "timeout"),
@@ -62,3 +66,8 @@ def test_timeout_is_seconds_or_none():
 
 def test_stop_string_becomes_tuple():
     assert GenerationParams(stop="###").stop == ("###",)
+    assert GenerationParams(stop=None).stop == () and GenerationParams(stop=["a", "b"]).stop == ("a", "b")
+
+
+def test_stop_at_its_limits_passes():
+    assert len(GenerationParams(stop=[chr(65 + i) * 512 for i in range(16)]).stop) == 16

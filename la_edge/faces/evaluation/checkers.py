@@ -10,16 +10,12 @@ import json
 import re
 from typing import Dict, Iterable, List, Sequence
 
-from ...errors import LaEdgeError
+from ...errors import MissingDependencyError
 
 _WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")
 _SENTENCE_END = re.compile(r"[.!?…]+[\"'”’)\]]*(?=\s|$)")
 _BULLET = re.compile(r"^\s*[*\-•+]\s+\S")
 _LEAD = " \t\r\n\"'“”‘’*_#>`"
-
-
-class MissingDependencyError(LaEdgeError, ImportError):
-    """An optional package needed by a checker is not installed."""
 
 
 def words(text: str) -> List[str]:
