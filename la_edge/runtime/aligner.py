@@ -125,6 +125,21 @@ class Aligner:
     def max_branches(self) -> int:
         return self.engine.max_branches
 
+    @property
+    def model_path(self) -> str:
+        """The loaded model: a .gguf file or an exported ONNX folder."""
+        return self.backend.path
+
+    @property
+    def n_ctx(self) -> int:
+        """The context window of one sequence (prompt + answer, per branch)."""
+        return self.backend.n_ctx
+
+    @property
+    def steps_done(self) -> int:
+        """Decode calls the engine made so far (one batch each)."""
+        return self.engine.steps
+
     def tokenize(self, text: str) -> List[int]:
         """Tokens of a rendered prompt string, counted as the engine counts a prompt."""
         return self.engine.tokenize_prompt(text)
