@@ -11,6 +11,7 @@
 
 import json
 import random
+import time
 
 import os
 import sys
@@ -46,6 +47,13 @@ def plain_branch_error(kv_unified: bool) -> float:
     return worst
 
 
+def wait_steps(la, n: int, timeout: float = 30.0) -> None:
+    """Wait until the engine made n more decode calls (or has nothing left to run)."""
+    target, end = la.steps_done + n, time.monotonic() + timeout
+    while la.steps_done < target and la.status()["active"] + la.status()["queued"] and time.monotonic() < end:
+        time.sleep(0.0005)
+
+
 def staggered_divergence(mix_prefill: bool, trials: int = 3):
     la = Aligner.load(n_ctx=1024, max_requests=8)
     la.engine.mix_prefill = mix_prefill
@@ -58,10 +66,7 @@ def staggered_divergence(mix_prefill: bool, trials: int = 3):
         handles = []
         for pair in pairs:
             handles.append(la.steps(pair, p)[0])
-            for _ in range(rnd.randint(0, 4)):
-                la.engine.step()
-        while la.engine.step():
-            pass
+            wait_steps(la, rnd.randint(0, 4))  # the engine thread runs meanwhile: arrivals are staggered
         together = [[e.token for e in h] for h in handles]
         out.append([next((k for k, (x, y) in enumerate(zip(a, t)) if x != y), None) for a, t in zip(alone, together)])
     la.close()

@@ -37,7 +37,18 @@ class KvShape:
     n_layer_swa: int = 0
 
 
-KV_CACHE_TYPES = ("f16", "q8_0", "q4_0")  # llama.cpp K/V cache types offered (--kv-type)
+@dataclass(frozen=True)
+class KvType:
+    """A K/V cache element type: llama.cpp's ggml_type id and its block of `block` values in `block_bytes`."""
+
+    ggml_type: int
+    block_bytes: int
+    block: int
+
+
+# The llama.cpp K/V cache types offered (--kv-type); the one table of them.
+KV_TYPES = {"f16": KvType(1, 2, 1), "q8_0": KvType(8, 34, 32), "q4_0": KvType(2, 18, 32)}
+KV_CACHE_TYPES = tuple(KV_TYPES)
 
 
 @dataclass(frozen=True)
@@ -128,9 +139,6 @@ class Backend(Protocol):
 
     def seq_pos_min(self, seq: int) -> int:
         """The oldest position still held (-1: none); above 0 once a sliding window forgot cells."""
-
-    def clear(self) -> None:
-        """Drop every sequence from the KV cache."""
 
     def close(self) -> None: ...
 

@@ -15,7 +15,7 @@ from typing import List, Optional, Sequence, Tuple
 import llama_cpp
 from llama_cpp import _logger as _llama_logger
 
-from .base import BackendOptions, BatchEntry, VocabMixin
+from .base import KV_TYPES, BackendOptions, BatchEntry, VocabMixin
 from .gguf_meta import check_gguf, gguf_architecture, gguf_metadata, kv_shape_of, read_kv_shape
 from .llamacpp_templates import apply_builtin_template, builtin_chat_templates
 from ..errors import InvalidParameterError, ModelLoadError, check_unicode, decode_error
@@ -35,7 +35,6 @@ def _init_backend(verbose: bool) -> None:
 
 
 # ggml type ids of the offered KV cache types (ggml.h)
-_GGML_TYPES = {"f16": 1, "q4_0": 2, "q8_0": 8}
 
 
 class LlamaModel:
@@ -176,7 +175,7 @@ class LlamaCppBackend(VocabMixin):
         cparams.n_threads = threads
         cparams.n_threads_batch = threads
         cparams.kv_unified = kv_unified
-        cparams.type_k = cparams.type_v = _GGML_TYPES[kv_type]
+        cparams.type_k = cparams.type_v = KV_TYPES[kv_type].ggml_type
         cparams.swa_full = True  # window layers hold n_ctx cells too (llama.cpp's default; runtime/memory.py)
         flash_attn = flash_attn or kv_type != "f16"  # llama.cpp quantizes V only with flash attention
         cparams.flash_attn_type = (
@@ -244,9 +243,6 @@ class LlamaCppBackend(VocabMixin):
     def seq_pos_min(self, seq: int) -> int:
         """The oldest position the cache still holds for the sequence (-1: none); a sliding window forgets."""
         return llama_cpp.llama_memory_seq_pos_min(self._mem, seq)
-
-    def clear(self) -> None:
-        llama_cpp.llama_memory_clear(self._mem, True)
 
     def close(self) -> None:
         if getattr(self, "_batch", None) is not None:

@@ -203,7 +203,7 @@ class OnnxBackend(VocabMixin):
         self.kv_shape = None  # grows with the live tokens: no cache to size at load
         self.kv_type = "f16" if self._kv_dtype == np.float16 else "f32"
         self.path = model_file
-        self.clear()
+        self._reset()
 
     @classmethod
     def from_options(cls, path: str, options: BackendOptions) -> "OnnxBackend":
@@ -214,7 +214,7 @@ class OnnxBackend(VocabMixin):
                    n_threads=options.n_threads, providers=options.providers)
 
     # KV state: physical rows of self._kv, and per sequence (row, positions of its columns, -1 = empty).
-    def clear(self) -> None:
+    def _reset(self) -> None:
         self._kv: Optional[list] = None
         self._rows: List[int] = []
         self._seqs: Dict[int, Tuple[int, np.ndarray]] = {}
@@ -346,7 +346,7 @@ class OnnxBackend(VocabMixin):
         return row if row.dtype == np.float32 else row.astype(np.float32)
 
     def close(self) -> None:
-        self.clear()
+        self._reset()
         self._sess = None
 
 

@@ -10,7 +10,7 @@ import warnings
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from .branches import BranchSet, compose
-from .engine import Engine, RequestHandle, StepEvent
+from .engine import Engine, RequestHandle, StepEvent, check_max_branches
 from ..errors import InvalidParameterError
 from ..decoding.params import GenerationParams
 from .prompts import ChatTemplate, PromptPair, raw_pair, select_template, validate_principle
@@ -68,8 +68,7 @@ class Aligner:
         from ..backends.models import resolve_model
         from . import memory
 
-        if not isinstance(max_branches, int) or isinstance(max_branches, bool) or not 1 <= max_branches <= 16:
-            raise InvalidParameterError(f"max_branches must be an integer in [1, 16], got {max_branches!r}")
+        check_max_branches(max_branches)
         if not isinstance(max_requests, int) or isinstance(max_requests, bool) or max_requests < 1:
             raise InvalidParameterError(f"max_requests must be a positive integer, got {max_requests!r}")
         budget = memory.resolve_budget(kv_budget)

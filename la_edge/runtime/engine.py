@@ -21,14 +21,15 @@ from typing import Callable, Dict, List, Optional, Tuple, Union
 
 from ..errors import (BusyError, ContextOverflowError, EngineUnavailableError, InvalidParameterError,
                       LaEdgeError, RequestTimeoutError, StepFailedError)
+from ..decoding.combination import MAX_BRANCHES
 from ..decoding.params import GenerationParams
 from ..decoding.rng import SplitMix64
 from .branches import BranchSet, tokenize_branches
 from .leases import Leases
-from .pool import KvOp
+from .pool import SequencePool
 from .prompts import PromptPair, tokenize_text
 from .scheduler import Action, Batch, Job, Phase, Scheduler
-from .pool import SequencePool
+from .step import choose, copy_prefix, make_changes
 
 __all__ = ["Engine", "RequestHandle", "StepEvent"]
 
@@ -187,6 +188,12 @@ def _step_error(exc: BaseException) -> BaseException:
     return StepFailedError(f"step failed: {type(exc).__name__}: {exc}", cause=exc)
 
 
+def check_max_branches(value) -> None:
+    """Sequences one request may use: an integer in [1, MAX_BRANCHES] (the C sampler's bound)."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_BRANCHES:
+        raise InvalidParameterError(f"max_branches must be an integer in [1, {MAX_BRANCHES}], got {value!r}")
+
+
 def _check_chunk(name: str, value: int, max_branches: int) -> None:
     """A request's final prompt tokens of every branch share one batch, never a last token alone."""
     if value < 2 * max_branches:
@@ -234,8 +241,7 @@ class Engine:
                  max_branches: int = 2):
         from ..decoding.native import make_chooser
 
-        if not isinstance(max_branches, int) or max_branches < 1:
-            raise InvalidParameterError(f"max_branches must be a positive integer, got {max_branches!r}")
+        check_max_branches(max_branches)
         if max_requests < 1 or max_requests * max_branches > backend.n_seq_max:
             raise InvalidParameterError(
                 f"max_requests={max_requests} x max_branches={max_branches} needs n_seq_max >= "
@@ -610,30 +616,16 @@ class Engine:
         req.out.put(_END)
 
     def _apply_changes(self) -> None:
-        """Make the pool's pending KV changes, each dequeued only once made (a raise keeps the rest)."""
-        while self.pool.pending:
-            c = self.pool.next_change()
-            try:
-                if c.op is KvOp.CLEAR:
-                    self.backend.seq_remove(c.seq_id)
-                elif (self.backend.seq_pos_max(c.seq_id) + 1 < c.pos  # cleared behind the engine's back
-                      or self._window_lost(c.seq_id, c.pos)
-                      or self.backend.seq_remove(c.seq_id, c.pos, -1) is False):  # a cache that cannot cut
-                    self.backend.seq_remove(c.seq_id)
-                    self.scheduler.cold(c.job, c.branch)
-            except Exception:
-                self._kv_failures += 1
-                if self._kv_failures >= _KV_RETRIES:
-                    raise
-                time.sleep(0.01 * self._kv_failures)
-                return  # retried at the next step; nothing is decoded before it succeeds
-            self._kv_failures = 0
-            self.pool.change_done()
-
-    def _window_lost(self, seq_id: int, pos: int) -> bool:
-        """A sliding-window cache no longer holds the window before `pos` (llama.cpp's own server test)."""
-        n_swa = self.backend.n_swa
-        return bool(n_swa) and self.backend.seq_pos_min(seq_id) > max(0, pos - n_swa)
+        """Make the pool's pending KV changes; a raise keeps the rest queued, retried next step."""
+        try:
+            make_changes(self.backend, self.pool, self.scheduler)
+        except Exception:
+            self._kv_failures += 1
+            if self._kv_failures >= _KV_RETRIES:
+                raise
+            time.sleep(0.01 * self._kv_failures)
+            return  # nothing is decoded before every change is made
+        self._kv_failures = 0
 
     # ---- one batch -----------------------------------------------------------------------------
     def _execute(self, batch: Batch) -> None:
@@ -684,17 +676,14 @@ class Engine:
     def _choose(self, req: _Request, rows: Tuple[int, ...]):
         """The sampled choice for one request, or the exception that stopped it."""
         try:
-            logits = tuple(self.backend.logits_row(r) for r in rows)
-            return self.chooser.choose(logits, req.branches.combination, req.params, req.rng, req.history)
+            return choose(self.backend, self.chooser, rows, req.branches.combination, req.params, req.rng,
+                          req.history)
         except Exception as exc:  # reported per request by _execute
             return exc
 
     def _copy(self, req: _Request) -> None:
-        seqs = req.job.seqs
         try:
-            # Branch 0 holds exactly the shared prefix now; a whole-sequence copy works in split caches too.
-            for s in seqs[1:]:
-                self.backend.seq_copy(seqs[0].seq_id, s.seq_id, -1, -1)
+            copy_prefix(self.backend, req.job)
         except Exception as exc:
             self._finish(req, "error", _step_error(exc))
             return

@@ -19,14 +19,13 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence, Union
 
-from ..backends.base import KvShape
+from ..backends.base import KV_TYPES, KvShape
 from ..errors import InvalidParameterError, MemoryBudgetError
 
 __all__ = ["KV_TYPES", "AUTO", "AUTO_SHARE", "MIN_CTX", "KvPlan", "parse_size", "format_size", "cell_bytes",
            "kv_bytes", "resolve_budget", "mem_available", "env_available", "plan"]
 
 # Bytes per block and elements per block of llama.cpp's cache types (ggml type traits).
-KV_TYPES = {"f16": (2, 1), "q8_0": (34, 32), "q4_0": (18, 32)}
 AUTO = "auto"
 AUTO_SHARE = 0.25  # --kv-budget auto: this share of the memory available at load
 PAD = 256  # llama.cpp rounds each sequence's cells (and the window's) up to this
@@ -68,7 +67,7 @@ def _check_type(kv_type: str) -> None:
 
 
 def _row(n: int, kv_type: str) -> int:
-    size, block = KV_TYPES[kv_type]
+    size, block = KV_TYPES[kv_type].block_bytes, KV_TYPES[kv_type].block
     return -(-n // block) * size
 
 

@@ -337,12 +337,6 @@ def tokenize_rendered(backend, text: str, parts: Optional[Parts]) -> List[int]:
     return tokenize_text(backend, text) if parts is None else tokenize_parts(backend, parts)
 
 
-def tokenize_pair(backend, pair: PromptPair) -> Tuple[List[int], Optional[List[int]]]:
-    """Token ids of both branches (plain is None without a principle)."""
-    tokens_0 = tokenize_rendered(backend, pair.plain, pair.plain_parts) if pair.plain is not None else None
-    return tokenize_rendered(backend, pair.principled, pair.principled_parts), tokens_0
-
-
 def raw_pair(principled_prompt: str, plain_prompt: Optional[str]) -> PromptPair:
     """Raw-prompt mode: both strings given explicitly (no template).
 

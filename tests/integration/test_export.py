@@ -69,7 +69,7 @@ def hf_logits(model, ids):
 
 
 def backend_logits(backend, ids):
-    backend.clear()
+    backend.seq_remove(0)
     backend.decode([BatchEntry(t, i, (0,), True) for i, t in enumerate(ids)])
     rows = [backend.logits_row(i) for i in range(len(ids))]
     return np.stack([r if isinstance(r, np.ndarray) else np.ctypeslib.as_array(r, shape=(backend.n_vocab,))

@@ -5,7 +5,7 @@ import re
 import pytest
 
 from la_edge import ChatTemplateError, InvalidParameterError
-from la_edge.runtime.prompts import ChatTemplate, PromptPair, raw_pair, tokenize_pair, tokenize_text
+from la_edge.runtime.prompts import ChatTemplate, PromptPair, raw_pair, tokenize_rendered, tokenize_text
 
 CHATML_DEFAULT_SYSTEM = (
     "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
@@ -25,6 +25,11 @@ NO_SYSTEM = (
 )
 USER = [{"role": "user", "content": "Why is the sky blue?"}]
 P = "Answer in French."
+
+def tokenize_pair(backend, pair):
+    """Token ids of both prompts of a pair, as the engine tokenizes them (plain None without one)."""
+    plain = tokenize_rendered(backend, pair.plain, pair.plain_parts) if pair.plain is not None else None
+    return tokenize_rendered(backend, pair.principled, pair.principled_parts), plain
 
 
 def test_default_system_text_is_detected_and_extended():
