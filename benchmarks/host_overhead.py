@@ -2,9 +2,10 @@
 
 A backend wrapper returns real logits rows of the embedded model (one recorded row, slightly
 perturbed per branch) without running the model, so each step costs only what la_edge adds: the
-scheduler, the sampler on K rows of 49,152 columns, the events and the lock hand-offs. Run:
+scheduler, the sampler on K rows of 49,152 columns, the events and the hand-offs to the caller's
+thread. Run:
 
-    python benchmarks/host_overhead.py [--tokens 400] [--background] [--json]
+    python benchmarks/host_overhead.py [--tokens 400] [--json]
 """
 
 import argparse
@@ -39,7 +40,8 @@ class FreeForward:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokens", type=int, default=400)
-    ap.add_argument("--background", action="store_true", help="run the engine thread (as serve does)")
+    ap.add_argument("--background", action="store_true",
+                    help="accepted for older revisions' runs; since engine v4 the engine thread always runs")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     la = Aligner.load(n_ctx=1024)
