@@ -135,14 +135,20 @@ class Combination:
                 avoid_ratios: Sequence[float] = (), adaptive: bool = False) -> "Combination":
         """Branches [P_1..P_n, N_1..N_m, plain]: principles mixed by `weights` (default equal,
         normalised), each guided by w_i r_i; each avoided prompt pushed away by its ratio s_j.
+        With no principle (n = 0) the plain branch is the base: z = z_0 - sum_j s_j (z_Nj - z_0),
+        classifier-free guidance away from negative prompts (cfg_scale = 1 + s).
 
         Any finite weights >= 0 normalise (even near the float maximum); a nonzero weight below
         MIX_MIN of their sum is refused naming `weights[i]` (see normalise_weights)."""
         ratios = tuple(_ratio(f"ratios[{i}]", r) for i, r in enumerate(_floats("ratios", ratios)))
         avoid = tuple(_ratio(f"avoid_ratios[{j}]", s, 0.0)
                       for j, s in enumerate(_floats("avoid_ratios", avoid_ratios)))
+        if not ratios and not avoid:
+            raise InvalidParameterError("compose needs at least one principle ratio or one avoid ratio")
         if not ratios:
-            raise InvalidParameterError("compose needs at least one principle ratio")
+            if weights:
+                raise InvalidParameterError(f"{len(weights)} weights for 0 principles; give one weight each")
+            return cls((0.0,) * len(avoid) + (1.0,), tuple(-s for s in avoid) + (0.0,), len(avoid), adaptive)
         w = (1.0,) * len(ratios) if weights is None else _floats("weights", weights)
         if len(w) != len(ratios):
             raise InvalidParameterError(f"{len(w)} weights for {len(ratios)} principles; give one weight each")

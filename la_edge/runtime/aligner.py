@@ -6,13 +6,14 @@ result(); stream, generate and the HTTP server are all built on it.
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from .branches import BranchSet, compose
 from .engine import Engine, RequestHandle, StepEvent, check_max_branches
 from ..errors import InvalidParameterError
-from ..decoding.params import GenerationParams
+from ..decoding.params import RATIO_MAX, GenerationParams
 from .prompts import ChatTemplate, PromptPair, raw_pair, select_template, validate_principle
 from .request import Chunk, GenerationResult, Request
 
@@ -161,23 +162,62 @@ class Aligner:
                  ratios: Union[float, Sequence[float]] = 2.0, weights: Optional[Sequence[float]] = None,
                  avoid: Sequence[str] = (), avoid_ratios: Union[float, Sequence[float]] = 2.0,
                  adaptive: bool = False, system: Optional[str] = None,
-                 messages: Optional[Sequence[Dict[str, str]]] = None) -> BranchSet:
+                 messages: Optional[Sequence[Dict[str, str]]] = None,
+                 avoid_raw: Sequence[str] = ()) -> BranchSet:
         """A branch set: one branch per principle and per thing to avoid, and the plain prompt.
 
-        ratios / avoid_ratios: one value for all, or one per principle (per avoid text) in order.
-        z = sum_i w_i [z_Pi + r_i (z_Pi - z_0)] - sum_j s_j (z_Nj - z_0); one principle is Linear
-        Alignment exactly.
+        ratios / avoid_ratios: one value for all, or one per principle (then per avoid text, then
+        per avoid_raw prompt) in order. z = sum_i w_i [z_Pi + r_i (z_Pi - z_0)] - sum_j s_j (z_Nj - z_0);
+        one principle is Linear Alignment exactly. With no principle, z = z_0 - sum_j s_j (z_Nj - z_0):
+        a negative prompt (classifier-free guidance). avoid texts are placed as a principle would be;
+        avoid_raw are whole raw prompts (control-token strings parsed), as TabbyAPI's negative_prompt.
         """
-        principles, avoid = list(principles), list(avoid)
-        if not principles:
-            raise InvalidParameterError("principles must name at least one principle")
+        principles, avoid, avoid_raw = list(principles), list(avoid), list(avoid_raw)
+        if not principles and not avoid and not avoid_raw:
+            raise InvalidParameterError("give at least one principle or one thing to avoid")
+        for j, text in enumerate(avoid_raw):
+            if not isinstance(text, str) or not text:
+                raise InvalidParameterError(f"avoid_raw[{j}] (a raw negative prompt) must be a non-empty string")
         ratios = _per_item("ratio", ratios, len(principles))
-        avoid_ratios = _per_item("avoid_ratio", avoid_ratios, len(avoid))
+        avoid_ratios = _per_item("avoid_ratio", avoid_ratios, len(avoid) + len(avoid_raw))
         rendered = [self.prompts(prompt, validate_principle(t), system, messages) for t in principles + avoid]
-        first = rendered[0]
+        if rendered:
+            plain = (rendered[0].plain, rendered[0].plain_parts)
+        else:  # only raw negatives: the plain prompt is the request rendered with no principle
+            alone = self.prompts(prompt, None, system, messages)
+            plain = (alone.principled, alone.principled_parts)
         return compose([(p.principled, p.principled_parts) for p in rendered[:len(principles)]],
-                       [(p.principled, p.principled_parts) for p in rendered[len(principles):]],
-                       (first.plain, first.plain_parts), ratios, weights, avoid_ratios, adaptive)
+                       [(p.principled, p.principled_parts) for p in rendered[len(principles):]]
+                       + [(t, None) for t in avoid_raw],
+                       plain, ratios, weights, avoid_ratios, adaptive)
+
+    def negative(self, prompt: Optional[str] = None, negative: Optional[str] = None, *,
+                 negative_raw: Optional[str] = None, cfg_scale: float = 3.0, system: Optional[str] = None,
+                 messages: Optional[Sequence[Dict[str, str]]] = None) -> BranchSet:
+        """Classifier-free guidance: z = z_pos + (cfg_scale - 1)(z_pos - z_neg), nucleus from z_pos.
+
+        The positive prompt is the plain one. negative: what to steer away from, placed as a principle
+        would be; negative_raw: a whole raw negative prompt (TabbyAPI's `negative_prompt`); neither:
+        the BOS token alone (TabbyAPI's default). cfg_scale in [1, 101]; 1 decodes the prompt alone.
+        """
+        scale = check_cfg_scale(cfg_scale)
+        if negative is not None and negative_raw is not None:
+            raise InvalidParameterError("give negative (text placed as a principle) or negative_raw (a whole prompt), "
+                                        "not both")
+        if scale == 1.0:
+            pair = self.prompts(prompt, None, system, messages)
+            return BranchSet.from_pair(pair, 0.0)
+        if negative is not None:
+            return self.branches(prompt, (), avoid=[negative], avoid_ratios=scale - 1.0, system=system,
+                                 messages=messages)
+        if negative_raw is None:
+            with self.engine.lease() as b:
+                negative_raw = b.bos_eos_text()[0]
+            if not negative_raw:
+                raise InvalidParameterError("this model has no BOS token to stand for the empty negative prompt; "
+                                            "give negative_prompt")
+        return self.branches(prompt, (), avoid_raw=[negative_raw], avoid_ratios=scale - 1.0, system=system,
+                             messages=messages)
 
     # ---- generation --------------------------------------------------------------------------
     def submit(self, prompt: Optional[str] = None, principle: Optional[str] = None,
@@ -277,6 +317,15 @@ class Aligner:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def check_cfg_scale(value) -> float:
+    """A classifier-free guidance scale: a finite number in [1, 1 + RATIO_MAX] (1 = no guidance)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InvalidParameterError(f"cfg_scale must be a finite number, got {value!r}")
+    if not 1.0 <= value <= 1.0 + RATIO_MAX:
+        raise InvalidParameterError(f"cfg_scale must be in [1, {1 + RATIO_MAX:g}] (1 = no guidance), got {value:g}")
+    return float(value)
 
 
 def _per_item(name: str, value: Union[float, Sequence[float]], n: int) -> List[float]:

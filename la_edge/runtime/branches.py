@@ -57,6 +57,12 @@ class BranchSet:
         ref = self.combination.ref
         return None if ref is None else self.branches[ref]
 
+    @property
+    def base(self) -> int:
+        """The branch the answer is decoded from: the first with a mix weight (the plain one when
+        there is no principle, only things to avoid)."""
+        return next(k for k, m in enumerate(self.combination.mix) if m > 0)
+
     @classmethod
     def from_pair(cls, pair: PromptPair, ratio: float) -> "BranchSet":
         """Linear Alignment over a PromptPair; r = 0 (or no plain prompt) decodes the principled one alone."""
@@ -67,11 +73,12 @@ class BranchSet:
                    Combination.linear_alignment(ratio))
 
     def describe(self) -> Dict[str, object]:
-        """The exact prompt strings: principled (branch 0) and plain, and every branch when K > 2."""
+        """The exact prompt strings: principled (the base branch) and plain, and every branch when K > 2
+        or a branch is avoided (a negative prompt)."""
         plain = self.plain
-        out: Dict[str, object] = {"principled": self.branches[0].text,
+        out: Dict[str, object] = {"principled": self.branches[self.base].text,
                                   "plain": plain.text if plain is not None else None}
-        if self.k > 2:
+        if self.k > 2 or any(b.role == "avoid" for b in self.branches):
             out["branches"] = [{"role": b.role, "text": b.text} for b in self.branches]
         return out
 

@@ -119,8 +119,8 @@ class RequestHandle:
 
     @property
     def prompt_tokens(self) -> int:
-        """Prompt tokens of branch 0 (the principled prompt)."""
-        return len(self._req.job.prompts[0])
+        """Prompt tokens of the base branch (the principled prompt; the plain one under a negative prompt)."""
+        return len(self._req.job.prompts[self._req.branches.base])
 
     @property
     def plain_prompt_tokens(self) -> int:
@@ -136,7 +136,7 @@ class RequestHandle:
         """Prompt tokens taken from the prompt cache: (principled, plain)."""
         job, ref = self._req.job, self._req.branches.combination.ref
         cached = job.cached or (0,) * job.n_seqs
-        return cached[0], (0 if ref is None else cached[ref])
+        return cached[self._req.branches.base], (0 if ref is None else cached[ref])
 
     @property
     def seed(self) -> int:
