@@ -10,10 +10,11 @@ import math
 import warnings
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
-from .branches import BranchSet, compose
+from .branches import Branch, BranchSet, compose
+from ..decoding.combination import Combination
 from .engine import Engine, RequestHandle, StepEvent, check_max_branches
 from ..errors import InvalidParameterError
-from ..decoding.params import RATIO_MAX, GenerationParams
+from ..decoding.params import RATIO_MAX, RATIO_MIN, GenerationParams
 from .prompts import ChatTemplate, PromptPair, raw_pair, select_template, validate_principle
 from .request import Chunk, GenerationResult, Request
 
@@ -219,6 +220,38 @@ class Aligner:
         return self.branches(prompt, (), avoid_raw=[negative_raw], avoid_ratios=scale - 1.0, system=system,
                              messages=messages)
 
+    def documents(self, prompt: Optional[str] = None, documents: Sequence[str] = (), *, ratio: float = 1.0,
+                  adaptive: bool = False, system: Optional[str] = None,
+                  messages: Optional[Sequence[Dict[str, str]]] = None) -> BranchSet:
+        """Context-aware decoding: answers that follow the documents rather than the model's memory.
+
+        The principled branch's last user message starts with the documents ("Document 1:\n...");
+        the plain branch is the same conversation without them. z = z_D + r (z_D - z_0); adaptive
+        scales r by s_t = JSD(p_D || p_0) in bits per token (AdaCAD's weight when r = 1).
+        """
+        docs = list(documents) if not isinstance(documents, str) else [documents]
+        if not docs:
+            raise InvalidParameterError("documents must hold at least one document")
+        for i, d in enumerate(docs):
+            if not isinstance(d, str) or not d.strip():
+                raise InvalidParameterError(f"documents[{i}] must be a non-empty string")
+        if messages is None:
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise InvalidParameterError("prompt must be a non-empty string")
+            messages = ([{"role": "system", "content": system}] if system else []) + [
+                {"role": "user", "content": prompt}]
+        messages = [dict(m) for m in messages]
+        last = max((k for k, m in enumerate(messages) if m.get("role") == "user"), default=None)
+        if last is None:
+            raise InvalidParameterError("documents need a user message to go with")
+        header = "".join(f"Document {i + 1}:\n{d.strip()}\n\n" for i, d in enumerate(docs))
+        with_docs = messages[:last] + [dict(messages[last], content=header + str(messages[last]["content"]))] \
+            + messages[last + 1:]
+        d, plain = self.template.pair(with_docs, None), self.template.pair(messages, None)
+        return BranchSet((Branch(d.principled, d.principled_parts), Branch(plain.principled, plain.principled_parts,
+                                                                           "plain")),
+                         Combination((1.0, 0.0), (check_ratio(ratio), 0.0), 1, adaptive))
+
     # ---- generation --------------------------------------------------------------------------
     def submit(self, prompt: Optional[str] = None, principle: Optional[str] = None,
                params: Optional[GenerationParams] = None, *, system: Optional[str] = None,
@@ -317,6 +350,15 @@ class Aligner:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def check_ratio(value, name: str = "ratio") -> float:
+    """A guidance ratio: a finite number in [RATIO_MIN, RATIO_MAX]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InvalidParameterError(f"{name} must be a finite number, got {value!r}")
+    if not RATIO_MIN <= value <= RATIO_MAX:
+        raise InvalidParameterError(f"{name} must be in [{RATIO_MIN:g}, {RATIO_MAX:g}], got {value:g}")
+    return float(value)
 
 
 def check_cfg_scale(value) -> float:
