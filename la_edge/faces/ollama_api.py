@@ -1,7 +1,7 @@
 """Ollama's API on the server's port: /api/chat, /api/generate, /api/tags, /api/show, /api/ps, /api/version.
 
-A chat or generate body is rewritten into the OpenAI request the server already takes (ChatRequest or
-CompletionRequest) and goes through `Server.start`: one path for presets (`model: "MODEL:NAME"`), the
+A chat or generate body is rewritten into la_edge's request (the OpenAI body openai_schema reads)
+and goes through the gateway (faces/gateway.py): one path for presets (`model: "MODEL:NAME"`), the
 system message as the principle, validation and the engine. Answers are Ollama's (NDJSON lines when
 `stream` is true, its default; one object otherwise; durations in nanoseconds); errors are
 `{"error": "..."}` with a 400 (a wrong type too), 401, 404 (unknown preset), 429 or 5xx.
@@ -22,15 +22,15 @@ import time
 from typing import Any, Dict, List, Optional, Tuple
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
-from starlette.requests import ClientDisconnect
+from fastapi.responses import JSONResponse
 
 from .. import __version__
 from ..errors import InvalidParameterError
+from .body import RequestError
 from .flags import HTTP_FIELDS as PARAM_FIELDS  # HTTP name -> GenerationParams field (alignment_ratio -> ratio)
-from .openai_schema import ChatRequest, CompletionRequest, RequestError, load_body, validate
-from .openai_wire import finish, finite, status_of
+from .gateway import Failure, Gateway, failure_of, finish_reason
 from .presets import PLAIN_TAG
+from .tokens import TokenBytes
 
 __all__ = ["mount_ollama", "OLLAMA_VERSION", "to_openai"]
 
@@ -138,13 +138,10 @@ def _line(obj: Dict[str, Any]) -> str:
     return json.dumps(obj, ensure_ascii=False, allow_nan=False) + "\n"
 
 
-def _error(exc: BaseException, retry_after_s: int = 1) -> JSONResponse:
-    status, message, headers = status_of(exc, retry_after_s)
-    if status == 422:  # a wrong type: Ollama answers 400 to any bad body
-        status = 400
-    if status >= 500:
-        headers = {**headers, "Connection": "close"}
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
+def error_response(f: Failure) -> JSONResponse:
+    """Ollama's error shape, {"error": "..."} (the gateway adds `Connection: close` to a 5xx)."""
+    status = 400 if f.status == 422 else f.status  # a wrong type: Ollama answers 400 to any bad body
+    return JSONResponse({"error": f.message}, status_code=status, headers=f.headers)
 
 
 def _renamed(exc: Exception, origin: _Origin) -> Exception:
@@ -165,10 +162,12 @@ def _renamed(exc: Exception, origin: _Origin) -> Exception:
 
 
 class _Answer:
-    """Writes one request's Ollama objects (chat: message, generate: response)."""
+    """Writes one request's Ollama objects (gateway.Answer; chat: message, generate: response)."""
 
-    def __init__(self, server, model: str, chat: bool, logprobs: bool, t0: float):
-        self.server, self.model, self.chat, self.logprobs, self.t0 = server, model, chat, logprobs, t0
+    media_type = NDJSON
+
+    def __init__(self, token_bytes: TokenBytes, model: str, chat: bool, logprobs: bool, t0: float):
+        self.token_bytes, self.model, self.chat, self.logprobs, self.t0 = token_bytes, model, chat, logprobs, t0
         self.t_started = time.perf_counter()
 
     def _body(self, text: str, done: bool) -> Dict[str, Any]:
@@ -180,26 +179,31 @@ class _Answer:
         out["done"] = done
         return out
 
-    def _token(self, token: int, logprob: Optional[float]) -> Dict[str, Any]:
-        la = self.server.la
-        return {"token": la.token_text(token), "logprob": finite(logprob), "bytes": list(la.token_bytes(token))}
+    def opening(self) -> Tuple[str, ...]:
+        return ()
 
-    def _logprobs(self, steps) -> List[Dict[str, Any]]:
-        return [{**self._token(t, lp), "top_logprobs": [self._token(a, alp) for a, alp in top]}
-                for t, lp, top in steps]
+    def chunk(self, c) -> Optional[str]:
+        """One NDJSON line per chunk with text (or with a token, when logprobs are asked for)."""
+        with_token = self.logprobs and c.token is not None
+        if not (c.text or with_token):
+            return None
+        out = self._body(c.text, False)
+        if with_token:
+            out["logprobs"] = [self.token_bytes.chunk_step(c).entry()]
+        return _line(out)
 
-    def piece(self, chunk) -> Dict[str, Any]:
-        out = self._body(chunk.text, False)
-        if self.logprobs and chunk.token is not None:
-            out["logprobs"] = self._logprobs([(chunk.token, chunk.logprob, chunk.top)])
-        return out
+    def failed(self, exc: Exception) -> str:
+        return _line({"error": failure_of(exc).message})
 
-    def last(self, request, text: str = "", finish_reason: Optional[str] = None) -> Dict[str, Any]:
+    def closing(self, request, failed: bool) -> Tuple[str, ...]:
+        return () if failed else (_line(self.last(request)),)
+
+    def last(self, request, text: str = "", finish: Optional[str] = None) -> Dict[str, Any]:
         """The final object: done, done_reason, counts and durations (ns)."""
         t, u = request.timings(), request.usage
         ns = lambda s: int(round(s * 1e9))  # noqa: E731
         out = self._body(text, True)
-        out.update({"done_reason": finish(finish_reason or request.finish_reason) or "stop",
+        out.update({"done_reason": finish_reason(finish or request.finish_reason) or "stop",
                     "total_duration": ns(time.perf_counter() - self.t0),
                     "load_duration": ns(self.t_started - self.t0 + t["queued_s"]),
                     "prompt_eval_count": u["prompt_tokens"], "prompt_eval_duration": ns(t["prefill_s"]),
@@ -209,52 +213,37 @@ class _Answer:
     def whole(self, request, result) -> Dict[str, Any]:
         out = self.last(request, result.text, result.finish_reason)
         if self.logprobs:
-            out["logprobs"] = self._logprobs((d["token"], d["logprob"], [(a["token"], a["logprob"]) for a in d["top"]])
-                                             for d in result.logprobs)
+            out["logprobs"] = [step.entry() for step in self.token_bytes.result_steps(result)]
         return out
 
 
-def mount_ollama(app: FastAPI, server) -> None:
-    """Add Ollama's endpoints to `app`, answering through `server` (a faces.server.Server)."""
-    from .server import EventStream
-
-    la, steering = server.la, server.steering
-    path = la.backend.path
-    info = _model_info(la)
+def mount_ollama(app: FastAPI, gateway: Gateway) -> None:
+    """Add Ollama's endpoints to `app`, answering through `gateway`."""
+    la, steering = gateway.la, gateway.steering
+    path = la.model_path
+    info = _model_info(path)
+    gateway.face("/api/", error_response)
 
     def entry(name: str) -> Dict[str, Any]:
         digest = hashlib.sha256(f"{path}\0{info['size']}\0{info['mtime']}\0{name}".encode()).hexdigest()
         return {"name": name, "model": name, "modified_at": info["modified_at"], "size": info["size"],
                 "digest": digest, "details": info["details"]}
 
-    async def body_of(http: Request) -> Dict[str, Any]:
-        return load_body(await server.read_body(http))
-
     async def generate(http: Request, chat: bool):
         t0 = time.perf_counter()
         origin = _Origin()
         try:
-            server.check_alive()
-            body = await body_of(http)
+            gateway.check_alive()
+            body = await gateway.body(http)
             if _is_load(body, chat):
                 return _load(body, chat)
             data, origin = to_openai(body, chat)
-            req = validate(data, ChatRequest if "messages" in data else CompletionRequest)
-            request = await server.start(req)
-        except ClientDisconnect:
-            return JSONResponse({"error": "client closed the request"}, status_code=499)
+            req = gateway.request(data)
+            request = await gateway.start(req)
         except Exception as exc:
-            return _error(_renamed(exc, origin), server.retry_after_s)
-        answer = _Answer(server, data["model"], chat, bool(data.get("logprobs")), t0)
-        if req.stream:
-            return EventStream(request, _lines(server, request, answer), media_type=NDJSON)
-        try:
-            result = await server.finish(http, request)
-        except ClientDisconnect:
-            return JSONResponse({"error": "client closed the request"}, status_code=499)
-        except Exception as exc:
-            return _error(exc, server.retry_after_s)
-        return JSONResponse(answer.whole(request, result))
+            return gateway.failed(http, _renamed(exc, origin))
+        answer = _Answer(gateway.token_bytes, data["model"], chat, bool(data.get("logprobs")), t0)
+        return await gateway.answer(http, request, answer, req.stream)
 
     def _load(body: Dict[str, Any], chat: bool) -> JSONResponse:
         model = _want(body, "model", str, "a string")
@@ -282,7 +271,7 @@ def mount_ollama(app: FastAPI, server) -> None:
     async def ps():
         far = "2318-01-01T00:00:00Z"  # loaded until the server stops
         return {"models": [{**entry(steering.model), "expires_at": far, "size_vram": 0,
-                            "context_length": la.backend.n_ctx}]}
+                            "context_length": la.n_ctx}]}
 
     @app.get("/api/version")
     async def version():
@@ -291,7 +280,7 @@ def mount_ollama(app: FastAPI, server) -> None:
     @app.post("/api/show")
     async def show(http: Request):
         try:
-            body = await body_of(http)
+            body = await gateway.body(http)
             name = body.get("model", body.get("name"))  # `name`: older clients
             if not isinstance(name, str) or not name:
                 raise RequestError("model is required", param="model")
@@ -300,34 +289,22 @@ def mount_ollama(app: FastAPI, server) -> None:
                 raise RequestError(f"model {name[:120]!r} not found; this server has: {', '.join(steering.ids())}",
                                    status=404, param="model", code="model_not_found")
         except Exception as exc:
-            return _error(exc)
+            return gateway.failed(http, exc)
         t = la.template
         lines = [f"FROM {path}"] + ([f"# la_edge preset: {spec.describe()}"] if spec is not None else [])
         return {"modelfile": "\n".join(lines) + "\n", "parameters": "", "template": t.template or t.source,
                 "details": info["details"], "modified_at": info["modified_at"], "capabilities": ["completion"],
                 "model_info": {"general.architecture": info["details"]["family"],
-                               f"{info['details']['family']}.context_length": la.backend.n_ctx},
+                               f"{info['details']['family']}.context_length": la.n_ctx},
                 "la_edge": {"preset": spec.to_fields() if spec is not None else None,
                             "chat_template": t.source, "principle_placement": t.placement}}
 
 
-async def _lines(server, request, answer: _Answer):
-    """NDJSON lines: one per chunk with text, then the final one; an engine error ends it with {"error"}."""
-    try:
-        async for chunk in server.chunks(request):
-            if chunk.text or (answer.logprobs and chunk.token is not None):
-                yield _line(answer.piece(chunk))
-        yield _line(answer.last(request))
-    except Exception as exc:
-        yield _line({"error": status_of(exc)[1]})
-
-
-def _model_info(la) -> Dict[str, Any]:
-    """Size, time and details of the loaded model file, read once."""
+def _model_info(path: str) -> Dict[str, Any]:
+    """Size, time and details of the loaded model file (or folder), read once."""
     from ..backends.gguf_meta import gguf_architecture
     from ..backends.models import quantization
 
-    path = la.backend.path
     try:
         st = os.stat(path)
         size, mtime = st.st_size, st.st_mtime

@@ -1,94 +1,25 @@
-"""The server's request side: raw body -> checked JSON -> request model -> Aligner.submit arguments.
+"""The server's request side: checked JSON (body.py) -> request model -> Aligner.submit arguments.
 
-Bodies are strict JSON (no NaN/Infinity), at most MAX_DEPTH deep, with no lone surrogates in any
-string. Wrong types are 422 (pydantic, strict: no "1" for 1); wrong values are 400. Generation
-fields come from flags.PARAMS, the one table of HTTP names, and become GenerationParams through
-flags.params_from_fields.
+Every face's body becomes one of these models (Ollama's is rewritten into them first). Wrong types
+are 422 (pydantic, strict: no "1" for 1); wrong values are 400. Generation fields come from
+flags.PARAMS, the one table of HTTP names, and become GenerationParams through flags.params_from_fields.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from ..decoding.params import GenerationParams
-from ..errors import InvalidParameterError, check_unicode
+from ..errors import InvalidParameterError
 from ..runtime.prompts import raw_pair, validate_principle
+from .body import RequestError
 from .flags import PARAMS, params_from_fields
 from .presets import PRINCIPLE_FROM, Steering
 from .principles import PrincipleSpec, SpecError
 
-MAX_BODY_BYTES = 1 << 20
-MAX_DEPTH = 16  # a chat body needs 6 (body > messages > message > content > part > value)
 PART_SEPARATOR = "\n"  # text parts of one message are joined with a newline
-
-
-class RequestError(InvalidParameterError):
-    """A request the server refuses before generating: `status` (400, 413, 422), `param`, `code`."""
-
-    def __init__(self, message: str, status: int = 400, param: Optional[str] = None, code: str = "invalid_value"):
-        super().__init__(message)
-        self.status, self.param, self.code = status, param, code
-
-
-# ---- body ------------------------------------------------------------------------------------
-class _NotJson(NamedTuple):
-    """NaN, Infinity or -Infinity where the body had one (refused by _check_tree, naming the field)."""
-
-    name: str
-
-
-def load_body(body: bytes) -> Dict[str, Any]:
-    """The body as a JSON object, checked for depth and lone surrogates."""
-    try:
-        data = json.loads(body, parse_constant=_NotJson)
-    except RecursionError:
-        raise RequestError(f"request body nests deeper than {MAX_DEPTH} levels", code="invalid_json") from None
-    except ValueError:  # UnicodeDecodeError included
-        raise RequestError("request body is not valid JSON (UTF-8, no NaN or Infinity)", code="invalid_json") from None
-    if not isinstance(data, dict):
-        raise RequestError("request body must be a JSON object", code="invalid_json")
-    _check_tree(data)
-    return data
-
-
-def _check_tree(data: Any) -> None:
-    # Iterative walk (no recursion): depth bound and valid Unicode in every key and string.
-    stack = [(data, 1, None, "")]
-    while stack:
-        value, depth, parent, key = stack.pop()
-        if depth > MAX_DEPTH:
-            raise RequestError(f"request body nests deeper than {MAX_DEPTH} levels", code="invalid_json")
-        if isinstance(value, dict):
-            for k, v in value.items():
-                _check_text(k, lambda: _path(parent, key))
-                stack.append((v, depth + 1, (parent, key), k))
-        elif isinstance(value, list):
-            stack.extend((v, depth + 1, (parent, key), i) for i, v in enumerate(value))
-        elif isinstance(value, str):
-            _check_text(value, lambda: _path(parent, key))
-        elif isinstance(value, _NotJson):
-            path = _path(parent, key)
-            raise RequestError(f"{path or 'request body'}: {value.name} is not JSON (send a finite number)",
-                               param=path or None, code="invalid_json")
-
-
-def _check_text(text: str, where) -> None:
-    try:
-        check_unicode(text)
-    except InvalidParameterError as exc:
-        path = where()  # built only on error: most bodies are valid
-        raise RequestError(f"{path or 'a key'}: {exc}", param=path or None) from None
-
-
-def _path(parent, key) -> str:
-    parts = []
-    while parent is not None:
-        parts.append(f"[{key}]" if isinstance(key, int) else f".{key}")
-        parent, key = parent
-    return "".join(reversed(parts)).lstrip(".")
 
 
 # ---- models ----------------------------------------------------------------------------------
@@ -328,11 +259,6 @@ def _content(m: Message, i: int) -> str:
             raise RequestError(f"{where}: a text part needs a string field 'text'", param=where)
         texts.append(part["text"])
     return PART_SEPARATOR.join(texts)
-
-
-def parse(body: bytes, model_cls):
-    """A validated request model from a raw body; raises RequestError (400 or 422)."""
-    return validate(load_body(body), model_cls)
 
 
 def validate(data: Dict[str, Any], model_cls):

@@ -131,35 +131,39 @@ class PrincipleSpec:
 
     def submit(self, la, params: GenerationParams, **where):
         """Start the request on an Aligner; `where`: prompt, system or messages as Aligner.submit takes them."""
-        self.check_branches(la.max_branches)
-        if not self.principles:
-            return la.submit(params=params, **where)
-        p = self.single
-        if p is not None:
-            return la.submit(principle=p.text, params=params.with_(ratio=p.ratio), **where)
-        branches = la.branches(
-            where.get("prompt"), [p.text for p in self.principles], ratios=[p.ratio for p in self.principles],
-            weights=[p.weight for p in self.principles], avoid=[a.text for a in self.avoid],
-            avoid_ratios=[a.ratio for a in self.avoid], adaptive=self.adaptive, system=where.get("system"),
-            messages=where.get("messages"))
-        return la.submit(params=params, branches=branches)
+        def branches():
+            return la.branches(
+                where.get("prompt"), [p.text for p in self.principles], ratios=[p.ratio for p in self.principles],
+                weights=[p.weight for p in self.principles], avoid=[a.text for a in self.avoid],
+                avoid_ratios=[a.ratio for a in self.avoid], adaptive=self.adaptive, system=where.get("system"),
+                messages=where.get("messages"))
+
+        return self._start(la, params, lambda: where, lambda p: {"principle": p.text, **where}, branches)
 
     def submit_raw(self, la, params: GenerationParams, prompt: str):
         """Start a raw completion: each principle (or avoid text) and the prompt joined by a blank
         line, the prompt alone as the plain branch."""
         from ..runtime.branches import compose
 
-        self.check_branches(la.max_branches)
-        if not self.principles:
-            return la.submit(params=params, pair=raw_pair(prompt, None))
-        p = self.single
-        if p is not None:
-            return la.submit(params=params.with_(ratio=p.ratio), pair=raw_pair(f"{p.text}\n\n{prompt}", prompt))
-        branches = compose([(f"{p.text}\n\n{prompt}", None) for p in self.principles],
+        def branches():
+            return compose([(f"{p.text}\n\n{prompt}", None) for p in self.principles],
                            [(f"{a.text}\n\n{prompt}", None) for a in self.avoid], (prompt, None),
                            [p.ratio for p in self.principles], [p.weight for p in self.principles],
                            [a.ratio for a in self.avoid], self.adaptive)
-        return la.submit(params=params, branches=branches)
+
+        return self._start(la, params, lambda: {"pair": raw_pair(prompt, None)},
+                           lambda p: {"pair": raw_pair(f"{p.text}\n\n{prompt}", prompt)}, branches)
+
+    def _start(self, la, params: GenerationParams, plain, single, branches):
+        """The one choice of decoding: plain without principles (`plain()`: Aligner.submit's keywords),
+        Linear Alignment at the principle's ratio for `single` (`single(p)`), else `branches()`."""
+        self.check_branches(la.max_branches)
+        if not self.principles:
+            return la.submit(params=params, **plain())
+        p = self.single
+        if p is not None:
+            return la.submit(params=params.with_(ratio=p.ratio), **single(p))
+        return la.submit(params=params, branches=branches())
 
     def describe(self) -> str:
         """One line for people (chat's /principle list and /compare labels)."""
