@@ -23,11 +23,13 @@ EXIT_CODES = ((RequestTimeoutError, 124), (LaEdgeError, 2))  # 124: as timeout(1
 def cmd_generate(args: argparse.Namespace) -> int:
     params = params_from_args(args)
     spec = principles_from_args(args)
-    if args.raw and spec.principles:
+    if args.raw and (spec.principles or spec.avoid or spec.documents):
         raise InvalidParameterError("--raw takes both prompts verbatim (PROMPT and --plain-prompt): give no "
-                                    "--principle, --avoid or --principles-file")
+                                    "--principle, --avoid, --negative, --document or --principles-file")
     la = load_aligner(args)
-    if args.raw:
+    if args.raw and spec.cfg and args.plain_prompt is None:
+        request = spec.submit_raw(la, params, args.prompt)  # PROMPT against --negative-prompt-raw
+    elif args.raw:
         from ..runtime.prompts import raw_pair
 
         request = la.submit(params=params, pair=raw_pair(args.prompt, args.plain_prompt))

@@ -118,6 +118,19 @@ def add_principle_flags(p: argparse.ArgumentParser) -> None:
                    help=f"how hard to push away: once for all or once per --avoid (default: {DEFAULT_AVOID_RATIO:g})")
     p.add_argument("--adaptive-ratio", action="store_true",
                    help="scale the ratio per token by how much principled and plain answers diverge (JSD)")
+    p.add_argument("--negative", action="append", default=None, metavar="TEXT",
+                   help="what to steer away from, placed as a principle would be (repeatable); with no "
+                        "--principle: classifier-free guidance z = z + (g - 1)(z - z_neg)")
+    p.add_argument("--negative-prompt-raw", default=None, metavar="TEXT",
+                   help="a whole raw negative prompt (TabbyAPI's negative_prompt); no template")
+    p.add_argument("--cfg-scale", type=float, default=None, metavar="G",
+                   help="guidance scale g in [1, 101] for --negative / --negative-prompt-raw (default: 3; "
+                        "1 = none); alone: away from the BOS token, as TabbyAPI")
+    p.add_argument("--document", action="append", default=None, metavar="FILE",
+                   help="answer from this document (repeatable): context-aware decoding against the same "
+                        "prompt without the documents; with --adaptive-ratio the weight is AdaCAD's per-token JSD")
+    p.add_argument("--document-ratio", type=float, default=None, metavar="R",
+                   help="how hard the documents pull (default: 1)")
     p.add_argument("--principles-file", default=None, metavar="FILE",
                    help="TOML with [[principles]] (text, ratio, weight), [[avoid]] (text, ratio), ratio_schedule")
 
@@ -133,21 +146,55 @@ def principles_from_args(args: argparse.Namespace) -> PrincipleSpec:
         if len(ratios) > 1:
             raise InvalidParameterError("--ratio: with --principles-file give at most one (the default ratio)")
         spec = load_file(args.principles_file, ratios[0] if ratios else DEFAULT_RATIO)
-        return replace(spec, adaptive=True) if args.adaptive_ratio else spec
+        return with_guidance_flags(replace(spec, adaptive=True) if args.adaptive_ratio else spec, args)
     if not texts:
-        for flag, given in (("--weight", args.weight), ("--avoid", avoid), ("--avoid-ratio", args.avoid_ratio),
-                            ("--adaptive-ratio", args.adaptive_ratio)):
-            if given:
-                raise InvalidParameterError(f"{flag} needs at least one --principle")
+        if args.weight:
+            raise InvalidParameterError("--weight needs at least one --principle")
         if len(ratios) > 1:
             raise InvalidParameterError("--ratio: give it once without --principle")
-        return PrincipleSpec()
     if args.avoid_ratio and not avoid:
         raise InvalidParameterError("--avoid-ratio needs at least one --avoid")
     r = per_item("--ratio", ratios, len(texts), "principles", DEFAULT_RATIO)
     w = per_item("--weight", args.weight, len(texts), "principles", 1.0)
     s = per_item("--avoid-ratio", args.avoid_ratio, len(avoid), "avoids", DEFAULT_AVOID_RATIO)
-    return PrincipleSpec(tuple(map(Principle, texts, r, w)), tuple(map(Avoid, avoid, s)), args.adaptive_ratio)
+    spec = PrincipleSpec(tuple(map(Principle, texts, r, w)), tuple(map(Avoid, avoid, s)))
+    spec = with_guidance_flags(spec, args)
+    if args.adaptive_ratio and not spec.guided:
+        raise InvalidParameterError("--adaptive-ratio needs a --principle, --avoid, --negative or --document")
+    return replace(spec, adaptive=args.adaptive_ratio)
+
+
+def with_guidance_flags(spec: PrincipleSpec, args: argparse.Namespace) -> PrincipleSpec:
+    """--negative, --negative-prompt-raw, --cfg-scale, --document and --document-ratio added to a spec."""
+    from dataclasses import replace
+
+    from ..runtime.aligner import check_cfg_scale
+
+    negatives, raw = getattr(args, "negative", None) or [], getattr(args, "negative_prompt_raw", None)
+    given = getattr(args, "cfg_scale", None)
+    scale = DEFAULT_AVOID_RATIO + 1.0 if given is None else given
+    try:
+        check_cfg_scale(scale)
+    except InvalidParameterError as exc:
+        raise InvalidParameterError(f"--cfg-scale: {exc}") from None
+    if negatives:  # each one an avoid branch pushed at (g - 1)
+        spec = replace(spec, avoid=spec.avoid + tuple(Avoid(t, scale - 1.0) for t in negatives))
+    if raw is not None or (given is not None and not negatives):
+        spec = replace(spec, negative_prompt=raw, cfg_scale=scale)
+    files = getattr(args, "document", None) or []
+    if files or getattr(args, "document_ratio", None) is not None:
+        if not files:
+            raise InvalidParameterError("--document-ratio needs at least one --document")
+        docs = []
+        for path in files:
+            try:
+                with open(path, encoding="utf-8") as f:
+                    docs.append(f.read())
+            except (OSError, UnicodeDecodeError) as exc:
+                raise InvalidParameterError(f"--document {path}: cannot read it ({exc})") from None
+        ratio = 1.0 if args.document_ratio is None else args.document_ratio
+        spec = replace(spec, documents=tuple(docs), document_ratio=ratio)
+    return spec
 
 
 def add_ratio_flag(p: argparse.ArgumentParser) -> None:

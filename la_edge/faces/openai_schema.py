@@ -59,6 +59,12 @@ class _Envelope(_Strict):
     avoid: Optional[Any] = None  # [{text, ratio}]
     ratio_schedule: Optional[Any] = None  # "fixed" | "adaptive"
     principle_from: Optional[Any] = None  # "system" | "none" (checked by _Request, naming the field)
+    # TabbyAPI's classifier-free guidance: a raw negative prompt, its scale (1 = off; alias guidance_scale)
+    negative_prompt: Optional[Any] = None
+    cfg_scale: Optional[Any] = None
+    guidance_scale: Optional[Any] = None
+    documents: Optional[Any] = None  # [text, ...]: context-aware decoding (chat)
+    document_ratio: Optional[Any] = None
     # OpenAI fields la_edge cannot honour beyond their neutral values (see _Request.refuse_unsupported)
     response_format: Optional[Any] = None
     tools: Optional[Any] = None
@@ -110,8 +116,12 @@ class _Request(_WithParams):
         return []
 
     def own_spec(self) -> bool:
-        """Whether the request names its principles itself (principle, principles, avoid)."""
-        return any(v is not None for v in (self.principle, self.principles, self.avoid))
+        """Whether the request names its guidance itself (principle, principles, avoid, a negative prompt,
+        documents)."""
+        return any(v is not None for v in (self.principle, self.principles, self.avoid) + self._guidance())
+
+    def _guidance(self) -> tuple:
+        return (self.negative_prompt, self.cfg_scale, self.guidance_scale, self.documents, self.document_ratio)
 
     def steered(self, params: GenerationParams, max_branches: int, steering: Optional[Steering],
                 messages: Optional[List[Dict[str, str]]]):
@@ -147,7 +157,9 @@ class _Request(_WithParams):
         """What the request aligns to: `principle` (a one-element list) or `principles`, `avoid` and
         `ratio_schedule`; an item without a ratio takes alignment_ratio. Errors name the field."""
         principle = _field("principle", validate_principle, self.principle)
-        fields = {"principles": self.principles, "avoid": self.avoid, "ratio_schedule": self.ratio_schedule}
+        fields = {"principles": self.principles, "avoid": self.avoid, "ratio_schedule": self.ratio_schedule,
+                  **dict(zip(("negative_prompt", "cfg_scale", "guidance_scale", "documents", "document_ratio"),
+                             self._guidance()))}
         if principle is not None:
             if self.principles is not None:
                 raise RequestError("give principle or principles, not both", param="principles")

@@ -59,10 +59,16 @@ class PrincipleSpec:
     principles: Tuple[Principle, ...] = ()
     avoid: Tuple[Avoid, ...] = ()
     adaptive: bool = False
+    negative_prompt: Optional[str] = None  # TabbyAPI's: a whole raw negative prompt, used when cfg_scale != 1
+    cfg_scale: float = 1.0  # TabbyAPI's (alias guidance_scale): 1 = no classifier-free guidance
+    documents: Tuple[str, ...] = ()  # context-aware decoding: the principled branch holds them
+    document_ratio: float = 1.0
 
     def __post_init__(self):
         object.__setattr__(self, "principles", tuple(self.principles))
         object.__setattr__(self, "avoid", tuple(self.avoid))
+        object.__setattr__(self, "documents", tuple(self.documents))
+        self._check_guidance()
         for i, p in enumerate(self.principles):
             _text(f"principles[{i}].text", p.text)
             _in_range(f"principles[{i}].ratio", p.ratio, RATIO_MIN)
@@ -75,12 +81,23 @@ class PrincipleSpec:
         for j, a in enumerate(self.avoid):
             _text(f"avoid[{j}].text", a.text)
             _in_range(f"avoid[{j}].ratio", a.ratio, 0.0)
-        if self.avoid and not self.principles:
-            raise SpecError("avoid", "things to avoid are pushed away from a principle: give at least one principle")
         if not isinstance(self.adaptive, bool):
             raise SpecError("ratio_schedule", "adaptive must be true or false", "type")
-        if self.adaptive and not self.principles:
-            raise SpecError("ratio_schedule", "an adaptive ratio needs at least one principle")
+        if self.adaptive and not self.guided:
+            raise SpecError("ratio_schedule", "an adaptive ratio needs a principle, a thing to avoid, a negative "
+                                              "prompt or documents")
+
+    def _check_guidance(self) -> None:
+        """negative_prompt, cfg_scale, documents and document_ratio (the principles are checked after)."""
+        _in_range("cfg_scale", self.cfg_scale, 1.0, 1.0 + RATIO_MAX)
+        if self.negative_prompt is not None:
+            _text("negative_prompt", self.negative_prompt)
+        for i, d in enumerate(self.documents):
+            _text(f"documents[{i}]", d)
+        _in_range("document_ratio", self.document_ratio, RATIO_MIN)
+        if self.documents and (self.principles or self.avoid or self.cfg):
+            raise SpecError("documents", "documents are decoded against the same conversation without them; send "
+                                         "them without principles, avoid or cfg_scale")
 
     # ---- building -------------------------------------------------------------------------------
     @classmethod
@@ -100,43 +117,76 @@ class PrincipleSpec:
         if schedule is not None and schedule not in SCHEDULES:
             kind = "value" if isinstance(schedule, str) else "type"
             raise SpecError("ratio_schedule", f"must be 'fixed' or 'adaptive', got {schedule!r:.60}", kind)
-        return cls(tuple(principles), tuple(avoid), schedule == "adaptive")
+        cfg, guidance = data.get("cfg_scale"), data.get("guidance_scale")
+        if cfg is not None and guidance is not None and cfg != guidance:
+            raise SpecError("guidance_scale", "is an alias of cfg_scale: give one of them")
+        scale = cfg if cfg is not None else guidance
+        documents = data.get("documents")
+        if isinstance(documents, str):
+            documents = [documents]
+        return cls(tuple(principles), tuple(avoid), schedule == "adaptive", data.get("negative_prompt"),
+                   1.0 if scale is None else scale, tuple(_list("documents", documents)),
+                   1.0 if data.get("document_ratio") is None else data.get("document_ratio"))
 
     def to_fields(self) -> Dict[str, Any]:
         """The inverse of from_fields (a transcript's fields)."""
-        return {"principles": [{"text": p.text, "ratio": p.ratio, "weight": p.weight} for p in self.principles],
-                "avoid": [{"text": a.text, "ratio": a.ratio} for a in self.avoid],
-                "ratio_schedule": "adaptive" if self.adaptive else "fixed"}
+        out = {"principles": [{"text": p.text, "ratio": p.ratio, "weight": p.weight} for p in self.principles],
+               "avoid": [{"text": a.text, "ratio": a.ratio} for a in self.avoid],
+               "ratio_schedule": "adaptive" if self.adaptive else "fixed"}
+        if self.cfg:
+            out.update(cfg_scale=self.cfg_scale, negative_prompt=self.negative_prompt)
+        if self.documents:
+            out.update(documents=list(self.documents), document_ratio=self.document_ratio)
+        return out
 
     # ---- use ------------------------------------------------------------------------------------
     @property
+    def cfg(self) -> bool:
+        """Classifier-free guidance is on (cfg_scale != 1): one raw negative branch (or BOS alone)."""
+        return self.cfg_scale != 1.0
+
+    @property
+    def guided(self) -> bool:
+        """Anything beyond plain decoding: principles, avoid, a negative prompt or documents."""
+        return bool(self.principles or self.avoid or self.cfg or self.documents)
+
+    @property
     def k(self) -> int:
-        """Branches a request needs: one per principle and per avoid text, plus the plain prompt."""
-        return len(self.principles) + len(self.avoid) + 1 if self.principles else 1
+        """Branches a request needs: one per principle, per avoid text and for the negative prompt,
+        plus the plain prompt (documents: two)."""
+        if self.documents:
+            return 2
+        n = len(self.principles) + len(self.avoid) + int(self.cfg)
+        return n + 1 if n else 1
 
     @property
     def single(self) -> Optional[Principle]:
         """The principle when this is today's Linear Alignment request (one principle, fixed ratio)."""
-        if len(self.principles) == 1 and not self.avoid and not self.adaptive:
+        if len(self.principles) == 1 and not self.avoid and not self.adaptive and not self.cfg:
             return self.principles[0]
         return None
 
     def check_branches(self, max_branches: int) -> None:
         """Refuse a set that needs more KV sequences than one request may use."""
         if self.k > max_branches:
-            field = "avoid" if len(self.principles) + 1 <= max_branches else "principles"
-            raise SpecError(field, f"{len(self.principles)} principles and {len(self.avoid)} texts to avoid need "
-                                   f"{self.k} branches, more than max_branches={max_branches}; give fewer, or "
-                                   f"load with --max-branches {self.k}")
+            field = ("negative_prompt" if self.cfg and self.k - 1 <= max_branches else
+                     "avoid" if len(self.principles) + 1 <= max_branches else "principles")
+            raise SpecError(field, f"{len(self.principles)} principles, {len(self.avoid)} texts to avoid"
+                                   f"{' and a negative prompt' if self.cfg else ''} need {self.k} branches, more "
+                                   f"than max_branches={max_branches}; give fewer, or load with --max-branches {self.k}")
 
     def submit(self, la, params: GenerationParams, **where):
         """Start the request on an Aligner; `where`: prompt, system or messages as Aligner.submit takes them."""
         def branches():
+            if self.documents:
+                return la.documents(where.get("prompt"), self.documents, ratio=self.document_ratio,
+                                    adaptive=self.adaptive, system=where.get("system"), messages=where.get("messages"))
+            raw = [self.negative_prompt or la.unconditional_prompt()] if self.cfg else []
             return la.branches(
                 where.get("prompt"), [p.text for p in self.principles], ratios=[p.ratio for p in self.principles],
                 weights=[p.weight for p in self.principles], avoid=[a.text for a in self.avoid],
-                avoid_ratios=[a.ratio for a in self.avoid], adaptive=self.adaptive, system=where.get("system"),
-                messages=where.get("messages"))
+                avoid_ratios=[a.ratio for a in self.avoid] + [self.cfg_scale - 1.0] * len(raw),
+                adaptive=self.adaptive, system=where.get("system"), messages=where.get("messages"), avoid_raw=raw)
 
         return self._start(la, params, lambda: where, lambda p: {"principle": p.text, **where}, branches)
 
@@ -146,10 +196,13 @@ class PrincipleSpec:
         from ..runtime.branches import compose
 
         def branches():
+            if self.documents:
+                raise SpecError("documents", "documents go with chat messages: use /v1/chat/completions")
+            raw = [(self.negative_prompt or la.unconditional_prompt(), None)] if self.cfg else []
             return compose([(f"{p.text}\n\n{prompt}", None) for p in self.principles],
-                           [(f"{a.text}\n\n{prompt}", None) for a in self.avoid], (prompt, None),
+                           [(f"{a.text}\n\n{prompt}", None) for a in self.avoid] + raw, (prompt, None),
                            [p.ratio for p in self.principles], [p.weight for p in self.principles],
-                           [a.ratio for a in self.avoid], self.adaptive)
+                           [a.ratio for a in self.avoid] + [self.cfg_scale - 1.0] * len(raw), self.adaptive)
 
         return self._start(la, params, lambda: {"pair": raw_pair(prompt, None)},
                            lambda p: {"pair": raw_pair(f"{p.text}\n\n{prompt}", prompt)}, branches)
@@ -158,7 +211,7 @@ class PrincipleSpec:
         """The one choice of decoding: plain without principles (`plain()`: Aligner.submit's keywords),
         Linear Alignment at the principle's ratio for `single` (`single(p)`), else `branches()`."""
         self.check_branches(la.max_branches)
-        if not self.principles:
+        if not self.guided:
             return la.submit(params=params, **plain())
         p = self.single
         if p is not None:
@@ -167,11 +220,15 @@ class PrincipleSpec:
 
     def describe(self) -> str:
         """One line for people (chat's /principle list and /compare labels)."""
-        if not self.principles:
+        if not self.guided:
             return "no principle (plain decoding)"
         parts = [f"{i + 1}. {p.text!r} r={p.ratio:g}" + (f" w={p.weight:g}" if p.weight != 1.0 else "")
                  for i, p in enumerate(self.principles)]
         parts += [f"avoid {a.text!r} s={a.ratio:g}" for a in self.avoid]
+        if self.cfg:
+            parts.append(f"negative prompt {self.negative_prompt or '(BOS)'!r:.60} cfg_scale={self.cfg_scale:g}")
+        if self.documents:
+            parts.append(f"{len(self.documents)} document(s) r={self.document_ratio:g}")
         return "; ".join(parts) + ("; adaptive ratio" if self.adaptive else "")
 
 

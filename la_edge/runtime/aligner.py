@@ -192,6 +192,15 @@ class Aligner:
                        + [(t, None) for t in avoid_raw],
                        plain, ratios, weights, avoid_ratios, adaptive)
 
+    def unconditional_prompt(self) -> str:
+        """The negative prompt when none is given: the BOS token alone (TabbyAPI's default)."""
+        with self.engine.lease() as b:
+            bos = b.bos_eos_text()[0]
+        if not bos:
+            raise InvalidParameterError("negative_prompt: this model has no BOS token to stand for an empty "
+                                        "negative prompt; give one")
+        return bos
+
     def negative(self, prompt: Optional[str] = None, negative: Optional[str] = None, *,
                  negative_raw: Optional[str] = None, cfg_scale: float = 3.0, system: Optional[str] = None,
                  messages: Optional[Sequence[Dict[str, str]]] = None) -> BranchSet:
@@ -212,11 +221,7 @@ class Aligner:
             return self.branches(prompt, (), avoid=[negative], avoid_ratios=scale - 1.0, system=system,
                                  messages=messages)
         if negative_raw is None:
-            with self.engine.lease() as b:
-                negative_raw = b.bos_eos_text()[0]
-            if not negative_raw:
-                raise InvalidParameterError("this model has no BOS token to stand for the empty negative prompt; "
-                                            "give negative_prompt")
+            negative_raw = self.unconditional_prompt()
         return self.branches(prompt, (), avoid_raw=[negative_raw], avoid_ratios=scale - 1.0, system=system,
                              messages=messages)
 

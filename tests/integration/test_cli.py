@@ -208,7 +208,8 @@ def test_one_principle_is_todays_request_token_for_token(tmp_path):
     (("--principle", "A.", "--principle", ""), "principles[1].text"),
     (("--principle", "A.", "--principle", "B.", "--ratio", "nan"), "ratio"),
     (("--principle", "A.", "--avoid", "B.", "--avoid-ratio", "1", "--avoid-ratio", "2"), "--avoid-ratio"),
-    (("--avoid", "B.",), "--avoid"),
+    (("--avoid-ratio", "1"), "--avoid-ratio"),  # (--avoid alone is a negative prompt: test_guidance_api)
+    (("--adaptive-ratio",), "--adaptive-ratio"),
     (("--principle", "A.", "--principle", "B.", "--principle", "C.", "--avoid", "D.", "--max-branches", "4"),
      "max_branches"),
 ])
@@ -221,7 +222,7 @@ def test_bad_principle_flags_exit_2(args, needle):
 @pytest.mark.parametrize("text, needle", [
     ('[[principles]]\ntext = "A."\nratoi = 2\n', "principles[0].ratoi"),
     ('[[principles]]\ntext = "A."\nweight = "x"\n', "principles[0].weight"),
-    ('[[avoid]]\ntext = "B."\n', "avoid"),
+    ('[[avoid]]\ntext = "B."\nratio = -1\n', "avoid[0].ratio"),  # (avoid alone is a negative prompt)
     ('principles = [\n', "not valid TOML"),
     ('principle = "A."\n', "unknown key 'principle'"),
 ])
