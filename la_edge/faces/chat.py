@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, TextIO
 from ..decoding.params import GenerationParams
 from ..errors import ContextOverflowError, LaEdgeError
 from ..runtime.prompts import system_as_principle
-from .principles import Avoid, Principle, PrincipleSpec
+from ..runtime.spec import Avoid, Principle, PrincipleSpec
 
 HELP = """commands:
   /principle TEXT   set the principle (/principle alone clears every principle: plain decoding)

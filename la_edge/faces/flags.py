@@ -13,7 +13,8 @@ from typing import Any, Dict, Mapping, NamedTuple, Optional
 from ..backends.base import KV_CACHE_TYPES
 from ..decoding.params import GenerationParams
 from ..errors import InvalidParameterError
-from .principles import DEFAULT_AVOID_RATIO, DEFAULT_RATIO, Avoid, Principle, PrincipleSpec, load_file, per_item
+from ..runtime.spec import DEFAULT_AVOID_RATIO, DEFAULT_RATIO, Avoid, Principle, PrincipleSpec
+from .principles import load_file, per_item
 
 
 class Param(NamedTuple):

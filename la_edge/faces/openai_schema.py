@@ -17,7 +17,7 @@ from ..runtime.prompts import raw_pair, validate_principle
 from .body import RequestError
 from .flags import PARAMS, params_from_fields
 from .presets import PRINCIPLE_FROM, Steering
-from .principles import PrincipleSpec, SpecError
+from ..runtime.spec import PrincipleSpec, SpecError
 
 PART_SEPARATOR = "\n"  # text parts of one message are joined with a newline
 

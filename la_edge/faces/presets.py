@@ -19,7 +19,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..errors import InvalidParameterError
 from ..runtime.prompts import system_as_principle
-from .principles import DEFAULT_RATIO, Principle, PrincipleSpec, read_toml, spec_from_table
+from ..runtime.spec import DEFAULT_RATIO, Principle, PrincipleSpec
+from .principles import read_toml, spec_from_table
 
 DEFAULT_SEPARATOR = ":"
 PLAIN_TAG = "latest"  # MODEL:latest is the plain model (Ollama clients add the tag)
