@@ -16,7 +16,7 @@ def test_llamacpp_backend_has_every_protocol_member(model_path):
     b = load_backend(model_path, "llama.cpp", BackendOptions(n_ctx=64, n_seq_max=1))
     try:
         attributes, methods = _members()
-        assert {"reuse_block", "n_swa", "path", "options"} <= attributes and "clear" in methods
+        assert {"reuse_block", "n_swa", "path", "options"} <= attributes and "seq_remove" in methods and "clear" not in methods
         assert [n for n in attributes | methods if not hasattr(b, n)] == []
         assert b.reuse_block == 16 and b.n_swa == 0 and b.path == model_path and b.options.n_seq_max == 1
     finally:
