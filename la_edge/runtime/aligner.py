@@ -345,6 +345,7 @@ class Aligner:
         self._closed = True
         clean = self.engine.stop(timeout) or self.engine.stop(STOP_EXTRA_S)
         if clean:
+            self.engine.backend_freed = True  # later queries raise instead of reading freed memory
             self.backend.close()
         else:
             warnings.warn(f"la_edge: a decode was still running {timeout + STOP_EXTRA_S:g} s after close(); "
@@ -357,22 +358,27 @@ class Aligner:
         self.close()
 
 
+def _bounded(name: str, value, low: float, high: float, what: str = "") -> float:
+    """A finite number in [low, high] (a huge integer or a non-number is refused, naming `name`)."""
+    try:
+        ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(float(value))
+    except OverflowError:
+        ok = False
+    if not ok:
+        raise InvalidParameterError(f"{name} must be a finite number, got {str(value)[:40]!r}")
+    if not low <= value <= high:
+        raise InvalidParameterError(f"{name} must be in [{low:g}, {high:g}]{what}, got {value:g}")
+    return float(value)
+
+
 def check_ratio(value, name: str = "ratio") -> float:
     """A guidance ratio: a finite number in [RATIO_MIN, RATIO_MAX]."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise InvalidParameterError(f"{name} must be a finite number, got {value!r}")
-    if not RATIO_MIN <= value <= RATIO_MAX:
-        raise InvalidParameterError(f"{name} must be in [{RATIO_MIN:g}, {RATIO_MAX:g}], got {value:g}")
-    return float(value)
+    return _bounded(name, value, RATIO_MIN, RATIO_MAX)
 
 
 def check_cfg_scale(value) -> float:
     """A classifier-free guidance scale: a finite number in [1, 1 + RATIO_MAX] (1 = no guidance)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise InvalidParameterError(f"cfg_scale must be a finite number, got {value!r}")
-    if not 1.0 <= value <= 1.0 + RATIO_MAX:
-        raise InvalidParameterError(f"cfg_scale must be in [1, {1 + RATIO_MAX:g}] (1 = no guidance), got {value:g}")
-    return float(value)
+    return _bounded("cfg_scale", value, 1.0, 1.0 + RATIO_MAX, " (1 = no guidance)")
 
 
 def _per_item(name: str, value: Union[float, Sequence[float]], n: int) -> List[float]:

@@ -204,8 +204,8 @@ def _check_chunk(name: str, value: int, max_branches: int) -> None:
 
 @dataclass
 class _Profile:
-    """Host time per decode step: inside the native forward pass, in the sampler, and the rest
-    (batch filling, bookkeeping, queue hand-offs)."""
+    """Host time per decode step (one token per sequence; prompt batches are left out): inside the
+    native forward pass, in the sampler, and the rest (batch filling, bookkeeping, queue hand-offs)."""
 
     steps: int = 0
     tokens: int = 0
@@ -273,6 +273,7 @@ class Engine:
         self._profile = _Profile()
         self._last_end: Optional[float] = None
         self._snap: Dict[str, Dict] = {}
+        self.backend_freed = False  # set by Aligner.close() once the backend's handles are freed
         self.steps = 0  # decode calls so far
         for s in range(backend.n_seq_max):  # the engine owns the KV cache: start from an empty one
             backend.seq_remove(s)
@@ -398,6 +399,8 @@ class Engine:
     def _call(self, fn: Callable[[], object], timeout: float = _CALL_TIMEOUT_S):
         """Run fn on the engine thread between steps (directly once that thread has ended)."""
         if threading.current_thread() is self._thread or not self._thread.is_alive():
+            if self.backend_freed:
+                raise EngineUnavailableError("engine stopped and its model freed")
             return fn()
         reply = _Reply()
         self._inbox.put(("call", fn, reply))
@@ -605,15 +608,17 @@ class Engine:
         if req.released:
             return
         req.released = True
-        req.t_end = time.perf_counter()
-        self._requests.pop(req.rid, None)
-        self._slots.release()
-        if req.enqueued:
-            # Only a request that ended normally parks its sequences: nothing half-written is kept.
-            self.scheduler.finish(req.job, park=req.finish_reason in ("stop", "length"))
-        req.job.phase = Phase.DONE
-        self._publish()
-        req.out.put(_END)
+        try:
+            req.t_end = time.perf_counter()
+            self._requests.pop(req.rid, None)
+            self._slots.release()
+            if req.enqueued:
+                # Only a request that ended normally parks its sequences: nothing half-written is kept.
+                self.scheduler.finish(req.job, park=req.finish_reason in ("stop", "length"))
+            req.job.phase = Phase.DONE
+            self._publish()
+        finally:
+            req.out.put(_END)  # the consumer ends even if the engine breaks here
 
     def _apply_changes(self) -> None:
         """Make the pool's pending KV changes; a raise keeps the rest queued, retried next step."""
@@ -660,11 +665,18 @@ class Engine:
                 if isinstance(out, Exception):
                     self._finish(req, "error", _step_error(out))
                 else:
-                    self._emit(req, out)
-        self._note_profile(t0, t1, t2, len(choices))
+                    try:
+                        self._emit(req, out)
+                    except Exception as exc:  # ends this request only
+                        self._finish(req, "error", _step_error(exc))
+        self._note_profile(t0, t1, t2, len(choices), all(e.logits for e in batch.entries))
 
-    def _note_profile(self, t0: float, t1: float, t2: float, n_tokens: int) -> None:
+    def _note_profile(self, t0: float, t1: float, t2: float, n_tokens: int, decode_only: bool) -> None:
+        """Add a step to the profile; prompt batches (some tokens without logits) are left out."""
         end = time.perf_counter()
+        if not decode_only:
+            self._last_end = end
+            return
         prof = self._profile
         prof.steps += 1
         prof.tokens += n_tokens
@@ -738,10 +750,12 @@ class Engine:
     def _close_output(self, req: _Request) -> None:
         if not req.released:
             req.released = True
-            req.t_end = time.perf_counter()
-            self._requests.pop(req.rid, None)
-            self._slots.release()
-            req.out.put(_END)
+            try:
+                req.t_end = time.perf_counter()
+                self._requests.pop(req.rid, None)
+                self._slots.release()
+            finally:
+                req.out.put(_END)
 
     def _fail(self, exc: BaseException) -> None:
         """The engine thread broke: fail every open request at once and clear the KV cache."""

@@ -92,8 +92,18 @@ class PrincipleSpec:
     def _check_guidance(self) -> None:
         """negative_prompt, cfg_scale, documents and document_ratio (the principles are checked after)."""
         _in_range("cfg_scale", self.cfg_scale, 1.0, 1.0 + RATIO_MAX)
-        if self.negative_prompt is not None:
-            _text("negative_prompt", self.negative_prompt)
+        object.__setattr__(self, "cfg_scale", float(self.cfg_scale))
+        neg = self.negative_prompt
+        if neg is not None and not isinstance(neg, str):
+            raise SpecError("negative_prompt", f"must be a string, got {type(neg).__name__}", "type")
+        if neg is not None:
+            try:
+                check_unicode(neg)
+            except InvalidParameterError as exc:
+                raise SpecError("negative_prompt", str(exc).replace("text is", "is")) from None
+        # As TabbyAPI: ignored while cfg_scale is 1; empty means the BOS token alone.
+        if not self.cfg or neg == "":
+            object.__setattr__(self, "negative_prompt", None)
         for i, d in enumerate(self.documents):
             _text(f"documents[{i}]", d)
         _in_range("document_ratio", self.document_ratio, RATIO_MIN)
@@ -249,8 +259,12 @@ def _text(field: str, value: Any) -> None:
 def _in_range(field: str, value: Any, low: float, high: float = RATIO_MAX) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise SpecError(field, f"must be a number, got {type(value).__name__}", "type")
-    if not math.isfinite(value) or not low <= value <= high:
-        bounds = f"in [{low:g}, {high:g}]" if math.isfinite(high) else f">= {low:g}"
+    bounds = f"in [{low:g}, {high:g}]" if math.isfinite(high) else f">= {low:g}"
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond the float range (a hostile JSON body)
+        raise SpecError(field, f"must be a finite number {bounds}, got an integer of {len(str(value))} digits") from None
+    if not math.isfinite(number) or not low <= number <= high:
         raise SpecError(field, f"must be a finite number {bounds}, got {value!r}")
 
 

@@ -10,6 +10,8 @@ import openai
 import pytest
 
 from la_edge import GenerationParams
+from la_edge.faces.presets import Steering
+from la_edge.runtime.spec import Principle, PrincipleSpec
 from serving import running_server, wait_idle
 
 Q = "Tell me about dogs."
@@ -20,7 +22,9 @@ GREEDY = GenerationParams(temperature=0.0, max_tokens=16)
 
 @pytest.fixture(scope="module")
 def server(model_path):
-    with running_server(model_path, n_ctx=1024, max_requests=2, max_branches=3, n_threads=1) as srv:
+    steering = Steering("smollm2", {"french": PrincipleSpec((Principle("Answer in French.", 2.0),))})
+    with running_server(model_path, server_kw={"steering": steering}, n_ctx=1024, max_requests=2, max_branches=3,
+                        n_threads=1) as srv:
         yield srv
 
 
@@ -44,6 +48,18 @@ def test_a_tabbyapi_request_gets_guidance_not_silence(server, client):
     assert chat(client, Q, negative_prompt=NEG).choices[0].message.content == plain  # cfg_scale 1: off, as TabbyAPI
     bos = server.la.generate(params=GREEDY, branches=server.la.negative(Q, cfg_scale=2.0)).text
     assert chat(client, Q, cfg_scale=2.0).choices[0].message.content == bos  # no negative_prompt: BOS alone
+    assert chat(client, Q, cfg_scale=2.0, negative_prompt="").choices[0].message.content == bos  # "" is BOS too
+    assert wait_idle(server.la)
+
+
+def test_tabbyapi_clients_neutral_fields_keep_a_preset(server, client):
+    """SillyTavern sends guidance_scale 1 and negative_prompt "" on every request: no effect, no error."""
+    def ask(**extra):
+        return client.chat.completions.create(model="smollm2:french", messages=[{"role": "user", "content": Q}],
+                                              temperature=0, max_tokens=16, extra_body=extra or None)
+    french = ask().choices[0].message.content
+    assert ask(guidance_scale=1, negative_prompt="").choices[0].message.content == french
+    assert ask(cfg_scale=1.0, document_ratio=1).choices[0].message.content == french
     assert wait_idle(server.la)
 
 
@@ -72,7 +88,8 @@ def test_documents_over_chat_and_ollama(server, client):
 
 
 @pytest.mark.parametrize("extra, param", [
-    ({"negative_prompt": "", "cfg_scale": 2.0}, "negative_prompt"),
+    ({"negative_prompt": NEG, "cfg_scale": 10 ** 400}, "cfg_scale"),  # beyond the float range: no 500
+    ({"principles": [{"text": "Be brief.", "weight": 10 ** 400}]}, "principles[0].weight"),
     ({"negative_prompt": NEG, "cfg_scale": 0.5}, "cfg_scale"),
     ({"cfg_scale": 1e9}, "cfg_scale"),
     ({"cfg_scale": 2.0, "guidance_scale": 3.0}, "guidance_scale"),

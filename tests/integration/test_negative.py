@@ -56,7 +56,7 @@ def test_avoid_with_no_principle_is_the_same_rule(la):
     assert a == b
 
 
-@pytest.mark.parametrize("scale", [0.5, 0.0, -1.0, 101.5, math.nan, math.inf, "2", True])
+@pytest.mark.parametrize("scale", [0.5, 0.0, -1.0, 101.5, math.nan, math.inf, "2", True, 10 ** 400])
 def test_bad_scales_name_cfg_scale(la, scale):
     with pytest.raises(InvalidParameterError, match="cfg_scale"):
         la.negative(PROMPT, NEG, cfg_scale=scale)
@@ -67,6 +67,8 @@ def test_bad_negatives_are_refused(la):
         la.negative(PROMPT, NEG, negative_raw="x")
     with pytest.raises(InvalidParameterError, match="avoid_raw"):
         la.negative(PROMPT, negative_raw="")
+    with pytest.raises(InvalidParameterError, match="cfg_scale"):
+        la.negative(PROMPT, NEG, cfg_scale=10 ** 400)
     with pytest.raises(InvalidParameterError):
         la.negative(PROMPT, "   ")
     with pytest.raises(InvalidParameterError, match="max_branches"):

@@ -276,7 +276,7 @@ def test_adaptive_ratio_reports_ratio_scale_in_logprobs(client):
     ({"principles": ["A.", "B.", "C."], "avoid": ["D."]}, "avoid"),
     ({"principles": ["A.", "B.", "C.", "D."]}, "principles"),
     ({"principle": "A.", "avoid": [{"text": "B.", "ratio": -1}]}, "avoid[0].ratio"),
-    ({"avoid": ["B."]}, "avoid"),
+    ({"avoid": [{"text": "B.", "ratio": 200}]}, "avoid[0].ratio"),  # (avoid alone is a negative prompt)
     ({"principle": "A.", "ratio_schedule": "sometimes"}, "ratio_schedule"),
     ({"principle": "A.", "principles": ["B."]}, "principles"),
     ({"principles": [{"text": "A.", "ratoi": 2}]}, "principles[0].ratoi"),

@@ -32,12 +32,10 @@ def _request(la, prompt: str, k: int, ratio: float):
 
 
 def _decode_steps(la, request, params: GenerationParams) -> Dict[str, float]:
-    """Aligner.profile() sums over one request's decode steps (after its first token)."""
-    _, events = la.steps(request, params)
-    events = iter(events)
-    next(events, None)  # the prefill ends with the first token
+    """Aligner.profile() sums over one request's decode steps (after its first token: the profile
+    leaves prompt batches out)."""
     la.profile(reset=True)
-    for _ in events:
+    for _ in la.steps(request, params)[1]:
         pass
     return la.profile(reset=True)
 
