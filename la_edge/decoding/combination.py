@@ -26,8 +26,12 @@ MIX_MIN = 1e-30  # smaller nonzero weights would round to 0 in float32 (and 0 * 
 
 
 def _number(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise InvalidParameterError(f"{name} must be a finite number, got {value!r}")
+    try:  # float() of an integer beyond the float range raises OverflowError
+        ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(float(value))
+    except OverflowError:
+        ok = False
+    if not ok:
+        raise InvalidParameterError(f"{name} must be a finite number, got {str(value)[:40]!r}")
     return float(value)
 
 
@@ -61,6 +65,15 @@ def _ratio(name: str, value: float, low: float = RATIO_MIN) -> float:
     v = _number(name, value)
     if not low <= v <= RATIO_MAX:
         raise InvalidParameterError(f"{name} must be in [{low:g}, {RATIO_MAX:g}] (0 = no guidance), got {v:g}")
+    return v
+
+
+def check_cfg_scale(value) -> float:
+    """A classifier-free guidance scale g: a finite number in [1, 1 + RATIO_MAX] (1 = no guidance);
+    its branch is pushed at g - 1."""
+    v = _number("cfg_scale", value)
+    if not 1.0 <= v <= 1.0 + RATIO_MAX:
+        raise InvalidParameterError(f"cfg_scale must be in [1, {1 + RATIO_MAX:g}] (1 = no guidance), got {v:g}")
     return v
 
 

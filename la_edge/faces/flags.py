@@ -169,7 +169,7 @@ def with_guidance_flags(spec: PrincipleSpec, args: argparse.Namespace) -> Princi
     """--negative, --negative-prompt-raw, --cfg-scale, --document and --document-ratio added to a spec."""
     from dataclasses import replace
 
-    from ..runtime.aligner import check_cfg_scale
+    from ..decoding.combination import check_cfg_scale
 
     negatives, raw = getattr(args, "negative", None) or [], getattr(args, "negative_prompt_raw", None)
     given = getattr(args, "cfg_scale", None)

@@ -6,15 +6,15 @@ result(); stream, generate and the HTTP server are all built on it.
 
 from __future__ import annotations
 
-import math
+import dataclasses
 import warnings
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from .branches import Branch, BranchSet, compose
-from ..decoding.combination import Combination
+from ..decoding.combination import Combination, check_cfg_scale
 from .engine import Engine, RequestHandle, StepEvent, check_max_branches
 from ..errors import InvalidParameterError
-from ..decoding.params import RATIO_MAX, RATIO_MIN, GenerationParams
+from ..decoding.params import GenerationParams
 from .prompts import ChatTemplate, PromptPair, raw_pair, select_template, validate_principle
 from .request import Chunk, GenerationResult, Request
 
@@ -152,12 +152,7 @@ class Aligner:
     def prompts(self, prompt: Optional[str] = None, principle: Optional[str] = None,
                 system: Optional[str] = None, messages: Optional[Sequence[Dict[str, str]]] = None) -> PromptPair:
         """The two rendered prompts for a user message (or a message list) and a principle."""
-        if messages is None:
-            if not isinstance(prompt, str) or not prompt.strip():
-                raise InvalidParameterError("prompt must be a non-empty string")
-            messages = ([{"role": "system", "content": system}] if system else []) + [
-                {"role": "user", "content": prompt}]
-        return self.template.pair(messages, principle)
+        return self.template.pair(_messages(prompt, system, messages), principle)
 
     def branches(self, prompt: Optional[str] = None, principles: Sequence[str] = (), *,
                  ratios: Union[float, Sequence[float]] = 2.0, weights: Optional[Sequence[float]] = None,
@@ -240,12 +235,7 @@ class Aligner:
         for i, d in enumerate(docs):
             if not isinstance(d, str) or not d.strip():
                 raise InvalidParameterError(f"documents[{i}] must be a non-empty string")
-        if messages is None:
-            if not isinstance(prompt, str) or not prompt.strip():
-                raise InvalidParameterError("prompt must be a non-empty string")
-            messages = ([{"role": "system", "content": system}] if system else []) + [
-                {"role": "user", "content": prompt}]
-        messages = [dict(m) for m in messages]
+        messages = [dict(m) for m in _messages(prompt, system, messages)]
         last = max((k for k, m in enumerate(messages) if m.get("role") == "user"), default=None)
         if last is None:
             raise InvalidParameterError("documents need a user message to go with")
@@ -253,9 +243,9 @@ class Aligner:
         with_docs = messages[:last] + [dict(messages[last], content=header + str(messages[last]["content"]))] \
             + messages[last + 1:]
         d, plain = self.template.pair(with_docs, None), self.template.pair(messages, None)
-        return BranchSet((Branch(d.principled, d.principled_parts), Branch(plain.principled, plain.principled_parts,
-                                                                           "plain")),
-                         Combination((1.0, 0.0), (check_ratio(ratio), 0.0), 1, adaptive))
+        combo = dataclasses.replace(Combination.linear_alignment(ratio), adaptive=adaptive)
+        return BranchSet((Branch(d.principled, d.principled_parts),
+                          Branch(plain.principled, plain.principled_parts, "plain")), combo)
 
     # ---- generation --------------------------------------------------------------------------
     def submit(self, prompt: Optional[str] = None, principle: Optional[str] = None,
@@ -358,27 +348,14 @@ class Aligner:
         self.close()
 
 
-def _bounded(name: str, value, low: float, high: float, what: str = "") -> float:
-    """A finite number in [low, high] (a huge integer or a non-number is refused, naming `name`)."""
-    try:
-        ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(float(value))
-    except OverflowError:
-        ok = False
-    if not ok:
-        raise InvalidParameterError(f"{name} must be a finite number, got {str(value)[:40]!r}")
-    if not low <= value <= high:
-        raise InvalidParameterError(f"{name} must be in [{low:g}, {high:g}]{what}, got {value:g}")
-    return float(value)
-
-
-def check_ratio(value, name: str = "ratio") -> float:
-    """A guidance ratio: a finite number in [RATIO_MIN, RATIO_MAX]."""
-    return _bounded(name, value, RATIO_MIN, RATIO_MAX)
-
-
-def check_cfg_scale(value) -> float:
-    """A classifier-free guidance scale: a finite number in [1, 1 + RATIO_MAX] (1 = no guidance)."""
-    return _bounded("cfg_scale", value, 1.0, 1.0 + RATIO_MAX, " (1 = no guidance)")
+def _messages(prompt: Optional[str], system: Optional[str],
+              messages: Optional[Sequence[Dict[str, str]]]) -> Sequence[Dict[str, str]]:
+    """The message list of a request: `messages` as given, else the prompt (after the system text)."""
+    if messages is not None:
+        return messages
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise InvalidParameterError("prompt must be a non-empty string")
+    return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
 
 
 def _per_item(name: str, value: Union[float, Sequence[float]], n: int) -> List[float]:

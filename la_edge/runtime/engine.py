@@ -603,8 +603,9 @@ class Engine:
         req.claim(reason, error)
         self._release(req)
 
-    def _release(self, req: _Request) -> None:
-        """Free an ended request's job (park it if it ended normally) and close its output."""
+    def _release(self, req: _Request, free_job: bool = True) -> None:
+        """Free an ended request's job (park it if it ended normally) and close its output; free_job=False
+        once the engine has ended (stopped or failed: the scheduler is not touched)."""
         if req.released:
             return
         req.released = True
@@ -612,6 +613,8 @@ class Engine:
             req.t_end = time.perf_counter()
             self._requests.pop(req.rid, None)
             self._slots.release()
+            if not free_job:
+                return
             if req.enqueued:
                 # Only a request that ended normally parks its sequences: nothing half-written is kept.
                 self.scheduler.finish(req.job, park=req.finish_reason in ("stop", "length"))
@@ -742,20 +745,10 @@ class Engine:
                 return
             if cmd[0] in ("add", "end"):
                 cmd[1].claim("error", error) if error is not None else cmd[1].claim("cancelled")
-                self._close_output(cmd[1])
+                self._release(cmd[1], free_job=False)
             elif cmd[0] == "call":
                 cmd[2].error = EngineUnavailableError("engine stopped", cause=error)
                 cmd[2].done.set()
-
-    def _close_output(self, req: _Request) -> None:
-        if not req.released:
-            req.released = True
-            try:
-                req.t_end = time.perf_counter()
-                self._requests.pop(req.rid, None)
-                self._slots.release()
-            finally:
-                req.out.put(_END)
 
     def _fail(self, exc: BaseException) -> None:
         """The engine thread broke: fail every open request at once and clear the KV cache."""
@@ -763,7 +756,7 @@ class Engine:
         err = EngineUnavailableError(f"engine failed: {exc!r}", cause=exc)
         for req in self._open():
             req.claim("error", err)
-            self._close_output(req)
+            self._release(req, free_job=False)
         self._drain_after_end(err)
         for s in range(self.backend.n_seq_max):
             try:
