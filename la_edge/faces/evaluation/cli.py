@@ -43,6 +43,14 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     mode.add_argument("--turns", action="store_true",
                       help="an instruction in the system message over an 8-turn chat: in the system message "
                            "vs taken as the principle (serve --principle-from system)")
+    mode.add_argument("--ifeval", action="store_true",
+                      help="IFEval's 541 prompts with the instruction split off as the principle, checked by "
+                           "IFEval's own rules (needs if-verifiable): prompt/instruction accuracy, strict and loose")
+    mode.add_argument("--documents", action="store_true",
+                      help="answers faithful to a document (context-aware decoding) on conflicting and agreeing "
+                           "passages: no document, the document in the prompt, CAD fixed and adaptive")
+    p.add_argument("--parallel", type=int, default=1, metavar="N",
+                   help="answers decoded together in one batch (default: 1; more is faster on most machines)")
     p.add_argument("--adaptive-ratio", action="store_true",
                    help="also run each ratio with the adaptive per-token ratio (principles mode)")
     p.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
@@ -56,6 +64,18 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+def _run_ifeval(la, config, **kw):
+    from .ifeval import run_ifeval
+
+    return run_ifeval(la, config, **kw)
+
+
+def _run_documents(la, config, **kw):
+    from .documents import run_documents
+
+    return run_documents(la, config, **kw)
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     """Run the evaluation and print or write its results."""
     from ...backends.models import resolve_model
@@ -66,13 +86,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .turns import run_turns
     from .runner import EvalConfig, load_tasks, run_mc, run_principles
 
-    limit = args.limit if args.limit is not None or args.mc or args.turns else 4
+    limit = args.limit if args.limit is not None or args.mc or args.turns or args.ifeval or args.documents else 4
     ratios = args.ratios if args.ratios is not None else (2.0,) if args.compose or args.turns else (1.0, 2.0, 4.0)
     config = EvalConfig(ratios=ratios, max_tokens=args.max_tokens, limit=limit, seed=args.seed,
                         temperature=args.temperature, principles=args.principles, timeout=args.timeout,
-                        adaptive=args.adaptive_ratio)
+                        adaptive=args.adaptive_ratio, parallel=args.parallel)
     config.validate()
-    own = "--compose" if args.compose else "--turns" if args.turns else None
+    own = next((f"--{m}" for m in ("compose", "turns", "ifeval", "documents") if getattr(args, m)), None)
     if own and (args.principles or args.adaptive_ratio):
         raise InvalidParameterError(f"{own} runs its own tasks: drop --principles and --adaptive-ratio")
     if not (args.mc or own):
@@ -80,8 +100,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     model = resolve_model(args.model)
     progress = None if args.quiet else sys.stderr
     args.model = model
-    with load_aligner(args) as la:
-        run = run_mc if args.mc else run_compose if args.compose else run_turns if args.turns else run_principles
+    with load_aligner(args, max_requests=max(args.parallel, 1)) as la:
+        run = (run_mc if args.mc else run_compose if args.compose else run_turns if args.turns
+               else _run_ifeval if args.ifeval else _run_documents if args.documents else run_principles)
         doc = run(la, config, progress=progress, model=model)
     notes: List[str] = write_outputs(doc, args.out) if args.out else []
     for note in notes:

@@ -22,6 +22,14 @@ def markdown(doc: Dict[str, object]) -> str:
             f"temperature={cfg['temperature']:g}, seed={cfg['seed']}.")
     if doc["mode"] == "compose":
         return compose_markdown(doc, head)
+    if doc["mode"] == "ifeval":
+        from .ifeval import ifeval_markdown
+
+        return ifeval_markdown(doc, head)
+    if doc["mode"] == "documents":
+        from .documents import documents_markdown
+
+        return documents_markdown(doc, head)
     if doc["mode"] == "turns":
         return turns_markdown(doc, head)
     if doc["mode"] == "mc":
@@ -93,6 +101,10 @@ def plot(doc: Dict[str, object], path: str) -> Optional[str]:
     x = list(range(len(settings)))
     if doc["mode"] == "compose":
         return _plot_compose(plt, doc, path)
+    if doc["mode"] in ("ifeval", "documents"):
+        from importlib import import_module
+
+        return import_module(f".{doc['mode']}", __package__).plot(plt, doc, path)
     if doc["mode"] == "turns":
         return _plot_turns(plt, doc, path)
     if doc["mode"] == "mc":

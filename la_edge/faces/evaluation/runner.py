@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import math
 import os
 import sys
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Optional, Sequence, TextIO, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, TextIO, Tuple
 
 from ...errors import InvalidParameterError
 from ...decoding.params import GenerationParams
@@ -30,6 +31,7 @@ class EvalConfig:
     principles: Optional[Tuple[str, ...]] = None
     timeout: Optional[float] = None  # seconds per answer (None: no deadline)
     adaptive: bool = False  # also run each ratio with the adaptive (per-token) ratio
+    parallel: int = 1  # answers decoded together in one batch (load the Aligner with max_requests >= this)
 
     def settings(self) -> List[str]:
         """Setting names in order: 'plain', 'r=0', then 'r=<ratio>' (and 'r=<ratio> adaptive')."""
@@ -43,6 +45,8 @@ class EvalConfig:
         """Raise InvalidParameterError now, before any model is loaded, for a bad ratio or limit."""
         if self.limit is not None and self.limit < 1:
             raise InvalidParameterError(f"limit must be >= 1, got {self.limit}")
+        if not isinstance(self.parallel, int) or self.parallel < 1:
+            raise InvalidParameterError(f"parallel must be a positive integer, got {self.parallel!r}")
         for s in self.settings():
             _params(self, s)
 
@@ -136,6 +140,28 @@ def _prompts(la, prompt: str, principle: str, setting: str) -> Dict[str, object]
     return {"pair": _pair(la, prompt, principle, setting)}
 
 
+def run_all(la, jobs: Sequence[Dict[str, object]], parallel: int = 1,
+            done: Optional[Callable[[int, object], None]] = None) -> List[object]:
+    """generate() for each job's submit() keywords, `parallel` at a time; results in job order.
+
+    The engine decodes the requests in flight together, one batch per step (greedy answers may
+    differ from one-at-a-time decoding only by batched float rounding)."""
+    results: List[object] = [None] * len(jobs)
+    flight: "collections.deque" = collections.deque()
+    try:
+        for i, job in enumerate(jobs):
+            flight.append((i, la.submit(**job)))
+            while len(flight) >= parallel or (i == len(jobs) - 1 and flight):
+                j, req = flight.popleft()
+                results[j] = req.result()
+                if done:
+                    done(j, results[j])
+    finally:
+        for _, req in flight:
+            req.cancel()
+    return results
+
+
 def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else 0.0
 
@@ -157,15 +183,16 @@ def run_principles(la, config: EvalConfig, progress: Optional[TextIO] = sys.stde
         checkers.require_langdetect()
     settings = config.settings()
     bar = Progress(len(tasks) * len(settings), progress)
+    cells = [(t, s) for t in tasks for s in settings]
+    answers = run_all(la, [dict(params=_params(config, s), **_prompts(la, t.prompt, t.principle, s))
+                           for t, s in cells], config.parallel,
+                      lambda i, _: bar.step(f"{cells[i][0].principle_id} {cells[i][1]}"))
     samples = []
-    for t in tasks:
-        for s in settings:
-            res = la.generate(params=_params(config, s), **_prompts(la, t.prompt, t.principle, s))
-            passed = checkers.check(res.text, t.checker, finished=res.finish_reason == "stop")
-            samples.append({"principle": t.principle_id, "source": t.source, "setting": s, "text": res.text,
-                            "finish_reason": res.finish_reason, "passed": passed,
-                            "fluency": checkers.fluency(res.text)})
-            bar.step(f"{t.principle_id} {s}")
+    for (t, s), res in zip(cells, answers):
+        passed = checkers.check(res.text, t.checker, finished=res.finish_reason == "stop")
+        samples.append({"principle": t.principle_id, "source": t.source, "setting": s, "text": res.text,
+                        "finish_reason": res.finish_reason, "passed": passed,
+                        "fluency": checkers.fluency(res.text)})
     ids = list(dict.fromkeys(t.principle_id for t in tasks))
     results = {pid: {s: _summary([x for x in samples if x["principle"] == pid and x["setting"] == s])
                      for s in settings} for pid in ids}
