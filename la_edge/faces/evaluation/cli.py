@@ -27,11 +27,12 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
                     "for plain decoding, the principle in the prompt (r=0) and Linear Alignment at each ratio; "
                     "--compose: several principles and a word to avoid; --turns: the system message over a chat.")
     p.add_argument("--ratios", type=_floats, default=None,
-                   help="comma-separated ratios (default: 1,2,4; with --compose or --turns: 2)")
+                   help="comma-separated ratios (default: 1,2,4; with --compose or --turns: 2; with --documents: 1)")
     p.add_argument("--max-tokens", type=int, default=64, help="tokens per answer (default: 64)")
     p.add_argument("--limit", type=int, default=None,
                    help="prompts per principle, 8 at most (default: 4); with --mc: items (default: all 16); "
-                        "with --compose: prompts per task (default: 4); with --turns: conversations (default: all 3)")
+                        "with --compose: prompts per task (default: 4); with --turns: conversations (default: all 3); "
+                        "with --documents: items per set (default: all)")
     p.add_argument("--principles", type=_names, default=None, help="comma-separated principle ids (default: all)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default: 0)")
@@ -48,7 +49,7 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
                            "IFEval's own rules (needs if-verifiable): prompt/instruction accuracy, strict and loose")
     mode.add_argument("--documents", action="store_true",
                       help="answers faithful to a document (context-aware decoding) on conflicting and agreeing "
-                           "passages: no document, the document in the prompt, CAD fixed and adaptive")
+                           "passages: no document, the document in the prompt, CAD at each ratio and adaptive (r=1)")
     p.add_argument("--parallel", type=int, default=1, metavar="N",
                    help="answers decoded together in one batch (default: 1; more is faster on most machines)")
     p.add_argument("--adaptive-ratio", action="store_true",
@@ -87,7 +88,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .runner import EvalConfig, load_tasks, run_mc, run_principles
 
     limit = args.limit if args.limit is not None or args.mc or args.turns or args.ifeval or args.documents else 4
-    ratios = args.ratios if args.ratios is not None else (2.0,) if args.compose or args.turns else (1.0, 2.0, 4.0)
+    ratios = args.ratios if args.ratios is not None else (2.0,) if args.compose or args.turns else (1.0,) \
+        if args.documents else (1.0, 2.0, 4.0)
     config = EvalConfig(ratios=ratios, max_tokens=args.max_tokens, limit=limit, seed=args.seed,
                         temperature=args.temperature, principles=args.principles, timeout=args.timeout,
                         adaptive=args.adaptive_ratio, parallel=args.parallel)
@@ -97,6 +99,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise InvalidParameterError(f"{own} runs its own tasks: drop --principles and --adaptive-ratio")
     if not (args.mc or own):
         load_tasks(1, config.principles)
+    if args.ifeval:
+        from .ifeval import require
+
+        require()
     model = resolve_model(args.model)
     progress = None if args.quiet else sys.stderr
     args.model = model
