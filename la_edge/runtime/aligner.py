@@ -222,12 +222,13 @@ class Aligner:
 
     def documents(self, prompt: Optional[str] = None, documents: Sequence[str] = (), *, ratio: float = 1.0,
                   adaptive: bool = False, system: Optional[str] = None,
-                  messages: Optional[Sequence[Dict[str, str]]] = None) -> BranchSet:
+                  messages: Optional[Sequence[Dict[str, str]]] = None, at: Optional[int] = None) -> BranchSet:
         """Context-aware decoding: answers that follow the documents rather than the model's memory.
 
-        The principled branch's last user message starts with the documents ("Document 1:\n...");
-        the plain branch is the same conversation without them. z = z_D + r (z_D - z_0); adaptive
-        scales r by s_t = JSD(p_D || p_0) in bits per token (AdaCAD's weight when r = 1).
+        The principled branch's last user message (or `messages[at]`, a user message earlier in the
+        conversation) starts with the documents ("Document 1:\n..."); the plain branch is the same
+        conversation without them. z = z_D + r (z_D - z_0); adaptive scales r by
+        s_t = JSD(p_D || p_0) in bits per token (AdaCAD's weight when r = 1).
         """
         docs = list(documents) if not isinstance(documents, str) else [documents]
         if not docs:
@@ -236,12 +237,15 @@ class Aligner:
             if not isinstance(d, str) or not d.strip():
                 raise InvalidParameterError(f"documents[{i}] must be a non-empty string")
         messages = [dict(m) for m in _messages(prompt, system, messages)]
-        last = max((k for k, m in enumerate(messages) if m.get("role") == "user"), default=None)
-        if last is None:
+        users = [k for k, m in enumerate(messages) if m.get("role") == "user"]
+        if not users:
             raise InvalidParameterError("documents need a user message to go with")
+        if at is not None and (isinstance(at, bool) or not isinstance(at, int) or at not in users):
+            raise InvalidParameterError(f"at must be the index of a user message (one of {users}), got {at!r}")
+        at = users[-1] if at is None else at
         header = "".join(f"Document {i + 1}:\n{d.strip()}\n\n" for i, d in enumerate(docs))
-        with_docs = messages[:last] + [dict(messages[last], content=header + str(messages[last]["content"]))] \
-            + messages[last + 1:]
+        with_docs = messages[:at] + [dict(messages[at], content=header + str(messages[at]["content"]))] \
+            + messages[at + 1:]
         d, plain = self.template.pair(with_docs, None), self.template.pair(messages, None)
         combo = dataclasses.replace(Combination.linear_alignment(ratio), adaptive=adaptive)
         return BranchSet((Branch(d.principled, d.principled_parts),
