@@ -13,24 +13,32 @@ import sys
 from dataclasses import dataclass, field, replace
 from typing import Dict, List, Optional, TextIO
 
+from ..decoding.combination import check_cfg_scale
 from ..decoding.params import GenerationParams
 from ..errors import ContextOverflowError, LaEdgeError
 from ..runtime.prompts import system_as_principle
-from ..runtime.spec import Avoid, Principle, PrincipleSpec
+from ..runtime.spec import DEFAULT_AVOID_RATIO, Avoid, Principle, PrincipleSpec
+
+MAX_DOCUMENT_BYTES = 1 << 20  # a document larger than this is refused before it is tokenized
 
 HELP = """commands:
-  /principle TEXT   set the principle (/principle alone clears every principle: plain decoding)
+  /principle TEXT   set the principle (/principle alone clears all guidance: plain decoding)
   /principle add TEXT   add a principle (composed with the others, one branch each)
-  /principle list   show the principles, the things to avoid and the ratio schedule
+  /principle list   show all guidance: principles, things to avoid, negative, documents, ratio schedule
   /principle drop N drop principle N (as numbered by /principle list)
   /avoid TEXT       add something to avoid (/avoid alone clears them)
+  /negative TEXT    steer away from TEXT, placed as a principle would be (/negative alone clears it)
+  /cfg G            the negative's guidance scale g in [1, 101] (default 3; 1 = off)
+  /document FILE    answer from this text file (repeatable); /document alone lists them,
+                    /document clear drops them all, /document drop N drops one
   /adaptive on|off  scale the ratio per token (on) or keep it fixed (off)
   /ratio R          set the alignment ratio r (of every principle)
   /system TEXT      set the system message (/system alone clears it)
   /compare          answer the last user message again, plain and aligned, one after the other
-  /save FILE        write the transcript as JSON (messages, principles, avoid, ratio, seed, system)
+  /save FILE        write the transcript as JSON (messages, principles, avoid, negative, documents,
+                    ratio, seed, system)
   /load FILE        read a transcript written by /save
-  /reset            forget the conversation (keeps principle, ratio and system)
+  /reset            forget the conversation (keeps the guidance, ratio and system)
   /help             this text
   /quit             leave (Ctrl-D too)"""
 
@@ -38,13 +46,39 @@ HELP = """commands:
 @dataclass
 class ChatState:
     """What a transcript holds; /save writes it, /load reads it. `ratio` is the ratio new principles
-    take (and /ratio sets on every one)."""
+    take (and /ratio sets on every one). The /negative text is the last avoid item of `spec`, pushed at
+    cfg_scale - 1 (as `--negative`); `negative` names it while it is there. `document_names` label
+    spec.documents for /document (file names, "document N" for those given on the command line)."""
 
     messages: List[Dict[str, str]] = field(default_factory=list)
     spec: PrincipleSpec = field(default_factory=PrincipleSpec)
     ratio: float = 2.0
     system: Optional[str] = None
     seed: Optional[int] = None
+    negative: Optional[str] = None
+    cfg_scale: float = DEFAULT_AVOID_RATIO + 1.0
+    document_names: List[str] = field(default_factory=list)
+
+    def negative_item(self, text: Optional[str] = None) -> Optional[Avoid]:
+        text = self.negative if text is None else text
+        return None if text is None else Avoid(text, self.cfg_scale - 1.0)
+
+    def sync(self) -> None:
+        """Forget a negative that is no longer the last avoid item, and name unnamed documents."""
+        if self.negative is not None and self.spec.avoid[-1:] != (self.negative_item(),):
+            self.negative = None
+        if len(self.document_names) != len(self.spec.documents):
+            self.document_names = [f"document {i + 1}" for i in range(len(self.spec.documents))]
+
+    def describe(self) -> str:
+        """All the guidance in one line (/principle list, /compare labels), the negative named as such."""
+        spec, neg = self.spec, self.negative_item()
+        if neg is None:
+            return spec.describe()
+        rest = replace(spec, avoid=spec.avoid[:-1], adaptive=False)
+        parts = [rest.describe()] if rest.guided else []
+        parts.append(f"negative {neg.text!r} cfg_scale={self.cfg_scale:g}")
+        return "; ".join(parts) + ("; adaptive ratio" if spec.adaptive else "")
 
     @property
     def principle(self) -> Optional[str]:
@@ -52,8 +86,12 @@ class ChatState:
         return self.spec.principles[0].text if len(self.spec.principles) == 1 else None
 
     def to_dict(self) -> Dict[str, object]:
-        return {"messages": self.messages, "principle": self.principle, "ratio": self.ratio,
-                **self.spec.to_fields(), "system": self.system, "seed": self.seed}
+        negative = None if self.negative is None else {"text": self.negative, "cfg_scale": self.cfg_scale}
+        out = {"messages": self.messages, "principle": self.principle, "ratio": self.ratio,
+               **self.spec.to_fields(), "negative": negative, "system": self.system, "seed": self.seed}
+        if self.spec.documents:
+            out["document_names"] = self.document_names
+        return out
 
     @classmethod
     def from_dict(cls, d: Dict[str, object]) -> "ChatState":
@@ -74,7 +112,18 @@ class ChatState:
             spec = PrincipleSpec.from_fields(d, float(ratio))
         else:
             spec = PrincipleSpec.one(principle, float(ratio))
-        return cls([{"role": m["role"], "content": m["content"]} for m in msgs], spec, float(ratio), system, seed)
+        negative, names = d.get("negative"), d.get("document_names") or []
+        if negative is not None and not (isinstance(negative, dict) and isinstance(negative.get("text"), str)
+                                         and isinstance(negative.get("cfg_scale"), (int, float))):
+            raise ValueError("'negative' must be null or {text, cfg_scale} (the last item of 'avoid')")
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ValueError("'document_names' must be a list of strings")
+        state = cls([{"role": m["role"], "content": m["content"]} for m in msgs], spec, float(ratio), system, seed)
+        if negative is not None:
+            state.negative, state.cfg_scale = negative["text"], float(check_cfg_scale(negative["cfg_scale"]))
+        state.document_names = list(names)
+        state.sync()
+        return state
 
 
 class ChatSession:
@@ -87,6 +136,7 @@ class ChatSession:
         self.trim_history = trim_history
         self.principle_from = principle_from  # "system": the system message is the principle when none is set
         self.state = ChatState(spec=spec or PrincipleSpec(), ratio=params.ratio, system=system, seed=params.seed)
+        self.state.sync()
 
     # ---- one line ------------------------------------------------------------------------------
     def handle(self, line: str) -> bool:
@@ -114,9 +164,16 @@ class ChatSession:
             self._say(HELP)
         elif name == "/principle":
             self._principle(arg)
-        elif name == "/avoid":
-            avoid = st.spec.avoid + (Avoid(arg),) if arg else ()
-            self._set(lambda: replace(st.spec, avoid=avoid), f"avoid: {arg!r}" if arg else "nothing to avoid")
+        elif name == "/avoid":  # the negative stays the last avoid item, and /avoid alone keeps it
+            neg = st.spec.avoid[-1:] if st.negative is not None else ()
+            avoid = st.spec.avoid[: len(st.spec.avoid) - len(neg)] + (Avoid(arg),) + neg if arg else neg
+            self._set(lambda: _without(st.spec, avoid=avoid), f"avoid: {arg!r}" if arg else "nothing to avoid")
+        elif name == "/negative":
+            self._negative(arg)
+        elif name == "/cfg":
+            self._cfg(arg)
+        elif name in ("/document", "/documents"):
+            self._document(arg)
         elif name == "/adaptive":
             if arg not in ("on", "off"):
                 self._say("usage: /adaptive on|off")
@@ -149,7 +206,7 @@ class ChatSession:
         spec, (sub, _, rest) = self.state.spec, arg.partition(" ")
         rest = rest.strip()
         if sub == "list" and not rest:
-            self._say(spec.describe())
+            self._say(self.state.describe())
         elif sub in ("add", "drop") and not rest:
             self._say(f"usage: /principle {sub} {'TEXT' if sub == 'add' else 'N'}")
         elif sub == "add":
@@ -164,19 +221,97 @@ class ChatSession:
             self._set(lambda: replace(spec, principles=kept) if kept else PrincipleSpec(),
                       f"dropped principle {n}" + ("" if kept else " (none left: plain decoding)"))
         elif arg:
-            self._set(lambda: PrincipleSpec((Principle(arg, self.state.ratio),), spec.avoid, spec.adaptive),
-                      f"principle: {arg!r}")
+            self._set(lambda: replace(spec, principles=(Principle(arg, self.state.ratio),)), f"principle: {arg!r}")
         else:
-            self._set(PrincipleSpec, "principles cleared (plain decoding)")
+            self._set(PrincipleSpec, "guidance cleared (plain decoding)")
 
-    def _set(self, make, message: str) -> bool:
-        """Adopt the PrincipleSpec that `make()` builds; a bad one is an error and changes nothing."""
+    def _negative(self, text: str) -> None:
+        """/negative TEXT (set, replacing the last one) and /negative alone (clear)."""
+        st = self.state
+        kept = st.spec.avoid[:-1] if st.negative is not None else st.spec.avoid
+        if text:
+            self._set(lambda: replace(st.spec, avoid=kept + (st.negative_item(text),)),
+                      f"negative: {text!r} (cfg_scale {st.cfg_scale:g})", negative=text)
+        elif st.negative is None:
+            self._say("no negative prompt to clear")
+        else:
+            self._set(lambda: _without(st.spec, avoid=kept), "negative prompt cleared", negative=None)
+
+    def _cfg(self, arg: str) -> None:
+        """/cfg G: the negative's guidance scale (it is pushed at G - 1)."""
+        st = self.state
+        try:
+            scale = check_cfg_scale(float(arg))
+        except (ValueError, LaEdgeError) as exc:
+            self._say(f"error: /cfg G takes g in [1, 101] (1 = off): {exc}")
+            return
+        avoid = st.spec.avoid[:-1] + (Avoid(st.negative, scale - 1.0),) if st.negative is not None else st.spec.avoid
+        self._set(lambda: replace(st.spec, avoid=avoid), f"cfg_scale: {scale:g}", cfg_scale=scale)
+
+    def _document(self, arg: str) -> None:
+        """/document FILE (add), /document alone (list), /document clear, /document drop N."""
+        st, (sub, _, rest) = self.state, arg.partition(" ")
+        docs, names = st.spec.documents, st.document_names
+        if not arg:
+            lines = [f"{i + 1}. {n} ({len(d)} characters)" for i, (n, d) in enumerate(zip(names, docs))]
+            self._say("\n".join(lines + [f"document_ratio: {st.spec.document_ratio:g}"]) if docs else
+                      "no documents (/document FILE adds one)")
+        elif arg == "clear":
+            self._set(lambda: _without(st.spec, documents=()), "documents cleared", document_names=[])
+        elif sub == "drop" and (rest.isdigit() or not rest):
+            n = int(rest) if rest else 0
+            if not 1 <= n <= len(docs):
+                self._say(f"error: /document drop N takes N in 1..{len(docs)} (see /document)" if docs else
+                          "error: no documents to drop")
+                return
+            self._set(lambda: _without(st.spec, documents=docs[: n - 1] + docs[n:]), f"dropped document {n}",
+                      document_names=names[: n - 1] + names[n:])
+        else:
+            try:
+                text, tokens = self._read_document(arg)
+            except (OSError, ValueError) as exc:
+                self._say(f"error: cannot use {arg} as a document: {exc}")
+                return
+            self._set(lambda: replace(st.spec, documents=docs + (text,)),
+                      f"document {len(docs) + 1}: {arg} ({tokens} tokens)", document_names=names + [arg])
+
+    def _read_document(self, path: str):
+        """(text, tokens) of a UTF-8 text file that fits the context with room for an answer; OSError or
+        ValueError saying why not."""
+        with open(os.path.expanduser(path), "rb") as f:
+            data = f.read(MAX_DOCUMENT_BYTES + 1)
+        if len(data) > MAX_DOCUMENT_BYTES:
+            raise ValueError(f"larger than {MAX_DOCUMENT_BYTES >> 20} MiB")
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            text = None
+        if text is None or "\0" in text:
+            raise ValueError("not a text file (binary, or not UTF-8)")
+        if not text.strip():
+            raise ValueError("it is empty")
+        tokens, room = len(self.la.tokenize(text)), self.la.n_ctx - self.params.max_tokens
+        if tokens > room:
+            raise ValueError(f"{tokens} tokens, more than the context holds ({self.la.n_ctx} tokens, "
+                             f"{self.params.max_tokens} of them kept for the answer)")
+        return text, tokens
+
+    def _set(self, make, message: str, **state) -> bool:
+        """Adopt the PrincipleSpec that `make()` builds, and the ChatState fields in `state`; a bad spec is
+        an error and changes nothing."""
         try:
             spec = make()
         except LaEdgeError as exc:
-            self._say(f"error: {exc}")
+            if getattr(exc, "field", None) == "documents":
+                self._say("error: documents go alone, without principles, things to avoid or a negative: "
+                          "/document clear drops the documents, /principle alone all the rest")
+            else:
+                self._say(f"error: {exc}")
             return False
+        for key, value in state.items():
+            setattr(self.state, key, value)
         self.state.spec = spec
+        self.state.sync()
         self._say(message)
         return True
 
@@ -210,9 +345,12 @@ class ChatSession:
         elif self.state.principle is not None and spec.single is not None:
             label = f"[aligned, r={self.state.ratio:g}, principle: {self.state.principle!r}]"
         elif spec.principles:
-            label = f"[aligned, r={self.state.ratio:g}, {spec.describe()}]"
+            label = f"[aligned, r={self.state.ratio:g}, {self.state.describe()}]"
+        elif spec.guided:
+            label = f"[guided, {self.state.describe()}]"
         else:
-            label = "[aligned: no principle set, so this is plain decoding too; /principle TEXT sets one]"
+            label = ("[aligned: no guidance set, so this is plain decoding too; /principle TEXT, /negative TEXT or "
+                     "/document FILE sets one]")
         self.out.write(label + "\n")
         self._answer(history, spec)
 
@@ -243,7 +381,8 @@ class ChatSession:
             except ContextOverflowError as exc:
                 if self.trim_history and self._drop_oldest_turn(messages):
                     continue
-                self._say(f"error: {exc}\n(the conversation no longer fits: /reset starts over, or run with "
+                docs = ", /document clear drops the documents" if spec.documents else ""
+                self._say(f"error: {exc}\n(the conversation no longer fits: /reset starts over{docs}, or run with "
                           f"--trim-history to drop the oldest turns)")
                 return None
             except LaEdgeError as exc:
@@ -278,6 +417,12 @@ class ChatSession:
     def _say(self, text: str) -> None:
         self.err.write(text + "\n")
         self.err.flush()
+
+
+def _without(spec: PrincipleSpec, **changes) -> PrincipleSpec:
+    """`spec` with `changes` (fewer branches); the adaptive switch goes off once nothing is left to scale."""
+    bare = replace(spec, adaptive=False, **changes)
+    return replace(bare, adaptive=spec.adaptive) if bare.guided else bare
 
 
 def run(aligner, params: GenerationParams, inp: TextIO = sys.stdin, out: TextIO = sys.stdout,

@@ -144,3 +144,50 @@ def test_preset_and_principle_from_system(tmp_path):
                          (("--preset", "french", "--principle", "x"), "without --principle")]:
         r = chat([], *args)
         assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_negative_is_the_flag_and_shows_in_the_list(tmp_path):
+    path = tmp_path / "t.json"
+    r = chat(["/negative Talk about cats.", "/cfg 4", "/avoid Use jargon.", "/principle list", "What is a pet?",
+              "/compare", f"/save {path}", "/cfg 0.5", "/negative", "/negative", "/principle list"], "--n-ctx", "512")
+    flag = chat(["What is a pet?"], "--avoid", "Use jargon.", "--negative", "Talk about cats.", "--cfg-scale", "4",
+                "--n-ctx", "512")
+    assert r.returncode == 0 and flag.returncode == 0, r.stderr + flag.stderr
+    listed = "avoid 'Use jargon.' s=2; negative 'Talk about cats.' cfg_scale=4"
+    answer, _, rest = r.stdout.partition("[plain, no principle]\n")
+    plain, _, guided = rest.partition(f"[guided, {listed}]\n")  # answers may span lines
+    assert flag.stdout == answer == guided and plain and plain != guided  # /negative TEXT is --negative TEXT
+    assert r.stderr.count(listed) == 1
+    assert "error: /cfg G takes g in [1, 101]" in r.stderr and "no negative prompt to clear" in r.stderr
+    assert r.stderr.rstrip().endswith("avoid 'Use jargon.' s=2")  # the negative is gone, the avoid text stays
+    saved = json.loads(path.read_text())
+    assert saved["negative"] == {"text": "Talk about cats.", "cfg_scale": 4.0}
+    assert saved["avoid"] == [{"text": "Use jargon.", "ratio": 2.0}, {"text": "Talk about cats.", "ratio": 3.0}]
+
+
+def test_documents_answer_from_the_file_and_bad_files_are_one_line(tmp_path):
+    doc = tmp_path / "zorb.txt"
+    doc.write_text("The tower of Zorb is in the city of Plinth. It is 300 m tall.\n")
+    (tmp_path / "blob.bin").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    (tmp_path / "empty.txt").write_text("  \n")
+    (tmp_path / "big.txt").write_text("word " * 600)
+    path = tmp_path / "t.json"
+    bad = ["missing.txt", "blob.bin", "latin1.txt", "empty.txt", "big.txt", "."]
+    r = chat([f"/document {tmp_path / name}" for name in bad] + [
+        f"/document {doc}", "/principle Be brief.", "/negative Cats.", "/document", "Where is the tower of Zorb?",
+        "/compare", f"/save {path}", "/document clear", "/document", "/document drop 1"], "--n-ctx", "512")
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error: cannot use")]
+    assert len(errors) == len(bad)
+    assert "No such file" in errors[0] and "not a text file" in errors[1] and "not a text file" in errors[2]
+    assert "empty" in errors[3] and "more than the context holds (512 tokens" in errors[4]
+    assert r.stderr.count("error: documents go alone") == 2  # a principle or a negative beside documents
+    assert f"1. {doc} (" in r.stderr and "document_ratio: 1" in r.stderr
+    answer, _, rest = r.stdout.partition("[plain, no principle]\n")
+    plain, _, guided = rest.partition("[guided, 1 document(s) r=1]\n")  # answers may span lines
+    assert guided == answer and plain and plain != answer
+    saved = json.loads(path.read_text())
+    assert saved["documents"] == [doc.read_text()] and saved["document_names"] == [str(doc)]
+    assert "documents cleared" in r.stderr and "no documents (/document FILE adds one)" in r.stderr
+    assert "error: no documents to drop" in r.stderr
