@@ -250,18 +250,32 @@ def test_removing_a_row_sends_the_rows_left(page):
     assert "principles" not in bodies[-1] and saved(page)["turns"][1]["answers"][0]["text"] == "Oui."
 
 
-def test_avoid_without_a_principle_is_refused_in_the_page(page):
+def test_avoid_alone_is_guidance_and_a_bad_scale_is_refused_in_the_page(page):
+    bodies = []
+    page.route("**/v1/chat/completions", lambda route: (bodies.append(json.loads(route.request.post_data)),
+                                                        route.fulfill(status=200, content_type="text/event-stream",
+                                                                      body=sse("No."))))
     configure(page)
     page.fill("#avoid", "Use English words.")
     send(page, "Hi")
-    assert "write a principle too" in page.text_content("#status") and page.query_selector_all(".msg") == []
+    wait_done(page, 1)
+    assert bodies[-1]["avoid"] == [{"text": "Use English words.", "ratio": 2}] and "principles" not in bodies[-1]
+    page.fill("#avoid", "")
+    page.fill("#negative", "Talk about cats.")
+    page.fill("#cfg-scale", "0.5")
+    send(page, "Again")
+    assert "guidance scale must be a number in [1, 101]" in page.text_content("#status") and len(bodies) == 1
+    page.fill("#cfg-scale", "1")  # 1 = off, as TabbyAPI: a plain request
+    send(page, "Again")
+    wait_done(page, 2)
+    assert "avoid" not in bodies[-1] and page.text_content(".assistant.plain .label") == "Plain (no guidance)"
 
 
-def test_adaptive_without_a_principle_is_refused_in_the_page(page):
+def test_adaptive_without_guidance_is_refused_in_the_page(page):
     configure(page)
     page.check("#adaptive")
     send(page, "Hi")
-    assert "write a principle too" in page.text_content("#status") and page.query_selector_all(".msg") == []
+    assert "scales guidance" in page.text_content("#status") and page.query_selector_all(".msg") == []
 
 
 def test_adaptive_switch_sends_an_adaptive_schedule(page):
@@ -376,6 +390,82 @@ def test_model_html_renders_as_text(page):
         assert page.evaluate("() => window.__pwned") is None
         page.reload()
         page.wait_for_selector(".assistant")
+
+
+def test_negative_prompt_compares_plain_and_guided(page, server):
+    configure(page, max_tokens=8, compare=True)
+    page.fill("#negative", "Talk about cats.")
+    assert page.input_value("#cfg-scale") == "3"
+    sent = chat_requests(page)
+    send(page, "What is a good pet?")
+    wait_done(page, 2)
+    plain, guided = [json.loads(r.post_data) for r in sent]
+    assert guided["avoid"] == [{"text": "Talk about cats.", "ratio": 2}]  # --negative TEXT at --cfg-scale 3
+    assert not {"avoid", "principles", "principle", "documents"} & set(plain)
+    assert page.text_content(".assistant.aligned .label") == "Guided · negative “Talk about cats.” (scale 3)"
+    answers = saved(page)["turns"][0]["answers"]
+    assert all(a["text"] and not a.get("error") for a in answers) and not page.query_selector(".note.error")
+    direct = httpx.post(server.base + "/v1/chat/completions", headers={"Authorization": f"Bearer {API_KEY}"},
+                        json={**guided, "stream": False, "stream_options": None}, timeout=60).json()
+    assert answers[1]["text"] == direct["choices"][0]["message"]["content"] != answers[0]["text"]
+
+
+def drop_file(pg, name, text):
+    """Drop a file on the document zone as a user's drag from the desktop does (a DataTransfer holding it)."""
+    pg.evaluate("""([name, text]) => {
+        const data = new DataTransfer();
+        data.items.add(new File([text], name, { type: "text/plain" }));
+        const zone = document.getElementById("doc-drop");
+        for (const type of ["dragover", "drop"]) {
+            zone.dispatchEvent(new DragEvent(type, { dataTransfer: data, bubbles: true, cancelable: true }));
+        }
+    }""", [name, text])
+
+
+def test_documents_pasted_dropped_and_refused(page, server):
+    pasted = "The tower of Zorb is in the city of Plinth."
+    configure(page, max_tokens=8)
+    page.fill("#doc-paste", pasted)
+    page.click("#add-document")
+    drop_file(page, "notes.txt", "Zorb's tower is 300 m tall.")
+    page.wait_for_function("() => document.querySelectorAll('#documents li').length === 2")
+    page.set_input_files("#doc-file", files=[
+        {"name": "photo.png", "mimeType": "image/png", "buffer": b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"},
+        {"name": "huge.txt", "mimeType": "text/plain", "buffer": b"word " * 60_000}])
+    page.wait_for_function("() => document.getElementById('doc-message').textContent.includes('huge.txt')")
+    message = page.text_content("#doc-message")
+    assert "photo.png is not a text file" in message and "huge.txt is too large" in message
+    drop_file(page, "extra.txt", "To be removed.")
+    page.wait_for_function("() => document.querySelectorAll('#documents li').length === 3")
+    page.click("#documents li:nth-child(3) .remove")
+    assert page.locator("#documents .doc-name").all_text_contents() == ["pasted text 1", "notes.txt"]
+    page.fill("#document-ratio", "2")
+    sent = chat_requests(page)
+    send(page, "Where is the tower of Zorb?")
+    wait_done(page, 1)
+    body = json.loads(sent[0].post_data)
+    assert body["documents"] == [pasted, "Zorb's tower is 300 m tall."] and body["document_ratio"] == 2
+    assert not {"principle", "principles", "avoid"} & set(body)
+    assert page.text_content(".assistant .body").strip() and not page.query_selector(".note.error")
+    assert page.text_content(".assistant .label") == "Guided · 2 documents: pasted text 1, notes.txt (ratio 2)"
+    page.reload()  # the documents persist
+    assert page.locator("#documents .doc-name").all_text_contents() == ["pasted text 1", "notes.txt"]
+
+
+def test_server_400_names_the_field(page):
+    configure(page, principle="Be brief.")
+    page.fill("#doc-paste", "The tower of Zorb is in the city of Plinth.")
+    page.click("#add-document")
+    send(page, "Where is the tower?")
+    wait_done(page, 1)
+    note = page.text_content(".assistant .note.error")
+    assert note.startswith("Error 400: documents:") and "without principles" in note, note
+    page.fill("#principle", "")
+    page.fill("#document-ratio", "500")
+    send(page, "Where is the tower?")
+    wait_done(page, 2)
+    note = page.locator(".assistant .note.error").last.text_content()
+    assert note.startswith("Error 400: document_ratio:") and "500" in note, note
 
 
 @pytest.mark.skipif(not os.environ.get("LA_EDGE_WEB_SCREENSHOT"), reason="set LA_EDGE_WEB_SCREENSHOT=PATH")

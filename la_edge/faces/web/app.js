@@ -4,8 +4,10 @@
 (() => {
   const STORE = "la_edge.chat.v1", KEY_STORE = "la_edge.api_key";
   const API = new URL("v1/", document.baseURI);
-  const DEFAULTS = { principle: "", ratio: 2, more: [], avoid: "", avoidRatio: 2, adaptive: false,
-    temperature: 0.7, maxTokens: 256, compare: false }; // more: the principle rows after the first
+  const DEFAULTS = { principle: "", ratio: 2, more: [], avoid: "", avoidRatio: 2, adaptive: false, negative: "",
+    cfgScale: 3, documents: [], documentRatio: 1, temperature: 0.7, maxTokens: 256, compare: false };
+  // more: the principle rows after the first; documents: [{name, text}]
+  const MAX_DOC_BYTES = 256 * 1024, MAX_DOCS_BYTES = 768 * 1024; // the server reads at most 1 MiB a request
   const $ = (id) => document.getElementById(id);
   const el = (tag, cls, text) => {
     const e = document.createElement(tag);
@@ -32,6 +34,9 @@
     const settings = { ...DEFAULTS, ...(saved.settings || {}) };
     settings.more = (Array.isArray(settings.more) ? settings.more : []).filter((r) => r && typeof r === "object")
       .map((r) => ({ text: String(r.text || ""), ratio: Number.isFinite(r.ratio) ? r.ratio : 2 }));
+    settings.documents = (Array.isArray(settings.documents) ? settings.documents : [])
+      .filter((d) => d && typeof d.text === "string" && d.text.trim())
+      .map((d) => ({ name: String(d.name || "document"), text: d.text }));
     return { settings, turns };
   }
   function save() {
@@ -106,12 +111,19 @@
 
   // ---- conversation view ------------------------------------------------------------------
   function label(a) {
-    if (a.kind === "plain") return "Plain (no principle)";
+    if (a.kind === "plain") return "Plain (no guidance)";
     if (a.preset) return `Aligned · preset ${a.preset}`;
     if (!a.spec) return `Aligned · ratio ${a.ratio} · “${a.principle}”`;
-    const parts = a.spec.principles.map((p) => `“${p.text}” (ratio ${p.ratio})`);
-    if (a.spec.avoid) parts.push(`avoid “${a.spec.avoid.text}” (ratio ${a.spec.avoid.ratio})`);
-    return `Aligned${a.spec.adaptive ? " · adaptive" : ""} · ${parts.join(" · ")}`;
+    const sp = a.spec, docs = sp.documents || [];
+    const parts = sp.principles.map((p) => `“${p.text}” (ratio ${p.ratio})`);
+    if (sp.avoid) parts.push(`avoid “${sp.avoid.text}” (ratio ${sp.avoid.ratio})`);
+    if (sp.negative) parts.push(`negative “${sp.negative.text}” (scale ${sp.negative.scale})`);
+    if (docs.length) {
+      parts.push(`${docs.length} document${docs.length > 1 ? "s" : ""}: ${docs.map((d) => d.name).join(", ")} ` +
+        `(ratio ${sp.documentRatio ?? 1})`);
+    }
+    const head = sp.principles.length ? "Aligned" : "Guided"; // a negative or documents, no principle
+    return `${head}${sp.adaptive ? " · adaptive" : ""} · ${parts.join(" · ")}`;
   }
 
   function renderAll() {
@@ -175,7 +187,7 @@
   class ServerError extends Error {
     constructor(status, err, retryAfter) {
       super((err && err.message) || `HTTP ${status}`);
-      Object.assign(this, { status, code: err && err.code, retryAfter });
+      Object.assign(this, { status, code: err && err.code, param: err && err.param, retryAfter });
     }
   }
 
@@ -190,7 +202,7 @@
     try { return JSON.parse(text).error || { message: text }; } catch { return { message: text.slice(0, 300) || res.statusText }; }
   }
 
-  function describe(e) {
+  function describe(e, withDocuments) {
     if (!(e instanceof ServerError)) {
       if (e instanceof TypeError) return `Network error: the server could not be reached (${e.message}).`;
       return `Error: ${e.message}`;
@@ -198,11 +210,13 @@
     if (e.status === 401) return `Not authorized (401): ${e.message}. Set the server's API key in the settings.`;
     if (e.status === 429) return `The server is busy (429): ${e.message}.${e.retryAfter ? ` Try again in ${e.retryAfter} s.` : ""}`;
     if (e.code === "context_length_exceeded") {
-      return `Too long for the model's context (400): ${e.message}. Start a new chat or lower max tokens.`;
+      return `Too long for the model's context (400): ${e.message}. ` +
+        `${withDocuments ? "Remove a document, start" : "Start"} a new chat or lower max tokens.`;
     }
     if (e.status === 503) return `The server cannot generate (503): ${e.message}`;
     if (e.status === 200) return `The answer failed mid-stream: ${e.message}`;
-    return `Error ${e.status}: ${e.message}`;
+    const field = typeof e.param === "string" && e.param && !e.message.includes(e.param) ? ` (field ${e.param})` : "";
+    return `Error ${e.status}: ${e.message}${field}`;
   }
 
   function history(turnIndex, kind) { // each column continues its own conversation
@@ -216,7 +230,7 @@
     return msgs;
   }
 
-  function requestBody(turnIndex, a) {
+  function requestBody(turnIndex, a, documents) { // documents: the texts of a.spec.documents
     const s = state.settings;
     const body = { messages: history(turnIndex, a.kind), stream: true, stream_options: { include_usage: true } };
     const m = a.model || (a.kind === "plain" ? base() : chosen());
@@ -225,9 +239,17 @@
     if (Number.isFinite(s.maxTokens)) body.max_tokens = s.maxTokens;
     if (a.kind === "aligned" && !a.spec && !a.preset) Object.assign(body, { principle: a.principle, alignment_ratio: a.ratio });
     if (a.kind === "aligned" && a.spec) {
-      body.principles = a.spec.principles.map((p) => ({ text: p.text, ratio: p.ratio }));
-      if (a.spec.avoid) body.avoid = [{ text: a.spec.avoid.text, ratio: a.spec.avoid.ratio }];
-      if (a.spec.adaptive) body.ratio_schedule = "adaptive";
+      const sp = a.spec, avoid = [];
+      if (sp.principles.length) body.principles = sp.principles.map((p) => ({ text: p.text, ratio: p.ratio }));
+      if (sp.avoid) avoid.push({ text: sp.avoid.text, ratio: sp.avoid.ratio });
+      // A negative prompt is a thing to avoid pushed at g - 1, as `--negative TEXT --cfg-scale g`.
+      if (sp.negative) avoid.push({ text: sp.negative.text, ratio: sp.negative.scale - 1 });
+      if (avoid.length) body.avoid = avoid;
+      if (sp.documents.length) {
+        body.documents = documents;
+        if (Number.isFinite(sp.documentRatio)) body.document_ratio = sp.documentRatio;
+      }
+      if (sp.adaptive) body.ratio_schedule = "adaptive";
     }
     return body;
   }
@@ -259,7 +281,7 @@
       if (!done) throw new Error("the stream ended before it was complete (connection lost?)");
     } catch (e) {
       if (e.name === "AbortError") a.stopped = true;
-      else a.error = describe(e);
+      else a.error = describe(e, Boolean(body.documents));
     } finally {
       running.delete(ctrl);
       const tEnd = performance.now();
@@ -293,21 +315,30 @@
     if (!text.trim() || running.size) return;
     const rows = [{ text: s.principle, ratio: s.ratio }, ...s.more]
       .map((r) => ({ text: r.text.trim(), ratio: r.ratio })).filter((r) => r.text);
-    const avoid = s.avoid.trim(), model = chosen(), preset = model !== base() && !rows.length ? model : null;
-    if (s.compare && !rows.length && !preset) {
-      return status("Compare needs a principle: write one in the principle box, or pick a preset model.");
+    const avoid = s.avoid.trim(), negative = s.negative.trim(), scale = s.cfgScale, docs = s.documents;
+    if (negative && !(Number.isFinite(scale) && scale >= 1 && scale <= 101)) {
+      return status("The guidance scale must be a number in [1, 101] (1 = off).");
     }
-    if (avoid && !rows.length) return status("Avoid pushes away from a principle: write a principle too.");
-    if (s.adaptive && !rows.length) return status("The adaptive ratio scales a principle: write a principle too.");
+    const neg = negative && scale > 1 ? { text: negative, scale } : null; // scale 1: no guidance, as TabbyAPI
+    const guided = rows.length > 0 || Boolean(avoid) || Boolean(neg) || docs.length > 0;
+    const model = chosen(), preset = model !== base() && !guided ? model : null;
+    if (s.compare && !guided && !preset) {
+      return status("Compare needs guidance: write a principle or a negative prompt, add a document, or pick a preset model.");
+    }
+    if (s.adaptive && !guided) {
+      return status("The adaptive ratio scales guidance: write a principle or a negative prompt, or add a document.");
+    }
     status("");
-    // One principle, nothing to avoid, a fixed ratio: the request of a single principle, as always.
-    const spec = rows.length > 1 || avoid || s.adaptive
-      ? { principles: rows, avoid: avoid ? { text: avoid, ratio: s.avoidRatio } : null, adaptive: s.adaptive } : null;
-    const kinds = s.compare ? ["plain", "aligned"] : [rows.length || preset ? "aligned" : "plain"];
+    // One principle and nothing else, a fixed ratio: the request of a single principle, as always.
+    const spec = rows.length > 1 || avoid || neg || docs.length || s.adaptive ? {
+      principles: rows, avoid: avoid ? { text: avoid, ratio: s.avoidRatio } : null, negative: neg,
+      documents: docs.map((d) => ({ name: d.name, chars: d.text.length })), documentRatio: s.documentRatio,
+      adaptive: s.adaptive } : null;
+    const kinds = s.compare ? ["plain", "aligned"] : [guided || preset ? "aligned" : "plain"];
     const answers = kinds.map((kind) => {
       const aligned = kind === "aligned" && !preset;
-      const a = { kind, principle: aligned ? rows[0].text : null, ratio: aligned ? rows[0].ratio : null, text: "",
-        pending: true, model: kind === "plain" ? base() : model };
+      const a = { kind, principle: aligned && !spec ? rows[0].text : null, ratio: aligned && !spec ? rows[0].ratio : null,
+        text: "", pending: true, model: kind === "plain" ? base() : model };
       if (kind === "aligned" && preset) a.preset = preset;
       if (aligned && spec) a.spec = spec;
       return a;
@@ -315,11 +346,14 @@
     state.turns.push({ user: text, answers });
     $("input").value = "";
     const turnIndex = state.turns.length - 1;
-    const bodies = answers.map((a) => requestBody(turnIndex, a));
+    const texts = docs.map((d) => d.text);
+    const bodies = answers.map((a) => requestBody(turnIndex, a, texts));
     renderAll();
     save();
     busy(true);
     await Promise.all(answers.map((a, i) => streamAnswer(a, bodies[i])));
+    dirty.forEach(paint); // the last repaint now, not a frame later: once not busy, every answer is shown
+    dirty.clear();
     busy(false);
     save();
   }
@@ -370,9 +404,10 @@
   // ---- controls ---------------------------------------------------------------------------
   function bindSettings() {
     const s = state.settings, fields = { principle: "value", ratio: "valueAsNumber", avoid: "value",
-      "avoid-ratio": "valueAsNumber", adaptive: "checked", temperature: "valueAsNumber",
-      "max-tokens": "valueAsNumber", compare: "checked" };
-    const keyOf = (id) => ({ "max-tokens": "maxTokens", "avoid-ratio": "avoidRatio" })[id] || id;
+      "avoid-ratio": "valueAsNumber", adaptive: "checked", negative: "value", "cfg-scale": "valueAsNumber",
+      "document-ratio": "valueAsNumber", temperature: "valueAsNumber", "max-tokens": "valueAsNumber", compare: "checked" };
+    const keyOf = (id) => ({ "max-tokens": "maxTokens", "avoid-ratio": "avoidRatio", "cfg-scale": "cfgScale",
+      "document-ratio": "documentRatio" })[id] || id;
     const showRatios = () => {
       $("ratio-value").textContent = String(s.ratio);
       $("avoid-ratio-value").textContent = String(s.avoidRatio);
@@ -388,6 +423,7 @@
     }
     showRatios();
     renderMore();
+    bindDocuments();
     $("add-principle").addEventListener("click", () => {
       s.more.push({ text: "", ratio: 2 });
       save();
@@ -421,6 +457,101 @@
       row.append(head, text, ratio, remove);
       root.append(row);
     });
+  }
+
+  // ---- documents: dropped or chosen files (text only, read in the browser), or pasted text ----
+  const utf8Bytes = (text) => new TextEncoder().encode(text).length;
+  const kib = (n) => `${Math.ceil(n / 1024)} KiB`;
+  const docMessage = (text) => { $("doc-message").textContent = text; };
+
+  function readDocument(file) { // the text of a UTF-8 text file; an Error saying why not
+    return new Promise((resolve, reject) => {
+      if (file.size > MAX_DOC_BYTES) {
+        reject(new Error(`${file.name} is too large (${kib(file.size)}; a document holds at most ${kib(MAX_DOC_BYTES)}).`));
+        return;
+      }
+      const reader = new FileReader();
+      reader.onerror = () => reject(new Error(`${file.name} could not be read.`));
+      reader.onload = () => {
+        const bytes = new Uint8Array(reader.result);
+        let text = null;
+        if (!bytes.includes(0)) {
+          try { text = new TextDecoder("utf-8", { fatal: true }).decode(bytes); } catch { text = null; }
+        }
+        if (text === null) reject(new Error(`${file.name} is not a text file (binary, or not UTF-8).`));
+        else if (!text.trim()) reject(new Error(`${file.name} is empty.`));
+        else resolve(text);
+      };
+      reader.readAsArrayBuffer(file);
+    });
+  }
+
+  function addDocument(name, text) { // throws an Error (shown by the caller) when it does not fit a request
+    const docs = state.settings.documents, size = utf8Bytes(text);
+    if (size > MAX_DOC_BYTES) throw new Error(`${name} is too large (${kib(size)}; a document holds at most ${kib(MAX_DOC_BYTES)}).`);
+    const total = docs.reduce((n, d) => n + utf8Bytes(d.text), size);
+    if (total > MAX_DOCS_BYTES) throw new Error(`${name} does not fit: all documents together hold at most ${kib(MAX_DOCS_BYTES)}.`);
+    docs.push({ name, text });
+    save();
+    renderDocuments();
+  }
+
+  async function addFiles(files) {
+    const refused = [];
+    for (const file of files) {
+      try { addDocument(file.name, await readDocument(file)); } catch (e) { refused.push(e.message); }
+    }
+    docMessage(refused.join(" "));
+  }
+
+  function renderDocuments() {
+    const docs = state.settings.documents;
+    $("documents").replaceChildren(...docs.map((d, i) => {
+      const item = el("li", "document"), remove = el("button", "remove", "Remove");
+      remove.type = "button";
+      remove.setAttribute("aria-label", `Remove ${d.name}`);
+      remove.addEventListener("click", () => { docs.splice(i, 1); save(); renderDocuments(); });
+      item.append(el("span", "doc-name", d.name), el("span", "doc-size", ` · ${d.text.length} characters `), remove);
+      return item;
+    }));
+  }
+
+  function bindDocuments() {
+    const zone = $("doc-drop"), hasFiles = (e) => Boolean(e.dataTransfer) && [...e.dataTransfer.types].includes("Files");
+    // A file dropped beside the zone must not replace the page with the file.
+    window.addEventListener("dragover", (e) => { if (hasFiles(e)) e.preventDefault(); });
+    window.addEventListener("drop", (e) => { if (hasFiles(e)) e.preventDefault(); });
+    zone.addEventListener("dragover", (e) => { e.preventDefault(); zone.classList.add("over"); });
+    zone.addEventListener("dragleave", () => zone.classList.remove("over"));
+    zone.addEventListener("drop", (e) => {
+      e.preventDefault();
+      zone.classList.remove("over");
+      const files = [...(e.dataTransfer ? e.dataTransfer.files : [])];
+      const dropped = e.dataTransfer ? e.dataTransfer.getData("text/plain") : "";
+      if (files.length) addFiles(files);
+      else if (dropped.trim()) addPasted(dropped);
+    });
+    $("doc-pick").addEventListener("click", () => $("doc-file").click());
+    $("doc-file").addEventListener("change", (e) => { addFiles([...e.target.files]); e.target.value = ""; });
+    $("add-document").addEventListener("click", () => {
+      if (!$("doc-paste").value.trim()) return docMessage("Paste some text first.");
+      if (addPasted($("doc-paste").value)) $("doc-paste").value = "";
+    });
+    renderDocuments();
+  }
+
+  function addPasted(text) {
+    const names = new Set(state.settings.documents.map((d) => d.name));
+    let n = 1;
+    while (names.has(`pasted text ${n}`)) n++;
+    try {
+      addDocument(`pasted text ${n}`, text);
+      docMessage("");
+      return true;
+    } catch (e) {
+      docMessage(e.message);
+      return false;
+    }
   }
 
   bindSettings();
