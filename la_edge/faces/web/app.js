@@ -511,7 +511,7 @@
       remove.type = "button";
       remove.setAttribute("aria-label", `Remove ${d.name}`);
       remove.addEventListener("click", () => { docs.splice(i, 1); save(); renderDocuments(); });
-      item.append(el("span", "doc-name", d.name), el("span", "doc-size", ` · ${d.text.length} characters `), remove);
+      item.append(el("span", "doc-name", d.name), el("span", "doc-size", ` · ${d.text.length} chars`), remove);
       return item;
     }));
   }
