@@ -146,12 +146,15 @@ def test_preset_and_principle_from_system(tmp_path):
         assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
+SMALL = ("--n-ctx", "512", "--threads", "1", "--max-tokens", "6")  # quick on a shared CPU
+
+
 def test_negative_is_the_flag_and_shows_in_the_list(tmp_path):
     path = tmp_path / "t.json"
     r = chat(["/negative Talk about cats.", "/cfg 4", "/avoid Use jargon.", "/principle list", "What is a pet?",
-              "/compare", f"/save {path}", "/cfg 0.5", "/negative", "/negative", "/principle list"], "--n-ctx", "512")
+              "/compare", f"/save {path}", "/cfg 0.5", "/negative", "/negative", "/principle list"], *SMALL)
     flag = chat(["What is a pet?"], "--avoid", "Use jargon.", "--negative", "Talk about cats.", "--cfg-scale", "4",
-                "--n-ctx", "512")
+                *SMALL)
     assert r.returncode == 0 and flag.returncode == 0, r.stderr + flag.stderr
     listed = "avoid 'Use jargon.' s=2; negative 'Talk about cats.' cfg_scale=4"
     answer, _, rest = r.stdout.partition("[plain, no principle]\n")
@@ -176,7 +179,7 @@ def test_documents_answer_from_the_file_and_bad_files_are_one_line(tmp_path):
     bad = ["missing.txt", "blob.bin", "latin1.txt", "empty.txt", "big.txt", "."]
     r = chat([f"/document {tmp_path / name}" for name in bad] + [
         f"/document {doc}", "/principle Be brief.", "/negative Cats.", "/document", "Where is the tower of Zorb?",
-        "/compare", f"/save {path}", "/document clear", "/document", "/document drop 1"], "--n-ctx", "512")
+        "/compare", f"/save {path}", "/document clear", "/document", "/document drop 1"], *SMALL)
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
     errors = [line for line in r.stderr.splitlines() if line.startswith("error: cannot use")]
     assert len(errors) == len(bad)
