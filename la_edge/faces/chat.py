@@ -34,7 +34,7 @@ HELP = """commands:
   /adaptive on|off  scale the ratio per token (on) or keep it fixed (off)
   /ratio R          set the alignment ratio r (of every principle)
   /system TEXT      set the system message (/system alone clears it)
-  /compare          answer the last user message again, plain and aligned, one after the other
+  /compare          answer the last user message again, plain and guided, one after the other
   /save FILE        write the transcript as JSON (messages, principles, avoid, negative, documents,
                     ratio, seed, system)
   /load FILE        read a transcript written by /save
