@@ -127,6 +127,10 @@ class Combination:
         """True when some guide weight is nonzero."""
         return any(self.guide)
 
+    def scaled(self, factor: float) -> "Combination":
+        """The same combination with every guide weight times `factor` (0: the base row alone)."""
+        return Combination(self.mix, tuple(g * factor for g in self.guide), self.ref, self.adaptive)
+
     def role(self, k: int) -> str:
         """'plain' for ref, 'avoid' for a pure negative guide, else 'principled' (for messages)."""
         if k == self.ref:

@@ -67,6 +67,7 @@ class GenerationParams:
     when T = 0). top_k / top_p / min_p and the penalties default to off. timeout: seconds from
     submission after which the request ends with RequestTimeoutError (None = no deadline).
     stop: up to MAX_STOP_STRINGS (16) non-empty strings of at most MAX_STOP_LENGTH (512) characters.
+    ratio_guard: drop the guidance (r -> 0) while the answer repeats itself (decoding/strength.py).
     """
 
     ratio: float = 2.0
@@ -86,6 +87,7 @@ class GenerationParams:
     top_logprobs: int = 0
     ignore_eos: bool = False
     timeout: Optional[float] = None
+    ratio_guard: bool = False
 
     def __post_init__(self) -> None:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
@@ -127,8 +129,9 @@ class GenerationParams:
             set_("seed", _integer("seed", self.seed, 0, (1 << 64) - 1))
         set_("max_tokens", _integer("max_tokens", self.max_tokens, 1, 1 << 20))
         set_("top_logprobs", _integer("top_logprobs", self.top_logprobs, 0, 20))
-        if not isinstance(self.ignore_eos, bool):
-            raise InvalidParameterError("ignore_eos must be true or false")
+        for name in ("ignore_eos", "ratio_guard"):
+            if not isinstance(getattr(self, name), bool):
+                raise InvalidParameterError(f"{name} must be true or false")
         if self.timeout is not None:
             to = self.timeout
             if isinstance(to, bool) or not isinstance(to, (int, float)) or not (math.isfinite(to) and to > 0):

@@ -46,6 +46,8 @@ PARAMS = (
           "temperature of that nucleus (default: T, or 1 if T = 0)"),
     Param("top_logprobs", "--top-logprobs", None, int, "alternatives per token in --json logprobs (0..20)"),
     Param("ignore_eos", "--ignore-eos", "ignore_eos", bool, "do not stop at end-of-generation tokens"),
+    Param("ratio_guard", "--ratio-guard", "ratio_guard", bool,
+          "drop the guidance (r -> 0) while the answer repeats a 4-token phrase of its last 64 tokens"),
     Param("timeout", "--request-timeout", "timeout", float,
           "seconds a request may run (queue included) before it ends with a timeout error", "SECONDS"),
 )

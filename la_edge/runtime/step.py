@@ -8,12 +8,14 @@ engine thread runs for every request of its batches.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Iterator, Optional, Sequence
 
 from ..decoding.combination import Combination
 from ..decoding.params import GenerationParams
 from ..decoding.rng import SplitMix64
 from ..decoding.sampling import Choice
+from ..decoding.strength import guarded
 from ..errors import InvalidParameterError
 from .pool import KvOp, SequencePool
 from .scheduler import Action, Job, Scheduler
@@ -52,7 +54,9 @@ def choose(backend, chooser, rows: Sequence[int], combination: Combination, para
            rng: SplitMix64, history: Sequence[int]) -> Choice:
     """Combine and sample one request's logits rows (batch indices, branch order)."""
     logits = tuple(backend.logits_row(r) for r in rows)
-    return chooser.choose(logits, combination, params, rng, history)
+    combination, params, lowered = guarded(combination, params, history)
+    choice = chooser.choose(logits, combination, params, rng, history)
+    return dataclasses.replace(choice, ratio_scale=0.0) if lowered else choice
 
 
 def generate_step(backend, prompts: Sequence[Sequence[int]], combination: Optional[Combination] = None,

@@ -106,6 +106,20 @@ def test_bad_guidance_is_a_400_naming_the_field(server, extra, param):
     assert r.json()["error"]["param"] == param
 
 
+def test_the_ratio_guard_over_chat_and_ollama(server, client):
+    """ratio_guard is a request field (and an Ollama option) like the sampling settings."""
+    guarded = chat(client, "Hello, who are you?", principle="Answer in French.", alignment_ratio=2.0, ratio_guard=True)
+    direct = chat(client, "Hello, who are you?", principle="Answer in French.", alignment_ratio=2.0)
+    assert guarded.choices[0].message.content and direct.choices[0].message.content
+    reply = ollama.Client(host=server.base, timeout=120).chat(
+        model="smollm2", messages=[{"role": "user", "content": "Hello, who are you?"}],
+        options={"temperature": 0, "num_predict": 16, "principle": "Answer in French.", "ratio_guard": True})
+    assert reply.message.content
+    body = {"model": "smollm2", "messages": [{"role": "user", "content": Q}], "max_tokens": 4, "ratio_guard": "maybe"}
+    r = httpx.post(server.base + "/v1/chat/completions", json=body, timeout=60)
+    assert r.status_code == 422 and r.json()["error"]["param"] == "ratio_guard"  # a wrong type, as for any field
+
+
 def test_a_document_larger_than_the_context_is_a_400(server):
     body = {"model": "smollm2", "messages": [{"role": "user", "content": Q}], "max_tokens": 4,
             "documents": ["word " * 3000]}

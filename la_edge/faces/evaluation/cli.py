@@ -52,6 +52,9 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
                            "passages: no document, the document in the prompt, CAD at each ratio and adaptive (r=1)")
     p.add_argument("--parallel", type=int, default=1, metavar="N",
                    help="answers decoded together in one batch (default: 1; more is faster on most machines)")
+    p.add_argument("--ratio-guard", action="store_true",
+                   help="also run each ratio with the ratio guard (guidance dropped while the answer repeats; "
+                        "principles and --compose modes)")
     p.add_argument("--adaptive-ratio", action="store_true",
                    help="also run each ratio with the adaptive per-token ratio (principles mode)")
     p.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
@@ -92,9 +95,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if args.documents else (1.0, 2.0, 4.0)
     config = EvalConfig(ratios=ratios, max_tokens=args.max_tokens, limit=limit, seed=args.seed,
                         temperature=args.temperature, principles=args.principles, timeout=args.timeout,
-                        adaptive=args.adaptive_ratio, parallel=args.parallel)
+                        adaptive=args.adaptive_ratio, parallel=args.parallel,
+                        guard=args.ratio_guard)
     config.validate()
     own = next((f"--{m}" for m in ("compose", "turns", "ifeval", "documents") if getattr(args, m)), None)
+    if args.ratio_guard and (args.mc or own not in (None, "--compose")):
+        raise InvalidParameterError("--ratio-guard runs in the principles and --compose modes only")
     if own and (args.principles or args.adaptive_ratio):
         raise InvalidParameterError(f"{own} runs its own tasks: drop --principles and --adaptive-ratio")
     if not (args.mc or own):

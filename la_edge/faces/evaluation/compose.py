@@ -14,7 +14,7 @@ from typing import Dict, List, Optional, Sequence, TextIO, Tuple
 
 from ...decoding.params import GenerationParams
 from . import checkers
-from .runner import EvalConfig, Progress, _fill, _load_json, _mean, setting_name
+from .runner import EvalConfig, Progress, _fill, _load_json, _mean, ci, setting_name
 
 ROUND = 4
 
@@ -54,13 +54,15 @@ class AvoidTask:
     words: Tuple[str, ...]
 
 
-def compose_settings(ratios: Sequence[float]) -> List[str]:
-    """plain, joined r=0, then per ratio R: joined r=R, composed r=R, composed r=R adaptive."""
+def compose_settings(ratios: Sequence[float], guard: bool = False) -> List[str]:
+    """plain, joined r=0, then per ratio R: joined r=R, composed r=R, composed r=R adaptive (and
+    with guard: joined r=R guard, composed r=R guard)."""
     out = ["plain", "joined r=0"]
     for r in ratios:
         if r != 0.0:
             name = setting_name(r)
             out += [f"joined {name}", f"composed {name}", f"composed {name} adaptive"]
+            out += [f"joined {name} guard", f"composed {name} guard"] if guard else []
     return out
 
 
@@ -111,10 +113,11 @@ def _compose_where(la, task: ComposeTask, setting: str) -> Dict[str, object]:
     """answer() keywords of one setting: the prompt alone, one principle (K <= 2) or a branch set."""
     if setting == "plain":
         return {"prompt": task.prompt}
+    guard = {"guard": True} if setting.endswith(" guard") else {}
     if setting.startswith("joined"):
-        return {"ratio": _ratio(setting), "prompt": task.prompt, "principle": task.joined}
+        return {"ratio": _ratio(setting), "prompt": task.prompt, "principle": task.joined, **guard}
     return {"branches": la.branches(task.prompt, [p.principle for p in task.parts], ratios=_ratio(setting),
-                                    adaptive=setting.endswith("adaptive"))}
+                                    adaptive=setting.endswith("adaptive")), **guard}
 
 
 def _avoid_where(la, task: AvoidTask, setting: str) -> Dict[str, object]:
@@ -126,14 +129,14 @@ def _avoid_where(la, task: AvoidTask, setting: str) -> Dict[str, object]:
                                     avoid_ratios=_ratio(setting))}
 
 
-def answer(la, config: EvalConfig, ratio: float = 0.0, **where) -> Dict[str, object]:
+def answer(la, config: EvalConfig, ratio: float = 0.0, guard: bool = False, **where) -> Dict[str, object]:
     """One answer (greedy or seeded): text, finish reason, branch count, prompt tokens, mean ratio
     scale and fluency figures.
 
     `where` are Aligner.submit keywords: prompt/principle, messages or branches.
     """
     params = GenerationParams(ratio=ratio, temperature=config.temperature, seed=config.seed,
-                              max_tokens=config.max_tokens, timeout=config.timeout)
+                              max_tokens=config.max_tokens, timeout=config.timeout, ratio_guard=guard)
     request = la.submit(params=params, **where)
     scales = [chunk.ratio_scale for chunk in request.stream()]
     res = request.result()
@@ -157,7 +160,7 @@ def run_compose(la, config: EvalConfig, progress: Optional[TextIO] = sys.stderr,
     tasks, avoid = load_compose_tasks(config.limit), load_avoid_tasks(config.limit)
     if checkers.uses([p.checker for t in tasks for p in t.parts], "language"):
         checkers.require_langdetect()
-    settings, asettings = compose_settings(config.ratios), avoid_settings(config.ratios)
+    settings, asettings = compose_settings(config.ratios, config.guard), avoid_settings(config.ratios)
     bar = Progress(len(tasks) * len(settings) + len(avoid) * len(asettings), progress)
     samples, avoid_samples = [], []
     for t in tasks:
@@ -194,11 +197,14 @@ def _compose_results(tasks: List[ComposeTask], settings: List[str], samples) -> 
     return {"parts": cells,
             "mean": {s: round(_mean([c[s] for c in cells.values()]), ROUND) for s in settings},
             "all_parts": {s: round(_mean([float(all(x["passed"].values())) for x in by[s]]), ROUND) for s in settings},
+            "mean_ci": {s: ci([_mean([float(v) for v in x["passed"].values()]) for x in by[s]]) for s in settings},
+            "all_parts_ci": {s: ci([float(all(x["passed"].values())) for x in by[s]]) for s in settings},
             "fluency": {s: _fluency(by[s]) for s in settings}, "n": len(by[settings[0]])}
 
 
 def _avoid_results(settings: List[str], samples) -> Dict[str, object]:
     by = {s: [x for x in samples if x["setting"] == s] for s in settings}
     return {"rate": {s: round(_mean([float(x["used"]) for x in by[s]]), ROUND) for s in settings},
+            "rate_ci": {s: ci([float(x["used"]) for x in by[s]]) for s in settings},
             "count": {s: round(_mean([float(x["count"]) for x in by[s]]), ROUND) for s in settings},
             "fluency": {s: _fluency(by[s]) for s in settings}, "n": len(by[settings[0]])}

@@ -9,8 +9,16 @@ from typing import Dict, List, Optional
 from ..tables import markdown_lines as _table, pyplot
 
 
+CI_NOTE = "; [a, b]: 95% bootstrap interval over answers."
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:.0f}%"
+
+
+def _pct_ci(x: float, ci: Optional[List[float]]) -> str:
+    """'62% [50, 75]': the value and its 95% bootstrap interval (when the results have one)."""
+    return _pct(x) + (f" [{100 * ci[0]:.0f}, {100 * ci[1]:.0f}]" if ci else "")
 
 
 def markdown(doc: Dict[str, object]) -> str:
@@ -40,13 +48,14 @@ def markdown(doc: Dict[str, object]) -> str:
             rows)) + "\n"
     res, overall = doc["results"], doc["overall"]
     adh = [[pid] + [_pct(res[pid][s]["adherence"]) for s in settings] for pid in res]
-    adh.append(["**all**"] + [f"**{_pct(overall[s]['adherence'])}**" for s in settings])
+    adh.append(["**all**"] + [f"**{_pct_ci(overall[s]['adherence'], overall[s].get('adherence_ci'))}**"
+                              for s in settings])
     flu = [[name] + [f"{overall[s][key]:.2f}" if key != "words" else f"{overall[s][key]:.0f}" for s in settings]
            for name, key in (("distinct-1", "distinct_1"), ("distinct-2", "distinct_2"),
                              ("rep-4 (lower is better)", "rep_4"), ("mean words", "words"))]
     n = overall[settings[0]]["n"]
     return "\n".join(
-        ["## Principle adherence", "", head + f" {n} answers per setting.", ""] + _table(["principle"] + settings, adh)
+        ["## Principle adherence", "", head + f" {n} answers per setting" + CI_NOTE, ""] + _table(["principle"] + settings, adh)
         + ["", "## Fluency guard (all principles)", ""] + _table(["metric"] + settings, flu)) + "\n"
 
 
@@ -60,13 +69,16 @@ def compose_markdown(doc: Dict[str, object], head: str) -> str:
     """Per-part adherence of the combination tasks, fluency, and the avoid tasks' word rate."""
     res, settings = doc["results"], doc["settings"]
     rows = [[cell] + [_pct(by[s]) for s in settings] for cell, by in res["parts"].items()]
-    rows.append(["**mean per part**"] + [f"**{_pct(res['mean'][s])}**" for s in settings])
-    rows.append(["all parts of an answer"] + [_pct(res["all_parts"][s]) for s in settings])
+    rows.append(["**mean per part**"] + [f"**{_pct_ci(res['mean'][s], res.get('mean_ci', {}).get(s))}**"
+                                         for s in settings])
+    rows.append(["all parts of an answer"] + [_pct_ci(res["all_parts"][s], res.get("all_parts_ci", {}).get(s))
+                                              for s in settings])
     av, asettings = doc["avoid"], doc["avoid_settings"]
-    arows = [["answers using a forbidden word"] + [_pct(av["rate"][s]) for s in asettings],
+    arows = [["answers using a forbidden word"] + [_pct_ci(av["rate"][s], av.get("rate_ci", {}).get(s))
+                                                   for s in asettings],
              ["forbidden words per answer"] + [f"{av['count'][s]:.2f}" for s in asettings]]
     return "\n".join(
-        ["## Several principles: adherence per part", "", head + f" {res['n']} answers per setting.", ""]
+        ["## Several principles: adherence per part", "", head + f" {res['n']} answers per setting" + CI_NOTE, ""]
         + _table(["combination: part"] + settings, rows)
         + ["", "## Fluency guard (combination tasks)", ""] + _table(["metric"] + settings,
                                                                     _fluency_rows(res["fluency"], settings))
@@ -82,11 +94,12 @@ def turns_markdown(doc: Dict[str, object], head: str) -> str:
         name = "**all**" if iid == "all" else f"{iid}: {doc['instructions'][iid]}"
         for s, per in by.items():
             mean = sum(per.values()) / len(per)
-            rows.append([name, s] + [_pct(per[t]) for t in turns] + [_pct(mean)])
+            interval = doc.get("all_ci", {}).get(s) if iid == "all" else None
+            rows.append([name, s] + [_pct(per[t]) for t in turns] + [_pct_ci(mean, interval)])
     n = len(doc["samples"]) // (len(doc["settings"]) * doc["turns"] * (len(doc["results"]) - 1))
     return "\n".join(["## The system message's instruction over a conversation", "",
                       head + f" {n} conversation{'s' if n != 1 else ''} per instruction; the model's own answers stay in "
-                      "the history.", ""]
+                      "the history" + CI_NOTE, ""]
                      + _table(["instruction", "setting"] + [f"turn {t}" for t in turns]
                               + [f"turns 1-{doc['turns']}"], rows)) + "\n"
 

@@ -32,13 +32,15 @@ class EvalConfig:
     timeout: Optional[float] = None  # seconds per answer (None: no deadline)
     adaptive: bool = False  # also run each ratio with the adaptive (per-token) ratio
     parallel: int = 1  # answers decoded together in one batch (load the Aligner with max_requests >= this)
+    guard: bool = False  # also run each ratio with the ratio guard (GenerationParams.ratio_guard)
 
     def settings(self) -> List[str]:
-        """Setting names in order: 'plain', 'r=0', then 'r=<ratio>' (and 'r=<ratio> adaptive')."""
+        """Setting names in order: 'plain', 'r=0', then 'r=<ratio>' (and its 'adaptive' and 'guard')."""
         out = ["plain", "r=0"]
         for r in self.ratios:
             if r != 0.0:
-                out += [setting_name(r)] + ([f"{setting_name(r)} adaptive"] if self.adaptive else [])
+                out += [setting_name(r)] + ([f"{setting_name(r)} adaptive"] if self.adaptive else []) \
+                    + ([f"{setting_name(r)} guard"] if self.guard else [])
         return out
 
     def validate(self) -> None:
@@ -126,7 +128,8 @@ class Progress:
 def _params(config: EvalConfig, setting: str, **extra) -> GenerationParams:
     ratio = _ratio_of(setting)
     return GenerationParams(ratio=ratio or 0.0, temperature=config.temperature, seed=config.seed,
-                            max_tokens=config.max_tokens, timeout=config.timeout, **extra)
+                            max_tokens=config.max_tokens, timeout=config.timeout,
+                            ratio_guard=setting.endswith(" guard"), **extra)
 
 
 def _pair(la, prompt: str, principle: str, setting: str):
@@ -166,8 +169,16 @@ def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else 0.0
 
 
+def ci(values: Sequence[float]) -> List[float]:
+    """The 95% bootstrap interval of the mean (stats.bootstrap_ci); [0, 0] for no values."""
+    from .stats import bootstrap_ci
+
+    return [round(x, 4) for x in bootstrap_ci(values)] if len(values) else [0.0, 0.0]
+
+
 def _summary(rows: List[Dict[str, object]]) -> Dict[str, float]:
-    out = {"adherence": _mean([float(r["passed"]) for r in rows]), "passed": sum(r["passed"] for r in rows),
+    passed = [float(r["passed"]) for r in rows]
+    out = {"adherence": _mean(passed), "adherence_ci": ci(passed), "passed": sum(r["passed"] for r in rows),
            "n": len(rows)}
     for key in ("distinct_1", "distinct_2", "rep_4", "words"):
         out[key] = _mean([r["fluency"][key] for r in rows])

@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, TextIO
 from ...runtime.prompts import system_as_principle
 from . import checkers
 from .compose import ROUND, answer
-from .runner import EvalConfig, Progress, _load_json, _mean, setting_name
+from .runner import EvalConfig, Progress, _load_json, _mean, ci, setting_name
 
 
 def turn_settings(ratios) -> List[str]:
@@ -67,6 +67,7 @@ def run_turns(la, config: EvalConfig, progress: Optional[TextIO] = sys.stderr, m
             "checked_turns": data["checked_turns"], "turns": n_turns,
             "instructions": {i["id"]: i["system"] for i in instructions},
             "results": _results(samples, [i["id"] for i in instructions], settings, n_turns),
+            "all_ci": {s: ci([float(x["passed"]) for x in samples if x["setting"] == s]) for s in settings},
             "samples": samples}
 
 
