@@ -80,6 +80,15 @@ def _job(la, config: EvalConfig, item: Dict[str, object], setting: str, instruct
     return {"params": params, "branches": bs}
 
 
+def _order(items: List[Dict[str, object]], settings: List[str], parallel: int):
+    """(item, setting) cells, `parallel` items at a time setting by setting, the document first: each
+    request then starts after the one before it on its item ended, and adopts that one's parked
+    prompt (the prompt cache) instead of prefilling the documents again; the question alone comes
+    last and finds CAD's plain branch."""
+    first = [IN_PROMPT] + [s for s in settings if s not in (IN_PROMPT, NO_DOC)] + [NO_DOC]
+    return [(it, s) for b in range(0, len(items), parallel) for s in first for it in items[b:b + parallel]]
+
+
 def _cell(rows: List[Dict[str, object]], base: List[Dict[str, object]]) -> Dict[str, object]:
     """Rates with 95% bootstrap intervals, and the paired change against `base` (same items)."""
     f = [float(r["follows"]) for r in rows]
@@ -125,12 +134,13 @@ def run_documents(la, config: EvalConfig, progress: Optional[TextIO] = sys.stder
     config.validate()
     data = load_documents(config.limit)
     items, settings = data["items"], document_settings(config.ratios)
-    cells = [(it, s) for it in items for s in settings]
+    cells = _order(items, settings, config.parallel)
     bar = Progress(len(cells), progress)
     jobs = [_job(la, config, it, s, data["instruction"]) for it, s in cells]
     answers = run_all(la, jobs, config.parallel, lambda i, _: bar.step(f"{cells[i][0]['id']} {cells[i][1]}"))
     samples = []
-    for (it, s), res in zip(cells, answers):
+    rank = {s: k for k, s in enumerate(settings)}
+    for (it, s), res in sorted(zip(cells, answers), key=lambda c: (items.index(c[0][0]), rank[c[0][1]])):
         scales = [e.get("ratio_scale", 1.0) for e in res.logprobs] if s == ADAPTIVE else []
         samples.append({"id": it["id"], "set": it["set"], "kind": it["kind"], "setting": s, "text": res.text,
                         "finish_reason": res.finish_reason, "follows": follows(res.text, it),
