@@ -26,7 +26,8 @@ def test_eval_documents(model_path, tmp_path, capsys):
         for s in SETTINGS:
             cell = by[s]
             assert cell["n"] == n and cell["follows_ci"][0] <= cell["follows"] <= cell["follows_ci"][1]
-            assert 0.0 <= cell["memory"] <= 1.0 and cell["vs_prompt_ci"][0] <= cell["vs_prompt"] <= cell["vs_prompt_ci"][1]
+            lo, hi = cell["vs_prompt_ci"]
+            assert 0.0 <= cell["memory"] <= 1.0 and lo <= cell["vs_prompt"] <= hi
         assert by["document in prompt"]["vs_prompt"] == 0.0 and 0.0 < by["CAD adaptive"]["ratio_scale"] <= 1.0
     assert set(doc["targets"]) == {"CAD r=1", "CAD adaptive"}
     assert {"never_below", "plus_15", "no_agree_loss", "worst_set"} <= set(doc["targets"]["CAD r=1"])

@@ -139,8 +139,8 @@ def run_documents(la, config: EvalConfig, progress: Optional[TextIO] = sys.stder
     jobs = [_job(la, config, it, s, data["instruction"]) for it, s in cells]
     answers = run_all(la, jobs, config.parallel, lambda i, _: bar.step(f"{cells[i][0]['id']} {cells[i][1]}"))
     samples = []
-    rank = {s: k for k, s in enumerate(settings)}
-    for (it, s), res in sorted(zip(cells, answers), key=lambda c: (items.index(c[0][0]), rank[c[0][1]])):
+    rank = {key: k for k, key in enumerate([it["id"] for it in items] + settings)}
+    for (it, s), res in sorted(zip(cells, answers), key=lambda c: (rank[c[0][0]["id"]], rank[c[0][1]])):
         scales = [e.get("ratio_scale", 1.0) for e in res.logprobs] if s == ADAPTIVE else []
         samples.append({"id": it["id"], "set": it["set"], "kind": it["kind"], "setting": s, "text": res.text,
                         "finish_reason": res.finish_reason, "follows": follows(res.text, it),
@@ -200,7 +200,8 @@ def documents_markdown(doc: Dict[str, object], head: str) -> str:
         parts = ["never below the prompt on any set: " + ("yes" if t["never_below"] else
                                                             "no (below on " + ", ".join(t["below_on"]) + ")")]
         if "worst_set" in t:
-            parts.append(f"on {t['worst_set']} (the prompt's worst set) {_with_ci(t['gain_on_worst'], t['gain_ci'], True)}"
+            gain = _with_ci(t["gain_on_worst"], t["gain_ci"], True)
+            parts.append(f"on {t['worst_set']} (the prompt's worst set) {gain}"
                          f" points: +15 {'met' if t['plus_15'] else 'not met'}")
         if "agree_change" in t:
             parts.append(f"agree {_with_ci(t['agree_change'], t['agree_ci'], True)} points: "
