@@ -14,7 +14,7 @@ from typing import Dict, List, Optional, Sequence, TextIO, Tuple
 
 from ...decoding.params import GenerationParams
 from . import checkers
-from .runner import EvalConfig, Progress, _fill, _load_json, _mean, ci, setting_name
+from .runner import EvalConfig, Progress, _fill, _load_json, _mean, ci, run_all, setting_name
 
 ROUND = 4
 
@@ -55,23 +55,25 @@ class AvoidTask:
 
 
 def compose_settings(ratios: Sequence[float], guard: bool = False) -> List[str]:
-    """plain, joined r=0, then per ratio R: joined r=R, composed r=R, composed r=R adaptive (and
-    with guard: joined r=R guard, composed r=R guard)."""
+    """plain, joined r=0, then per ratio R: joined r=R, composed r=R, composed r=R undivided (each
+    of n parts pushes with R, not R/n: ratios n R), composed r=R adaptive (and with guard: joined
+    r=R guard, composed r=R guard)."""
     out = ["plain", "joined r=0"]
     for r in ratios:
         if r != 0.0:
             name = setting_name(r)
-            out += [f"joined {name}", f"composed {name}", f"composed {name} adaptive"]
+            out += [f"joined {name}", f"composed {name}", f"composed {name} undivided", f"composed {name} adaptive"]
             out += [f"joined {name} guard", f"composed {name} guard"] if guard else []
     return out
 
 
 def avoid_settings(ratios: Sequence[float]) -> List[str]:
-    """plain, say r=0, then per ratio R: say r=R (Linear Alignment), avoid s=R (say r=0 + avoid)."""
+    """plain, say r=0, then per ratio R: say r=R (Linear Alignment), avoid s=R (say r=0 + avoid) and
+    negative g=1+R (no principle: the avoid text as a negative prompt, `--negative` at cfg_scale 1+R)."""
     out = ["plain", "say r=0"]
     for r in ratios:
         if r != 0.0:
-            out += [f"say {setting_name(r)}", f"avoid s={r:g}"]
+            out += [f"say {setting_name(r)}", f"avoid s={r:g}", f"negative g={1 + r:g}"]
     return out
 
 
@@ -116,7 +118,8 @@ def _compose_where(la, task: ComposeTask, setting: str) -> Dict[str, object]:
     guard = {"guard": True} if setting.endswith(" guard") else {}
     if setting.startswith("joined"):
         return {"ratio": _ratio(setting), "prompt": task.prompt, "principle": task.joined, **guard}
-    return {"branches": la.branches(task.prompt, [p.principle for p in task.parts], ratios=_ratio(setting),
+    ratio = _ratio(setting) * (len(task.parts) if setting.endswith(" undivided") else 1)
+    return {"branches": la.branches(task.prompt, [p.principle for p in task.parts], ratios=ratio,
                                     adaptive=setting.endswith("adaptive")), **guard}
 
 
@@ -125,23 +128,31 @@ def _avoid_where(la, task: AvoidTask, setting: str) -> Dict[str, object]:
         return {"prompt": task.prompt}
     if setting.startswith("say"):
         return {"ratio": _ratio(setting), "prompt": task.prompt, "principle": task.say}
+    if setting.startswith("negative"):
+        return {"branches": la.negative(task.prompt, negative=task.avoid, cfg_scale=_ratio(setting))}
     return {"branches": la.branches(task.prompt, [task.say], ratios=0.0, avoid=[task.avoid],
                                     avoid_ratios=_ratio(setting))}
 
 
-def answer(la, config: EvalConfig, ratio: float = 0.0, guard: bool = False, **where) -> Dict[str, object]:
-    """One answer (greedy or seeded): text, finish reason, branch count, prompt tokens, mean ratio
-    scale and fluency figures.
-
-    `where` are Aligner.submit keywords: prompt/principle, messages or branches.
-    """
+def job(config: EvalConfig, ratio: float = 0.0, guard: bool = False, **where) -> Dict[str, object]:
+    """Aligner.submit keywords of one answer; `where`: prompt/principle, messages or branches."""
     params = GenerationParams(ratio=ratio, temperature=config.temperature, seed=config.seed,
                               max_tokens=config.max_tokens, timeout=config.timeout, ratio_guard=guard)
-    request = la.submit(params=params, **where)
+    return dict(params=params, **where)
+
+
+def answer(la, config: EvalConfig, ratio: float = 0.0, guard: bool = False, **where) -> Dict[str, object]:
+    """One answer (greedy or seeded): see collect()."""
+    return collect(la.submit(**job(config, ratio, guard, **where)))
+
+
+def collect(request) -> Dict[str, object]:
+    """A submitted answer's text, finish reason, branch count, prompt tokens, mean ratio scale and
+    fluency figures."""
     scales = [chunk.ratio_scale for chunk in request.stream()]
     res = request.result()
-    k = len(res.prompts.get("branches") or ()) or (2 if res.prompts.get("plain") and (ratio or "branches" in where)
-                                                    else 1)
+    ratio = res.prompts.get("plain") is not None and request.params.ratio
+    k = len(res.prompts.get("branches") or ()) or (2 if ratio else 1)
     return {"text": res.text, "finish_reason": res.finish_reason, "branches": k,
             "prompt_tokens": res.usage["prompt_tokens"], "cached_tokens": res.usage["cached_tokens"],
             "ratio_scale": round(_mean(scales), ROUND) if scales else 1.0, "fluency": checkers.fluency(res.text)}
@@ -162,22 +173,21 @@ def run_compose(la, config: EvalConfig, progress: Optional[TextIO] = sys.stderr,
         checkers.require_langdetect()
     settings, asettings = compose_settings(config.ratios, config.guard), avoid_settings(config.ratios)
     bar = Progress(len(tasks) * len(settings) + len(avoid) * len(asettings), progress)
+    cells = [(t, s) for t in tasks for s in settings] + [(t, s) for t in avoid for s in asettings]
+    jobs = [job(config, **(_compose_where if isinstance(t, ComposeTask) else _avoid_where)(la, t, s))
+            for t, s in cells]
+    rows = run_all(la, jobs, config.parallel, lambda i, _: bar.step(cells[i][1]), collect)
     samples, avoid_samples = [], []
-    for t in tasks:
-        for s in settings:
-            row = answer(la, config, **_compose_where(la, t, s))
+    for (t, s), row in zip(cells, rows):
+        if isinstance(t, ComposeTask):
             finished = row["finish_reason"] == "stop"
             row.update(combination=t.combination, source=t.source, setting=s,
                        passed={p.id: checkers.check(row["text"], p.checker, finished=finished) for p in t.parts})
             samples.append(row)
-            bar.step(f"{t.combination} {s}")
-    for t in avoid:
-        for s in asettings:
-            row = answer(la, config, **_avoid_where(la, t, s))
+        else:
             hits = sum(len([w for w in checkers.words(row["text"]) if w.lower() == f.lower()]) for f in t.words)
             row.update(source=t.source, setting=s, words=list(t.words), used=hits > 0, count=hits)
             avoid_samples.append(row)
-            bar.step(f"avoid {s}")
     return {"mode": "compose", "model": model, "config": asdict(config), "settings": settings,
             "avoid_settings": asettings, "results": _compose_results(tasks, settings, samples),
             "avoid": _avoid_results(asettings, avoid_samples),

@@ -144,8 +144,9 @@ def _prompts(la, prompt: str, principle: str, setting: str) -> Dict[str, object]
 
 
 def run_all(la, jobs: Sequence[Dict[str, object]], parallel: int = 1,
-            done: Optional[Callable[[int, object], None]] = None) -> List[object]:
-    """generate() for each job's submit() keywords, `parallel` at a time; results in job order.
+            done: Optional[Callable[[int, object], None]] = None,
+            collect: Callable[[object], object] = lambda req: req.result()) -> List[object]:
+    """collect(submit(**job)) for each job (default: its result), `parallel` at a time, in job order.
 
     The engine decodes the requests in flight together, one batch per step (greedy answers may
     differ from one-at-a-time decoding only by batched float rounding)."""
@@ -156,7 +157,7 @@ def run_all(la, jobs: Sequence[Dict[str, object]], parallel: int = 1,
             flight.append((i, la.submit(**job)))
             while len(flight) >= parallel or (i == len(jobs) - 1 and flight):
                 j, req = flight.popleft()
-                results[j] = req.result()
+                results[j] = collect(req)
                 if done:
                     done(j, results[j])
     finally:
