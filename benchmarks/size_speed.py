@@ -1,0 +1,128 @@
+"""Model size -> speed: aligned / plain and aligned / the hardware's two-token cap, per model and threads.
+
+For each model (the embedded SmolLM2-135M, Gemma-3-270M when installed, the 1.5B witness when
+fetched) and each thread count, one fresh process runs `la-edge bench --quick --json` (plain,
+naive two-context, aligned K = 2, 3, 4, interleaved) and one runs `la-edge bench --scaling --json`
+(raw llama_decode of 1..16 tokens). The cap of K-branch decoding is t(1 token) / t(K tokens): what
+aligned / plain would be if the engine cost nothing beyond the batched forward pass.
+
+    python benchmarks/size_speed.py [--threads 1,2] [--kv-type f16] [--only SmolLM2,Gemma,Qwen] [--out DIR]
+
+Writes DIR/size_speed.json and DIR/size_speed.png (needs matplotlib). Run it on an idle machine.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+WITNESS = os.path.expanduser("~/.cache/la_edge/qwen2.5-coder-1.5b-instruct-q4.gguf")
+
+
+def models():
+    """(label, path or None for the embedded model, parameters in millions) of the models present."""
+    sys.path.insert(0, ROOT)
+    from la_edge.faces.bench.memory import gemma_path
+
+    out = [("SmolLM2-135M Q4_1", None, 135)]
+    gemma = gemma_path()
+    if gemma:
+        out.append(("Gemma-3-270M Q4_K_M", gemma, 270))
+    witness = os.environ.get("LA_EDGE_WITNESS", WITNESS)
+    if os.path.exists(witness):
+        out.append(("Qwen2.5-Coder-1.5B Q4 (witness)", witness, 1540))
+    return out
+
+
+def bench(args, model, threads, kv_type):
+    cmd = [sys.executable, "-m", "la_edge", "bench", "--json", "--threads", str(threads), "--kv-type", kv_type] \
+        + args + (["--model", model] if model else [])
+    out = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, check=True, capture_output=True,
+                         text=True).stdout
+    return json.loads(out[out.index("{"):])
+
+
+def measure(model, threads, kv_type):
+    """One model at one thread count: the quick bench's ratios and the scaling's caps."""
+    run = bench(["--quick"], model, threads, kv_type)
+    ms = bench(["--scaling", "--tokens", "20"], model, threads, kv_type)["llama_decode_ms"]
+    ms = {int(k): v for k, v in ms.items()}
+    caps = {k: ms[1] / ms[k] for k in (2, 4) if k in ms}
+    if 3 not in caps and 2 in ms and 4 in ms:
+        caps[3] = ms[1] / ((ms[2] + ms[4]) / 2)  # 3 tokens: between the measured 2 and 4
+    ratios = run.get("ratios", {})
+    aligned = {k: ratios.get("aligned_vs_plain" if k == 2 else f"aligned_k{k}_vs_plain") for k in (2, 3, 4)}
+    return {"threads": threads, "kv_type": kv_type, "decode_ms": ms,
+            "cap": caps, "aligned_vs_plain": aligned,
+            "aligned_vs_cap": {k: aligned[k] / caps[k] for k in aligned if aligned[k] and k in caps},
+            "aligned_vs_naive": ratios.get("aligned_vs_naive"),
+            "plain_tokens_per_s": run.get("methods", {}).get("plain", {}).get("tokens_per_s")}
+
+
+def plot(rows, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "no plot: matplotlib is not installed"
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    for threads in sorted({r["threads"] for r in rows}):
+        sel = sorted((r for r in rows if r["threads"] == threads), key=lambda r: r["params_m"])
+        x = [r["params_m"] for r in sel]
+        a.plot(x, [r["aligned_vs_plain"][2] for r in sel], "o-", label=f"aligned K=2, {threads} thread(s)")
+        a.plot(x, [r["cap"][2] for r in sel], "s--", label=f"cap t(1)/t(2), {threads} thread(s)")
+        b.plot(x, [r["aligned_vs_cap"].get(2) for r in sel], "o-", label=f"{threads} thread(s)")
+    for ax, title in ((a, "aligned ÷ plain, and the cap"), (b, "aligned ÷ cap (1 = the forward pass only)")):
+        ax.set_xscale("log")
+        ax.set_xlabel("model parameters (millions)")
+        ax.set_title(title)
+        ax.legend(fontsize=7)
+    b.axhline(0.95, color="grey", lw=0.8, ls=":")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return None
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", default="1,2", help="comma-separated thread counts (default: 1,2)")
+    ap.add_argument("--kv-type", default="f16", choices=("f16", "q8_0"))
+    ap.add_argument("--only", default=None, help="comma-separated model name prefixes (default: all present)")
+    ap.add_argument("--out", default=os.path.join(HERE, "results"))
+    args = ap.parse_args()
+    rows = []
+    only = [x.strip().lower() for x in args.only.split(",")] if args.only else None
+    for label, path, params_m in models():
+        if only and not any(label.lower().startswith(o) for o in only):
+            continue
+        for threads in (int(t) for t in args.threads.split(",")):
+            row = {"model": label, "params_m": params_m, **measure(path, threads, args.kv_type)}
+            rows.append(row)
+            print(f"{label}, {threads} thread(s): aligned/plain {row['aligned_vs_plain'][2]:.2f}, "
+                  f"cap {row['cap'][2]:.2f}, aligned/cap {row['aligned_vs_cap'].get(2, float('nan')):.2f}",
+                  file=sys.stderr)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "size_speed.json"), "w") as f:
+        json.dump({"cpu": _cpu(), "kv_type": args.kv_type, "rows": rows}, f, indent=2)
+    note = plot(rows, os.path.join(args.out, "size_speed.png"))
+    if note:
+        print(note, file=sys.stderr)
+    print(json.dumps(rows, indent=2))
+
+
+def _cpu():
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+        return f"{name}, {os.cpu_count()} cores"
+    except OSError:
+        return f"{os.cpu_count()} cores"
+
+
+if __name__ == "__main__":
+    main()
