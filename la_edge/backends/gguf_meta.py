@@ -11,6 +11,8 @@ Python).
 
 from __future__ import annotations
 
+import math
+
 import ctypes
 import os
 import pathlib
@@ -172,9 +174,10 @@ def kv_shape_of(meta: Dict[str, Any]) -> KvShape:
     not know counts every layer as full (an overestimate)."""
     arch = meta.get("general.architecture") or ""
 
-    def get(key, default=0):
+    def get(key, default=0):  # a number, or the default for anything else (NaN and inf included)
         v = meta.get(f"{arch}.{key}", default)
-        return max(v) if isinstance(v, list) and v else (v if isinstance(v, (int, float)) else default)
+        v = max((x for x in v if _number(x)), default=default) if isinstance(v, list) else v
+        return v if _number(v) else default
 
     n_layer, n_head = int(get("block_count")), max(1, int(get("attention.head_count", 1)))
     n_head_kv = int(get("attention.head_count_kv", n_head)) or n_head
@@ -190,6 +193,10 @@ def kv_shape_of(meta: Dict[str, Any]) -> KvShape:
         if n:
             n_layer_swa = sum((il % n != 0) if dense_first else (il % n < n - 1) for il in range(n_layer))
     return KvShape(n_layer, n_head_kv, head_k, head_v, n_swa if n_layer_swa else 0, n_layer_swa)
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, int) or (isinstance(v, float) and math.isfinite(v))
 
 
 def read_kv_shape(path: str) -> KvShape:

@@ -148,3 +148,13 @@ def test_no_corruption_gets_past_as_another_exception(tmp_path):
             gguf_metadata(str(path))
         except ModelLoadError as e:
             assert "\n" not in str(e)
+
+
+def test_non_finite_metadata_numbers_take_the_defaults():
+    """A NaN or inf where a count belongs is read as absent, not a ValueError from int()."""
+    from la_edge.backends.gguf_meta import kv_shape_of
+
+    shape = kv_shape_of({"general.architecture": "llama", "llama.block_count": float("nan"),
+                         "llama.attention.head_count": float("inf"), "llama.embedding_length": 64,
+                         "llama.attention.head_count_kv": [float("nan"), 2]})
+    assert shape.n_layer == 0 and shape.n_head_kv == 2 and shape.head_k == 64
