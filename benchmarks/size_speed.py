@@ -41,7 +41,7 @@ def bench(args, model, threads, kv_type):
     cmd = [sys.executable, "-m", "la_edge", "bench", "--json", "--threads", str(threads), "--kv-type", kv_type] \
         + args + (["--model", model] if model else [])
     out = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, check=True, capture_output=True,
-                         text=True).stdout
+                         text=True, timeout=1800).stdout
     return json.loads(out[out.index("{"):])
 
 
@@ -103,9 +103,9 @@ def main():
         for threads in (int(t) for t in args.threads.split(",")):
             row = {"model": label, "params_m": params_m, **measure(path, threads, args.kv_type)}
             rows.append(row)
-            print(f"{label}, {threads} thread(s): aligned/plain {row['aligned_vs_plain'][2]:.2f}, "
-                  f"cap {row['cap'][2]:.2f}, aligned/cap {row['aligned_vs_cap'].get(2, float('nan')):.2f}",
-                  file=sys.stderr)
+            show = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
+            print(f"{label}, {threads} thread(s): aligned/plain {show(row['aligned_vs_plain'][2])}, "
+                  f"cap {show(row['cap'].get(2))}, aligned/cap {show(row['aligned_vs_cap'].get(2))}", file=sys.stderr)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "size_speed.json"), "w") as f:
         json.dump({"cpu": _cpu(), "kv_type": args.kv_type, "rows": rows}, f, indent=2)

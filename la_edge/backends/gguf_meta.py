@@ -11,9 +11,8 @@ Python).
 
 from __future__ import annotations
 
-import math
-
 import ctypes
+import math
 import os
 import pathlib
 import re

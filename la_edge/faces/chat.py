@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import sys
 from dataclasses import dataclass, field, replace
 from typing import Dict, List, Optional, TextIO
@@ -278,7 +279,10 @@ class ChatSession:
     def _read_document(self, path: str):
         """(text, tokens) of a UTF-8 text file that fits the context with room for an answer; OSError or
         ValueError saying why not."""
-        with open(os.path.expanduser(path), "rb") as f:
+        path = os.path.expanduser(path)
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO, tty or device would block the chat
+            raise ValueError("not a regular file")
+        with open(path, "rb") as f:
             data = f.read(MAX_DOCUMENT_BYTES + 1)
         if len(data) > MAX_DOCUMENT_BYTES:
             raise ValueError(f"larger than {MAX_DOCUMENT_BYTES >> 20} MiB")

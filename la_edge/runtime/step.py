@@ -11,11 +11,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Iterator, Optional, Sequence
 
+import numpy as np
+
 from ..decoding.combination import Combination
 from ..decoding.params import GenerationParams
 from ..decoding.rng import SplitMix64
 from ..decoding.sampling import Choice
-from ..decoding.strength import guarded
+from ..decoding.strength import guarded, penalised
 from ..errors import InvalidParameterError
 from .pool import KvOp, SequencePool
 from .scheduler import Action, Job, Scheduler
@@ -54,9 +56,13 @@ def choose(backend, chooser, rows: Sequence[int], combination: Combination, para
            rng: SplitMix64, history: Sequence[int]) -> Choice:
     """Combine and sample one request's logits rows (batch indices, branch order)."""
     logits = tuple(backend.logits_row(r) for r in rows)
-    combination, params, lowered = guarded(combination, params, history)
-    choice = chooser.choose(logits, combination, params, rng, history)
-    return dataclasses.replace(choice, ratio_scale=0.0) if lowered else choice
+    combination, on = guarded(combination, params, history)
+    if not on:
+        return chooser.choose(logits, combination, params, rng, history)
+    n = backend.n_vocab
+    logits = tuple(penalised(np.ctypeslib.as_array(z, shape=(n,)) if not isinstance(z, np.ndarray) else z, history)
+                   if m else z for z, m in zip(logits, combination.mix))
+    return dataclasses.replace(chooser.choose(logits, combination, params, rng, history), ratio_scale=0.0)
 
 
 def generate_step(backend, prompts: Sequence[Sequence[int]], combination: Optional[Combination] = None,

@@ -64,15 +64,18 @@ def test_eval_compose(model_path, tmp_path, capsys):
             "--out", str(out), "--threads", "1"]
     doc = json.loads(_run(argv, capsys).out)
     assert doc["mode"] == "compose" and _check_files(out)["results"] == doc["results"]
-    assert doc["settings"] == ["plain", "joined r=0", "joined r=2", "composed r=2", "composed r=2 adaptive"]
-    assert doc["avoid_settings"] == ["plain", "say r=0", "say r=2", "avoid s=2"]
+    assert doc["settings"] == ["plain", "joined r=0", "joined r=2", "composed r=2", "composed r=2 undivided",
+                               "composed r=2 adaptive"]
+    assert doc["avoid_settings"] == ["plain", "say r=0", "say r=2", "avoid s=2", "negative g=3"]
     # One branch per part plus the plain one when composed; joined is one principle (K = 2, or 1 at r = 0).
     for row in doc["samples"]:
         n_parts = len(row["passed"])
         want = {"plain": 1, "joined r=0": 1, "joined r=2": 2}.get(row["setting"], n_parts + 1)
         assert row["branches"] == want, row
         assert (row["ratio_scale"] != 1.0) == row["setting"].endswith("adaptive"), row
-    assert [r["branches"] for r in doc["avoid_samples"]] == [1, 1, 2, 3]
+    assert [r["branches"] for r in doc["avoid_samples"]] == [1, 1, 2, 3, 2]  # negative: the avoid text and plain
+    undivided = [r for r in doc["samples"] if r["setting"] == "composed r=2 undivided"]
+    assert all(r["prompt_tokens"] > 0 for r in undivided)
     assert set(doc["results"]["parts"]) == {"fr+concise: language_fr", "fr+concise: concise",
                                             "bullets+no_very: bullets", "bullets+no_very: no_very",
                                             "child+concise+because: child", "child+concise+because: concise",

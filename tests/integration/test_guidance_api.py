@@ -108,9 +108,12 @@ def test_bad_guidance_is_a_400_naming_the_field(server, extra, param):
 
 def test_the_ratio_guard_over_chat_and_ollama(server, client):
     """ratio_guard is a request field (and an Ollama option) like the sampling settings."""
-    guarded = chat(client, "Hello, who are you?", principle="Answer in French.", alignment_ratio=2.0, ratio_guard=True)
-    direct = chat(client, "Hello, who are you?", principle="Answer in French.", alignment_ratio=2.0)
-    assert guarded.choices[0].message.content and direct.choices[0].message.content
+    messages = [{"role": "user", "content": "Hello, who are you?"}]
+    guarded = client.chat.completions.create(
+        model="smollm2", messages=messages, temperature=0, max_tokens=48, logprobs=True,
+        extra_body={"principle": "Answer in French.", "alignment_ratio": 2.0, "ratio_guard": True})
+    scales = [e.model_extra.get("ratio_scale", 1.0) for e in guarded.choices[0].logprobs.content]
+    assert 0.0 in scales  # the guard held somewhere: it was not ignored on the way in (SmolLM2 loops here)
     reply = ollama.Client(host=server.base, timeout=120).chat(
         model="smollm2", messages=[{"role": "user", "content": "Hello, who are you?"}],
         options={"temperature": 0, "num_predict": 16, "principle": "Answer in French.", "ratio_guard": True})

@@ -29,8 +29,8 @@ def _seen_before(h, n=4, window=64, hold=8):
 
 
 def guarded_greedy(model, tokens_p, tokens_0, ratio, n, is_eog, p_m=0.8, penalty=1.3, last_n=64):
-    """Two private contexts; float64 z = z_P + r (z_P - z_0) over the nucleus, except while the answer
-    repeats: z = z_P with llama.cpp's repeat penalty over every token (no nucleus)."""
+    """Two private contexts; float64 z = z_P + r (z_P - z_0) over the nucleus of z_P, except while the
+    answer repeats: z = z_P with llama.cpp's repeat penalty, over the nucleus of that penalised row."""
     cp, c0 = SeparateContext(model, n_threads=1), SeparateContext(model, n_threads=1)
     zp, z0 = cp.eval(list(tokens_p)), c0.eval(list(tokens_0))
     out = []
@@ -39,7 +39,8 @@ def guarded_greedy(model, tokens_p, tokens_0, ratio, n, is_eog, p_m=0.8, penalty
             z = zp.astype(np.float64)
             seen = np.unique(out[-last_n:])
             z[seen] = np.where(z[seen] > 0, z[seen] / penalty, z[seen] * penalty)
-            tok = int(np.argmax(z))
+            keep = nucleus(z, p_m, 1.0)
+            tok = int(keep[np.argmax(z[keep])])
         else:
             keep = nucleus(zp, p_m, 1.0)
             z = zp.astype(np.float64) + ratio * (zp.astype(np.float64) - z0.astype(np.float64))

@@ -9,12 +9,15 @@ from la_edge.faces.evaluation.turns import load_turns, turn_settings
 
 
 def test_settings():
-    assert compose_settings((2.0,)) == ["plain", "joined r=0", "joined r=2", "composed r=2", "composed r=2 adaptive"]
-    assert compose_settings((0.0, 1.5)) == ["plain", "joined r=0", "joined r=1.5", "composed r=1.5",
-                                            "composed r=1.5 adaptive"]
-    assert avoid_settings((2.0,)) == ["plain", "say r=0", "say r=2", "avoid s=2"]
+    assert compose_settings((2.0,)) == ["plain", "joined r=0", "joined r=2", "composed r=2", "composed r=2 undivided",
+                                        "composed r=2 adaptive"]
+    assert compose_settings((0.0, 1.5), guard=True) == [
+        "plain", "joined r=0", "joined r=1.5", "composed r=1.5", "composed r=1.5 undivided", "composed r=1.5 adaptive",
+        "joined r=1.5 guard", "composed r=1.5 guard"]
+    assert avoid_settings((2.0,)) == ["plain", "say r=0", "say r=2", "avoid s=2", "negative g=3"]
     assert turn_settings((2.0, 4.0)) == ["none", "system", "system as principle r=2", "system as principle r=4"]
     assert EvalConfig(ratios=(2.0,), adaptive=True).settings() == ["plain", "r=0", "r=2", "r=2 adaptive"]
+    assert EvalConfig(ratios=(2.0,), guard=True).settings() == ["plain", "r=0", "r=2", "r=2 guard"]
 
 
 def test_compose_tasks():

@@ -2,7 +2,9 @@
 
 from la_edge import GenerationParams
 from la_edge.decoding.combination import Combination
-from la_edge.decoding.strength import GUARD_PENALTY, guarded, repeating
+import numpy as np
+
+from la_edge.decoding.strength import GUARD_PENALTY, guarded, penalised, repeating
 
 
 def test_repeating_finds_a_recent_4gram_seen_before():
@@ -25,19 +27,20 @@ def test_the_guard_changes_nothing_when_off_unguided_or_fluent():
     loop = [1, 2, 3, 4, 9, 1, 2, 3, 4]
     off = GenerationParams(ratio=2.0)
     on = off.with_(ratio_guard=True)
-    assert guarded(la, off, loop) == (la, off, False)
-    assert guarded(Combination.plain(), on, loop) == (Combination.plain(), on, False)
-    assert guarded(la, on, [1, 2, 3, 4, 5, 6]) == (la, on, False)
+    assert guarded(la, off, loop) == (la, False)
+    assert guarded(Combination.plain(), on, loop) == (Combination.plain(), False)
+    assert guarded(la, on, [1, 2, 3, 4, 5, 6]) == (la, False)
 
 
-def test_while_repeating_the_step_is_principled_decoding_with_a_penalty_and_no_mask():
+def test_while_repeating_the_guidance_drops_and_the_base_rows_are_penalised():
     la = Combination.compose([2.0, 1.0], avoid_ratios=[1.5])
-    combo, params, on = guarded(la, GenerationParams(ratio=2.0, ratio_guard=True, repeat_penalty=1.1),
-                                [1, 2, 3, 4, 9, 1, 2, 3, 4])
+    combo, on = guarded(la, GenerationParams(ratio=2.0, ratio_guard=True), [1, 2, 3, 4, 9, 1, 2, 3, 4])
     assert on and not combo.guided and combo.mix == la.mix and combo.ref == la.ref
-    assert params.repeat_penalty == GUARD_PENALTY and params.plausibility_top_p == 1.0
-    _, strong, _ = guarded(la, GenerationParams(ratio_guard=True, repeat_penalty=2.0), [7] * 6)
-    assert strong.repeat_penalty == 2.0  # a stronger penalty of the request's own stays
+    row = np.array([2.0, -2.0, 2.0, 0.5], dtype=np.float32)
+    out = penalised(row, [0, 1, 0], penalty=GUARD_PENALTY)
+    assert out.tolist() == [np.float32(2.0) / np.float32(GUARD_PENALTY), -2.0 * np.float32(GUARD_PENALTY), 2.0, 0.5]
+    assert row.tolist() == [2.0, -2.0, 2.0, 0.5]  # a copy: the backend's row is untouched
+    assert penalised(row, list(range(2)) + [3] * 100, window=64).tolist()[:2] == [2.0, -2.0]  # outside the window
 
 
 def test_ratio_guard_must_be_a_bool():

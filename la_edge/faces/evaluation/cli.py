@@ -8,6 +8,9 @@ import sys
 from typing import List, Tuple
 
 
+MAX_PARALLEL = 32  # answers in flight; each holds --max-branches KV sequences of --n-ctx cells
+
+
 def _floats(text: str) -> Tuple[float, ...]:
     try:
         return tuple(float(x) for x in text.split(",") if x.strip())
@@ -51,7 +54,8 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
                       help="answers faithful to a document (context-aware decoding) on conflicting and agreeing "
                            "passages: no document, the document in the prompt, CAD at each ratio and adaptive (r=1)")
     p.add_argument("--parallel", type=int, default=1, metavar="N",
-                   help="answers decoded together in one batch (default: 1; more is faster on most machines)")
+                   help="answers decoded together in one batch (default: 1; up to 32; each holds --max-branches "
+                        "KV sequences of --n-ctx cells, so lower those for large N)")
     p.add_argument("--ratio-guard", action="store_true",
                    help="also run each ratio with the ratio guard (guidance dropped while the answer repeats; "
                         "principles and --compose modes)")
@@ -99,6 +103,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
                         guard=args.ratio_guard)
     config.validate()
     own = next((f"--{m}" for m in ("compose", "turns", "ifeval", "documents") if getattr(args, m)), None)
+    if not 1 <= args.parallel <= MAX_PARALLEL:
+        raise InvalidParameterError(f"--parallel must be in [1, {MAX_PARALLEL}], got {args.parallel}")
+    if args.parallel > 1 and (args.mc or args.turns):
+        raise InvalidParameterError("--parallel decodes answers of the principles, --compose, --ifeval and "
+                                    "--documents modes together; --mc and --turns answer one at a time")
     if args.ratio_guard and (args.mc or own not in (None, "--compose")):
         raise InvalidParameterError("--ratio-guard runs in the principles and --compose modes only")
     if own and (args.principles or args.adaptive_ratio):

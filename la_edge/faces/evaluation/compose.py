@@ -9,8 +9,11 @@ decoding, a "do not use X" principle (r = 0 and r = R) and `avoid` ("use X", sub
 from __future__ import annotations
 
 import sys
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional, Sequence, TextIO, Tuple
+
+import numpy as np
 
 from ...decoding.params import GenerationParams
 from . import checkers
@@ -207,9 +210,23 @@ def _compose_results(tasks: List[ComposeTask], settings: List[str], samples) -> 
     return {"parts": cells,
             "mean": {s: round(_mean([c[s] for c in cells.values()]), ROUND) for s in settings},
             "all_parts": {s: round(_mean([float(all(x["passed"].values())) for x in by[s]]), ROUND) for s in settings},
-            "mean_ci": {s: ci([_mean([float(v) for v in x["passed"].values()]) for x in by[s]]) for s in settings},
+            "mean_ci": {s: _cells_mean_ci(by[s], list(cells)) for s in settings},
             "all_parts_ci": {s: ci([float(all(x["passed"].values())) for x in by[s]]) for s in settings},
             "fluency": {s: _fluency(by[s]) for s in settings}, "n": len(by[settings[0]])}
+
+
+def _cells_mean_ci(rows, cells: List[str], n: int = 1000, seed: int = 0) -> List[float]:
+    """95% bootstrap interval of the mean per part (answers resampled, each cell's mean recomputed)."""
+    if not rows:
+        return [0.0, 0.0]
+    m = np.array([[float(r["passed"][c.split(": ")[1]]) if r["combination"] == c.split(": ")[0] else np.nan
+                   for c in cells] for r in rows])
+    draws = m[np.random.default_rng(seed).integers(0, len(rows), size=(n, len(rows)))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a cell that no resampled answer has
+        means = np.nanmean(np.nanmean(draws, axis=1), axis=1)
+    lo, hi = np.nanpercentile(means, [2.5, 97.5])
+    return [round(float(lo), ROUND), round(float(hi), ROUND)]
 
 
 def _avoid_results(settings: List[str], samples) -> Dict[str, object]:

@@ -20,8 +20,7 @@ from typing import Dict, List, Optional, Sequence, TextIO
 from ...decoding.combination import Combination
 from ...decoding.params import GenerationParams
 from ...runtime.branches import BranchSet
-from .runner import EvalConfig, Progress, _load_json, _mean, run_all, setting_name
-from .stats import bootstrap_ci
+from .runner import EvalConfig, Progress, _load_json, _mean, ci, run_all, setting_name
 
 SETS = ("conflict-short", "conflict-long", "conflict-multi", "conflict-far", "agree")
 NO_DOC, IN_PROMPT, ADAPTIVE = "no document", "document in prompt", "CAD adaptive"
@@ -94,18 +93,14 @@ def _cell(rows: List[Dict[str, object]], base: List[Dict[str, object]]) -> Dict[
     f = [float(r["follows"]) for r in rows]
     m = [float(r["memory"]) for r in rows]
     d = [a - float(b["follows"]) for a, b in zip(f, base)]
-    out = {"n": len(rows), "follows": round(_mean(f), ROUND), "follows_ci": _ci(f),
-           "memory": round(_mean(m), ROUND), "memory_ci": _ci(m),
-           "vs_prompt": round(_mean(d), ROUND), "vs_prompt_ci": _ci(d),
+    out = {"n": len(rows), "follows": round(_mean(f), ROUND), "follows_ci": ci(f),
+           "memory": round(_mean(m), ROUND), "memory_ci": ci(m),
+           "vs_prompt": round(_mean(d), ROUND), "vs_prompt_ci": ci(d),
            "finished": round(_mean([float(r["finish_reason"] == "stop") for r in rows]), ROUND)}
     scales = [r["ratio_scale"] for r in rows if r.get("ratio_scale") is not None]
     if scales:
         out["ratio_scale"] = round(_mean(scales), ROUND)
     return out
-
-
-def _ci(values: List[float]) -> List[float]:
-    return [round(v, ROUND) for v in bootstrap_ci(values)] if values else [0.0, 0.0]
 
 
 def _targets(results: Dict[str, Dict[str, Dict[str, object]]], settings: List[str], sets: List[str]):
@@ -157,10 +152,6 @@ def run_documents(la, config: EvalConfig, progress: Optional[TextIO] = sys.stder
     return {"mode": "documents", "model": model, "config": asdict(config), "settings": settings,
             "sets": {name: data["sets"][name] for name in sets}, "instruction": data["instruction"],
             "results": results, "targets": _targets(results, settings, sets), "samples": samples}
-
-
-def _pct(x: float) -> str:
-    return f"{100 * x:.0f}%"
 
 
 def _with_ci(x: float, ci: Sequence[float], signed: bool = False) -> str:

@@ -18,6 +18,7 @@ from typing import Dict, List, Optional, Sequence, TextIO, Tuple
 
 from ...errors import MissingDependencyError
 from ...runtime.prompts import PromptPair
+from . import checkers
 from .runner import DATA_DIR, EvalConfig, Progress, _params, run_all, setting_name
 
 DATA_FILE = "ifeval_input_data.jsonl"
@@ -50,7 +51,8 @@ CUES = {
 }
 KEYWORD_ARGS = {"keywords:existence": "keywords", "keywords:forbidden_words": "forbidden_words",
                 "keywords:frequency": "keyword"}
-SENTENCE = re.compile(r"(?<=[.!?:])[\"')\]]*\s+|\n+")
+SENTENCE = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"')\]]))(?<!P\.S\.)(?<!i\.e\.)(?<!e\.g\.)\s+|\n+")
+LEFTOVER = re.compile(r"\*{3,}|your (entire )?(response|answer|reply)|:\s*$", re.I)  # half an instruction left
 
 
 @dataclass
@@ -80,6 +82,7 @@ def _registry():
     except ImportError as exc:
         raise MissingDependencyError(f"eval --ifeval: {exc}; install {INSTALL}") from exc
     _sentences_without_downloads(instructions_util)
+    checkers.require_langdetect()  # seeds langdetect: the language checks give the same verdict every run
     return instructions_registry.INSTRUCTION_DICT, common.evaluate_instructions
 
 
@@ -161,12 +164,17 @@ def split(row: Dict[str, object]) -> Tuple[Optional[Item], str]:
     marked = [any(c.search(s) for c in cues) for s in sentences]
     if marked[0]:
         return None, "the first sentence holds an instruction"
+    cut = len(marked) - marked[::-1].index(False)  # the instructions are the sentences after the task
+    if any(marked[:cut]):
+        return None, "an instruction inside the task (not a tail of the prompt)"
     for c in cues:
-        if not any(c.search(s) for s, m in zip(sentences, marked) if m):
+        if not any(c.search(s) for s in sentences[cut:]):
             return None, "an instruction no other sentence states"
-    task = " ".join(s.strip() for s, m in zip(sentences, marked) if not m)
+    task = " ".join(s.strip() for s in sentences[:cut])
     if len(task.split()) < 3:
         return None, "the task left is under 3 words"
+    if LEFTOVER.search(task):
+        return None, "part of an instruction left in the task"
     return Item(int(row["key"]), task, principle, prompt, ids, kwargs), ""
 
 

@@ -150,6 +150,8 @@ def run_all(la, jobs: Sequence[Dict[str, object]], parallel: int = 1,
 
     The engine decodes the requests in flight together, one batch per step (greedy answers may
     differ from one-at-a-time decoding only by batched float rounding)."""
+    running = getattr(getattr(getattr(la, "engine", None), "scheduler", None), "max_requests", parallel)
+    parallel = max(1, min(parallel, running))  # a KV budget may have lowered max_requests
     results: List[object] = [None] * len(jobs)
     flight: "collections.deque" = collections.deque()
     try:
