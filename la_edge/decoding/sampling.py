@@ -40,7 +40,7 @@ class Choice:
     logprob: Optional[float] = None
     top: Tuple[Tuple[int, float], ...] = ()
     nucleus_size: int = 0
-    ratio_scale: float = 1.0  # s_t of an adaptive combination, else 1
+    ratio_scale: float = 1.0  # s_t of an adaptive combination, else 1 (step.choose sets 0 under the ratio guard)
 
 
 def check_finite(row: np.ndarray, name: str) -> None:

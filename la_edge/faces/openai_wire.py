@@ -43,7 +43,7 @@ class Wire:
 
     def _logprobs(self, steps: Iterable[Step]):
         """Chat's {"content": [...]} or the completions columns; ratio_scale (an adaptive ratio's
-        factor) is la_edge's, sent only where it is not 1."""
+        factor, or 0 where the ratio guard held) is la_edge's, sent only where it is not 1."""
         if self.chat:
             content = []
             for step in steps:

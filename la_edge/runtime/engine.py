@@ -45,7 +45,7 @@ class StepEvent:
 
     piece: the token's own bytes; eog: it ends generation (its text is then empty);
     top_pieces: the bytes of each `top` alternative.
-    ratio_scale: the adaptive ratio's factor at this step (1.0 with a fixed ratio).
+    ratio_scale: the adaptive ratio's factor at this step (1.0 with a fixed ratio; 0 where the ratio guard held).
     """
 
     token: int

@@ -27,7 +27,7 @@ class Chunk:
     finish_reason: Optional[str] = None
     top_text: Tuple[str, ...] = ()  # the text of each `top` alternative
     piece: bytes = b""  # the token's own bytes
-    ratio_scale: float = 1.0  # the adaptive ratio's factor at this token (1.0 with a fixed ratio)
+    ratio_scale: float = 1.0  # the adaptive ratio's factor at this token (1 if fixed; 0 where the ratio guard held)
 
 
 @dataclass
