@@ -27,28 +27,28 @@ def models():
     sys.path.insert(0, ROOT)
     from la_edge.faces.bench.memory import gemma_path
 
-    out = [("SmolLM2-135M Q4_1", None, 135)]
+    out = [("SmolLM2-135M Q4_1", None, 135, [])]
     gemma = gemma_path()
-    if gemma:
-        out.append(("Gemma-3-270M Q4_K_M", gemma, 270))
+    if gemma:  # the pretrained GGUF has no chat template of its own
+        out.append(("Gemma-3-270M Q4_K_M", gemma, 270, ["--chat-template", "gemma"]))
     witness = os.environ.get("LA_EDGE_WITNESS", WITNESS)
     if os.path.exists(witness):
-        out.append(("Qwen2.5-Coder-1.5B Q4 (witness)", witness, 1540))
+        out.append(("Qwen2.5-Coder-1.5B Q4 (witness)", witness, 1540, []))
     return out
 
 
-def bench(args, model, threads, kv_type):
+def bench(args, model, threads, kv_type, extra=()):
     cmd = [sys.executable, "-m", "la_edge", "bench", "--json", "--threads", str(threads), "--kv-type", kv_type] \
-        + args + (["--model", model] if model else [])
+        + args + list(extra) + (["--model", model] if model else [])
     out = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, check=True, capture_output=True,
                          text=True, timeout=1800).stdout
     return json.loads(out[out.index("{"):])
 
 
-def measure(model, threads, kv_type):
+def measure(model, threads, kv_type, extra=()):
     """One model at one thread count: the quick bench's ratios and the scaling's caps."""
-    run = bench(["--quick"], model, threads, kv_type)
-    ms = bench(["--scaling", "--tokens", "20"], model, threads, kv_type)["llama_decode_ms"]
+    run = bench(["--quick"], model, threads, kv_type, extra)
+    ms = bench(["--scaling", "--tokens", "20"], model, threads, kv_type, extra)["llama_decode_ms"]
     ms = {int(k): v for k, v in ms.items()}
     caps = {k: ms[1] / ms[k] for k in (2, 4) if k in ms}
     if 3 not in caps and 2 in ms and 4 in ms:
@@ -97,11 +97,15 @@ def main():
     args = ap.parse_args()
     rows = []
     only = [x.strip().lower() for x in args.only.split(",")] if args.only else None
-    for label, path, params_m in models():
+    for label, path, params_m, extra in models():
         if only and not any(label.lower().startswith(o) for o in only):
             continue
         for threads in (int(t) for t in args.threads.split(",")):
-            row = {"model": label, "params_m": params_m, **measure(path, threads, args.kv_type)}
+            try:
+                row = {"model": label, "params_m": params_m, **measure(path, threads, args.kv_type, extra)}
+            except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+                print(f"{label}, {threads} thread(s): failed: {exc}", file=sys.stderr)
+                continue
             rows.append(row)
             show = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
             print(f"{label}, {threads} thread(s): aligned/plain {show(row['aligned_vs_plain'][2])}, "
