@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
 import sys
+import threading
 from dataclasses import dataclass, field, replace
 from typing import Dict, List, Optional, TextIO
 
@@ -42,6 +44,14 @@ HELP = """commands:
   /reset            forget the conversation (keeps the guidance, ratio and system)
   /help             this text
   /quit             leave (Ctrl-D too)"""
+
+
+def _on_ctrl_c(stop):
+    """While an answer streams, Ctrl-C calls stop() from a SIGINT handler: a KeyboardInterrupt could
+    land inside a finalizer and be lost. Returns the previous handler (None off the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGINT, lambda signum, frame: stop())
 
 
 @dataclass
@@ -393,18 +403,25 @@ class ChatSession:
                 self._say(f"error: {exc}")
                 return None
         parts: List[str] = []
+        stopped: List[bool] = []
+        previous = _on_ctrl_c(lambda: (stopped.append(True), request.cancel()))
         try:
             for chunk in request.stream():
                 parts.append(chunk.text)
                 self.out.write(chunk.text)
                 self.out.flush()
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # where no handler could be set (not the main thread)
             request.cancel()
-            self.out.write(" [stopped]")
+            stopped.append(True)
         except LaEdgeError as exc:
             self.out.write("\n")
             self._say(f"error: {exc}")
             return None
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+        if stopped:
+            self.out.write(" [stopped]")
         self.out.write("\n")
         self.out.flush()
         return "".join(parts)
