@@ -234,8 +234,8 @@ def run_ifeval(la, config: EvalConfig, progress: Optional[TextIO] = sys.stderr, 
     samples = [{"key": it.key, "setting": s, "instruction_id_list": it.instruction_id_list, "text": res.text,
                 "finish_reason": res.finish_reason, **score(it, res.text)} for (it, s), res in zip(cells, answers)]
     return {"mode": "ifeval", "model": model, "config": asdict(config), "settings": names,
-            "splitter": splitter_name(), "prompts_total": total, "prompts_clean": len(items) if config.limit is None
-            else len(load_items()[0]), "n": len(items), "excluded": excluded,
+            "splitter": splitter_name(), "prompts_total": total, "prompts_clean": total - sum(excluded.values()),
+            "n": len(items), "excluded": excluded,
             "items": [{"key": it.key, "task": it.task, "principle": it.principle} for it in items],
             "results": summarize(samples, names), "samples": samples}
 
