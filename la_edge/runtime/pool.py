@@ -165,10 +165,12 @@ class SequencePool:
         ids: List[int] = []
         reused: List[int] = []
         anchor = next((r for r in reuse if r is not None), None)
+        if anchor is None:  # a fresh job: the lowest run of free ids long enough for all its branches
+            anchor = self._run_start(len(reuse))
         for k, sid in enumerate(reuse):
             n = 0
             if sid is None:  # next to the job's other ids (see _free_id)
-                sid = self._free_id(ids[-1] if ids else anchor)
+                sid = self._free_id(ids[-1] if ids else anchor, first=not ids)
             else:
                 n = taken[sid]
                 self.parked.pop(sid)
@@ -177,13 +179,24 @@ class SequencePool:
             reused.append(n)
         return Placement(tuple(ids), tuple(reused), copy, cells)
 
-    def _free_id(self, near: Optional[int]) -> int:
-        """A free sequence id, the closest to `near` (another branch's id): llama.cpp attends over
-        every KV stream between a batch's lowest and highest sequence id (README, "Long context")."""
+    def _run_start(self, n: int) -> Optional[int]:
+        """The lowest free id starting n consecutive free ids (None: no such run)."""
+        free = set(self.free)
+        return next((s for s in sorted(free) if all(s + i in free for i in range(n))), None)
+
+    def _free_id(self, near: Optional[int], first: bool = False) -> int:
+        """A free id: `near` itself for a job's `first` id, else the closest to `near` (another
+        branch's id), the one after it on a tie. With split streams llama.cpp decodes only
+        consecutive ascending sequence ids in one forward pass, and attends over every stream between
+        a batch's lowest and highest id (README, "Performance", "Long context")."""
         if near is None:
-            return self.free.pop()
-        best = min(range(len(self.free)), key=lambda k: (abs(self.free[k] - near), -k))
-        return self.free.pop(best)
+            sid = min(self.free)
+        elif first and near in self.free:
+            sid = near
+        else:
+            sid = min(self.free, key=lambda s: (abs(s - near), s < near))
+        self.free.remove(sid)
+        return sid
 
     # ---- release ---------------------------------------------------------------------------
     def release(self, ids: List[int], parks: List[Tuple[int, Parked]], cells: int) -> None:

@@ -227,7 +227,7 @@ class Scheduler:
                 n = len(entries)
                 rows = tuple(range(n - job.n_seqs, n)) if action is Action.SAMPLE else ()
                 planned.append(Planned(job, action, rows))
-        return Batch(entries, planned) if entries else None
+        return _by_sequence(Batch(entries, planned)) if entries else None
 
     def _take(self, job: Job, entries: List[BatchEntry], budget: int) -> Optional[Action]:
         """Append up to `budget` of the job's tokens; return its post-decode action."""
@@ -306,3 +306,15 @@ class Scheduler:
     def has_work(self) -> bool:
         return bool(self.queue or self.active)
 
+
+def _by_sequence(batch: Batch) -> Batch:
+    """The batch's entries in ascending sequence id (each sequence's own order kept), rows remapped.
+
+    With split KV streams llama.cpp puts only ascending, consecutive sequence ids in one ubatch
+    (`split_equal`): a step ordered (1, 0) ran as two forward passes (README, "Performance")."""
+    order = sorted(range(len(batch.entries)), key=lambda i: batch.entries[i].seq_ids[0])
+    if order == list(range(len(order))):
+        return batch
+    at = {old: new for new, old in enumerate(order)}
+    planned = [Planned(p.job, p.action, tuple(at[r] for r in p.rows)) for p in batch.planned]
+    return Batch([batch.entries[i] for i in order], planned)

@@ -37,8 +37,10 @@ def test_device_script_runs_every_step_on_cpu(device_run):
 
 def test_bench_reports_aligned_over_plain_for_k_2_3_4(device_run):
     bench = device_run["bench"]
-    assert bench["branches"] == {"plain": 1, "naive": 2, "aligned": 2, "aligned_k3": 3, "aligned_k4": 4}
-    for key in ("aligned_vs_plain", "aligned_k3_vs_plain", "aligned_k4_vs_plain", "aligned_vs_naive"):
+    assert bench["branches"] == {"plain": 1, "naive": 2, "aligned": 2, "aligned_k3": 3, "aligned_k4": 4,
+                                 "cap_k2": 2, "cap_k3": 3, "cap_k4": 4}
+    for key in ("aligned_vs_plain", "aligned_k3_vs_plain", "aligned_k4_vs_plain", "aligned_vs_naive",
+                "cap_k2_vs_plain", "aligned_vs_cap", "aligned_k3_vs_cap", "aligned_k4_vs_cap"):
         assert bench["ratios"][key] > 0, key
     assert bench["n_gpu_layers"] == 0 and bench["notes"] == []
 

@@ -26,3 +26,22 @@ def test_eval_ifeval(model_path, tmp_path, capsys):
     assert all(len(x["strict"]) == len(x["instruction_id_list"]) for x in doc["samples"])
     md = (out / "results.md").read_text()
     assert "| raw r=2 |" in md and "IFEval" in md
+
+
+def test_eval_forbidden_words(model_path, tmp_path, capsys):
+    out = tmp_path / "avoid"
+    argv = ["--model", model_path, "--forbidden-words", "--limit", "3", "--max-tokens", "8", "--parallel", "3",
+            "--quiet", "--json", "--out", str(out), "--threads", "1", "--n-ctx", "512", "--max-branches", "3"]
+    doc = json.loads(_run(argv, capsys).out)
+    assert doc["mode"] == "avoid" and _check_files(out)["avoid"] == doc["avoid"]
+    assert doc["avoid_settings"] == ["plain", "say r=0", "say r=2", "avoid s=2", "negative g=3",
+                                     "negative g=3 top-p 1"]
+    av = doc["avoid"]
+    assert av["n"] == 3 and len(doc["samples"]) == 18 and sum(doc["sources"].values()) == 3
+    for s in doc["avoid_settings"]:
+        assert 0.0 <= av["rate_ci"][s][0] <= av["rate"][s] <= av["rate_ci"][s][1] <= 1.0
+    assert set(av["vs_plain"]) == set(doc["avoid_settings"][1:])
+    for x in doc["samples"]:  # the count is the forbidden words' whole-word occurrences
+        assert x["used"] == (x["count"] > 0)
+    md = (out / "results.md").read_text()
+    assert "| negative g=3 |" in md and "forbidden-word rate" in md

@@ -73,3 +73,20 @@ def test_summary_intervals_and_paired_gain():
 def test_bad_eval_flags_exit_2_before_a_model_loads(argv, message, capsys):
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_the_forbidden_words_set_joins_three_sources_once_each():
+    from la_edge.faces.evaluation.compose import load_avoid_set, load_avoid_tasks
+
+    tasks = load_avoid_set()
+    prompts, sources = [t.prompt for t in tasks], [t.source for t in tasks]
+    assert len(set(prompts)) == len(prompts) and len(set(sources)) == len(sources)
+    assert tasks[:8] == load_avoid_tasks()  # the eight of --compose come first, unchanged
+    ifeval_keys = {s for s in sources if s.startswith("ifeval:")}
+    assert len(ifeval_keys) >= 15 and sum(s.startswith("la_edge:avoid:") for s in sources) == 48
+    for t in tasks:
+        assert t.words and all(w.strip() for w in t.words) and t.prompt.strip()
+        assert all(f"'{w}'" in t.say and f"'{w}'" in t.avoid for w in t.words)
+        # the task alone: IFEval's forbidden-word instruction is not left in it
+        assert not any(x in t.prompt.lower() for x in ("do not include", "do not use", "without using", "avoid using"))
+    assert [t.source for t in load_avoid_set(5)] == [sources[int(i * len(tasks) / 5)] for i in range(5)]

@@ -69,9 +69,10 @@ def test_without_a_shared_prefix_both_prompts_decode_in_full():
     s.admit()
     assert j.phase is Phase.PREFILL
     (batch,) = run_round(s)
+    # in ascending sequence id (llama.cpp's ubatch order): A's tokens, then B's; rows follow them
     assert [(e.token, e.pos, e.logits) for e in batch.entries] == [
-        (1, 0, False), (2, 1, False), (1, 0, False), (2, 1, False), (3, 2, True), (9, 2, True)]
-    assert all(p.action is not Action.COPY for p in batch.planned)
+        (1, 0, False), (2, 1, False), (3, 2, True), (1, 0, False), (2, 1, False), (9, 2, True)]
+    assert all(p.action is not Action.COPY for p in batch.planned) and batch.planned[0].rows == (2, 5)
 
 
 def test_shared_prefix_then_copy_then_decode():
@@ -87,10 +88,11 @@ def test_shared_prefix_then_copy_then_decode():
     s.copied(j)
     assert j.phase is Phase.PREFILL and j.seqs[1].n_past == 3
     assert s.plan() is None  # the round is over (its prefill batch was the shared prefix)
-    batch = s.plan()  # the rest of both prompts, with the two logits rows last
+    batch = s.plan()  # the rest of both prompts, each sequence's logits row last
+    assert (a, b) == (0, 1)
     assert [(e.token, e.pos, e.seq_ids, e.logits) for e in batch.entries] == [
-        (4, 3, (a,), False), (9, 3, (b,), False), (5, 4, (a,), True), (8, 4, (b,), True)]
-    assert batch.planned[0].action is Action.SAMPLE and batch.planned[0].rows == (2, 3)
+        (4, 3, (a,), False), (5, 4, (a,), True), (9, 3, (b,), False), (8, 4, (b,), True)]
+    assert batch.planned[0].action is Action.SAMPLE and batch.planned[0].rows == (1, 3)
     assert j.phase is Phase.DECODE
     s.sampled(j, 42)
     assert s.plan() is None
@@ -339,7 +341,7 @@ def test_a_finished_job_parks_its_prompts_and_the_next_turn_reuses_them():
     b = kv.plan(s)
     assert kv.kv == {0: [1, 2, 3, 4, 5], 1: [1, 2, 9, 5]}  # the generated tail was trimmed off at step time
     kv.decode(b)
-    assert [e.token for e in b.entries] == [7, 8, 6, 7, 8, 6, 6, 6]  # then the last of each, with logits
+    assert [e.token for e in b.entries] == [7, 8, 6, 6, 7, 8, 6, 6]  # by sequence, the last with logits
 
 
 def test_branches_may_come_from_different_parked_sequences():
@@ -540,26 +542,52 @@ def test_random_traffic_with_the_cache_feeds_every_sequence_exactly_its_tokens(s
 
 
 def test_a_request_s_sequences_get_neighbouring_ids():
-    """llama.cpp attends over every KV stream between a batch's lowest and highest id: keep them close."""
+    """With split streams llama.cpp decodes only consecutive ascending sequence ids in one forward
+    pass, and attends over every stream between a batch's lowest and highest id: keep them adjacent."""
     s, kv = sched(n_seq_max=8, max_requests=4, prompt_cache=True), FakeKv()
     pool = s.pool
     pool.free = [0, 7, 1, 5]  # say ids 2, 3, 4 and 6 are held elsewhere
-    assert pool._free_id(7) == 7 and pool._free_id(None) == 5 and pool._free_id(3) == 1
-    pool.free = [0, 1, 2, 3, 4, 5, 6, 7]  # pop() hands out 7 first here
+    assert pool._run_start(1) == 0 and pool._run_start(2) == 0 and pool._run_start(3) is None
+    assert pool._free_id(7) == 7 and pool._free_id(None) == 0 and pool._free_id(3) == 5  # a tie: after
+    assert pool.free == [1] and pool._run_start(2) is None
+    pool.free = [7, 6, 5, 4, 3, 2, 1, 0]
+    assert pool._run_start(3) == 0 and pool._free_id(4, first=True) == 4 and pool._free_id(4) == 5  # a tie: after
+    pool.free = [0, 1, 2, 3, 4, 5, 6, 7]
     for p in ([1, 1, 1, 1], [2, 2, 2, 2]):
         j = job(p, max_tokens=1)
         s.enqueue(j)
         finish_one(s, kv, j, tokens=(7,))
-    assert list(pool.parked) == [7, 6]
-    pair = job([1, 1, 1, 1, 5, 5], [9, 9, 9], max_tokens=1)  # A adopts id 7; B takes a free id
+    assert list(pool.parked) == [0, 1]  # a fresh job takes the lowest free id
+    pair = job([1, 1, 1, 1, 5, 5], [9, 9, 9], max_tokens=1)  # A adopts id 0; B takes a free id
     s.enqueue(pair)
     s.admit()
-    assert [x.seq_id for x in pair.seqs] == [7, 5]  # 6 is parked: 5 is the closest free id
+    assert [x.seq_id for x in pair.seqs] == [0, 2]  # 1 is parked: 2 is the closest free id
     three = job([4, 4, 4], [5, 5, 5], 1, [6, 6, 6])
     s.enqueue(three)
     s.admit()
-    ids = sorted(x.seq_id for x in three.seqs)
-    assert ids[-1] - ids[0] == 2  # three neighbours
+    assert [x.seq_id for x in three.seqs] == [3, 4, 5]  # the lowest run of three free ids, ascending
+
+
+def test_a_step_s_entries_go_in_ascending_sequence_id_with_rows_remapped():
+    s = sched(n_seq_max=4, max_requests=2)
+    first = job([1, 2, 3], [1, 2, 4])
+    s.enqueue(first)
+    s.admit()
+    second = job([5, 6, 7], [5, 6, 8])
+    s.enqueue(second)
+    s.admit()
+    assert [x.seq_id for j in (first, second) for x in j.seqs] == [0, 1, 2, 3]
+    # as parked sequences may leave them: each job's ids descending, the later job's ids lower
+    first.seqs[0].seq_id, first.seqs[1].seq_id, second.seqs[0].seq_id, second.seqs[1].seq_id = 3, 2, 1, 0
+    for j in (first, second):
+        for x in j.seqs:
+            x.pending, x.n_past = [9], 3
+        j.phase = Phase.DECODE
+    batch = s.plan()
+    assert [e.seq_ids[0] for e in batch.entries] == [0, 1, 2, 3]
+    rows = {p.job: p.rows for p in batch.planned}
+    assert [batch.entries[r].seq_ids[0] for r in rows[first]] == [3, 2]  # still in branch order
+    assert [batch.entries[r].seq_ids[0] for r in rows[second]] == [1, 0]
 
 
 def test_a_tie_in_whole_blocks_goes_to_the_longer_match_not_the_newer_one():

@@ -3,7 +3,9 @@
 All methods run in one process on one model, interleaved per repetition, greedy, same prompts:
 plain (a private one-sequence backend), naive (Linear Alignment over two private backends, two
 decode calls per step), and the engine's requests of K = 2, 3, 4 branches (one principle, two,
-three, each with the plain prompt; one decode call per step for all branches).
+three, each with the plain prompt; one decode call per step for all branches). Beside each K,
+the cap: the same K prompts decoded in a private K-sequence backend, one raw K-token decode per
+step and nothing else (aligned ÷ cap is the share of the hardware's cap the engine reaches).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Dict, List, Optional, Sequence
 
 from ...decoding.params import GenerationParams
 from ..tables import markdown_table, pyplot
-from .timing import Solo, peak_rss_mb, time_naive, time_plain, time_request
+from .timing import Solo, peak_rss_mb, time_forward, time_naive, time_plain, time_request
 
 BENCH_PROMPTS = [
     "Explain how a bicycle stays upright.",
@@ -28,6 +30,11 @@ ALIGNED_BRANCHES = (2, 3, 4)
 def method_name(k: int) -> str:
     """The result key of the engine's K-branch request: "aligned" for K = 2, else "aligned_k<K>"."""
     return "aligned" if k == 2 else f"aligned_k{k}"
+
+
+def cap_name(k: int) -> str:
+    """The result key of the K-token cap measured side by side (time_forward): "cap_k<K>"."""
+    return f"cap_k{k}"
 
 
 def run(model: Optional[str] = None, quick: bool = False, repetitions: Optional[int] = None,
@@ -53,7 +60,7 @@ def run(model: Optional[str] = None, quick: bool = False, repetitions: Optional[
              for k in branches if k > la.max_branches]
     solos: List[Solo] = []
     try:
-        solos = [Solo(la.backend) for _ in range(2)]
+        solos = [Solo(la.backend) for _ in range(2)] + [Solo(la.backend, max(ks or [2]))]
         pairs = [la.prompts(p, BENCH_PRINCIPLE) for p in prompts]
         toks = [(la.tokenize(pr.principled), la.tokenize(pr.plain)) for pr in pairs]
         requests = {k: [pr if k == 2 else la.branches(p, [BENCH_PRINCIPLE] + EXTRA_PRINCIPLES[:k - 2], ratios=ratio)
@@ -67,7 +74,13 @@ def run(model: Optional[str] = None, quick: bool = False, repetitions: Optional[
         def engine(k: int):
             return lambda i, m: time_request(la, requests[k][i], params.with_(max_tokens=m))
 
-        methods.update({method_name(k): engine(k) for k in ks})
+        def cap(k: int):
+            tokens = [toks[i] if k == 2 else [la.tokenize(b.text) for b in requests[k][i].branches]
+                      for i in range(len(prompts))]
+            return lambda i, m: time_forward(solos[2], tokens[i], m)
+
+        for k in ks:
+            methods.update({method_name(k): engine(k), cap_name(k): cap(k)})
         samples: Dict[str, Dict[str, List[float]]] = {name: {"tokens_per_s": [], "ttft_s": []} for name in methods}
         for fn in methods.values():  # the same warm-up for every method
             fn(0, 8)
@@ -86,13 +99,15 @@ def run(model: Optional[str] = None, quick: bool = False, repetitions: Optional[
     ratios = {f"{name}_vs_plain": m["tokens_per_s"] / plain for name, m in med.items() if name != "plain"}
     if "aligned" in med:
         ratios["aligned_vs_naive"] = med["aligned"]["tokens_per_s"] / med["naive"]["tokens_per_s"]
+    for k in ks:  # the share of the cap measured side by side
+        ratios[f"{method_name(k)}_vs_cap"] = med[method_name(k)]["tokens_per_s"] / med[cap_name(k)]["tokens_per_s"]
     return {
         "model": model or "embedded SmolLM2-135M-Instruct Q4_1",
         "backend": backend,
         "sampler": sampler,
         "tokens": n, "repetitions": reps, "prompts": len(prompts), "ratio": ratio,
         "kv_unified": options.kv_unified, "flash_attn": options.flash_attn, "n_gpu_layers": options.n_gpu_layers,
-        "branches": {"plain": 1, "naive": 2, **{method_name(k): k for k in ks}},
+        "branches": {"plain": 1, "naive": 2, **{n(k): k for k in ks for n in (method_name, cap_name)}},
         "methods": med,
         "process_peak_rss_mb": peak_rss_mb(),
         "ratios": ratios,
@@ -115,7 +130,10 @@ def table(result: Dict[str, object]) -> str:
                 f"n_gpu_layers={result['n_gpu_layers']}; process peak RSS {result['process_peak_rss_mb']:.0f} MB")
     by_k = ", ".join(f"K = {result['branches'][n]}: {r[n + '_vs_plain']:.2f}x"
                      for n in result["methods"] if n.startswith("aligned"))
+    of_cap = ", ".join(f"K = {result['branches'][n]}: {r[n + '_vs_cap']:.2f}"
+                       for n in result["methods"] if n.startswith("aligned") and n + "_vs_cap" in r)
     lines = [text, "", f"aligned / plain ({by_k}){vs_naive} ({settings})"]
+    lines += [f"aligned / cap, side by side ({of_cap}): 1.00 = all the batched forward pass allows"] if of_cap else []
     return "\n".join(lines + [f"note: {n}" for n in result["notes"]])
 
 
@@ -125,7 +143,7 @@ def plot(result: Dict[str, object], path: str) -> None:
     names = list(result["methods"])
     values = [result["methods"][n]["tokens_per_s"] for n in names]
     fig, ax = plt.subplots(figsize=(1.2 * len(names) + 1.5, 3))
-    ax.bar(names, values, color=["#888", "#c66"] + ["#36c"] * (len(names) - 2))
+    ax.bar(names, values, color=["#888", "#c66"] + ["#bbb" if n.startswith("cap") else "#36c" for n in names[2:]])
     for i, v in enumerate(values):
         ax.text(i, v, f"{v:.0f}", ha="center", va="bottom")
     ax.set_ylabel("generated tokens/s")

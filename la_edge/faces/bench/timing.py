@@ -16,31 +16,42 @@ from ...decoding.rng import SplitMix64
 
 
 class Solo:
-    """A private single-sequence backend (plain and naive baselines), through the Backend protocol.
+    """A private backend of n_seq sequences (the baselines), through the Backend protocol.
 
-    It opens the same model file with the same options as `backend`, with one sequence.
+    It opens the same model file with the same options as `backend`, with n_seq sequences.
     """
 
-    def __init__(self, backend):
+    def __init__(self, backend, n_seq: int = 1):
         from ...backends import load_backend
 
-        self.b = load_backend(backend.path, backend.name, backend.options.with_(n_seq_max=1))
+        self.b = load_backend(backend.path, backend.name, backend.options.with_(n_seq_max=n_seq))
         self.n_vocab = self.b.n_vocab
-        self.pos = 0
+        self.pos = [0]
 
-    def reset(self) -> None:
-        self.b.seq_remove(0)
-        self.pos = 0
+    def reset(self, n_seq: int = 1) -> None:
+        """Empty every sequence; the next steps use the first n_seq."""
+        for s in range(self.b.n_seq_max):
+            self.b.seq_remove(s)
+        self.pos = [0] * n_seq
 
-    def eval(self, tokens: Sequence[int]):
-        """Decode tokens in n_batch chunks; the last token's logits row."""
+    def eval(self, tokens: Sequence[int], seq: int = 0):
+        """Decode tokens of one sequence in n_batch chunks; the last token's logits row."""
         from ...backends.base import BatchEntry
 
         for i in range(0, len(tokens), self.b.n_batch):
             chunk = tokens[i:i + self.b.n_batch]
-            self.b.decode([BatchEntry(t, self.pos + k, (0,), k == len(chunk) - 1) for k, t in enumerate(chunk)])
-            self.pos += len(chunk)
+            self.b.decode([BatchEntry(t, self.pos[seq] + k, (seq,), k == len(chunk) - 1)
+                           for k, t in enumerate(chunk)])
+            self.pos[seq] += len(chunk)
         return self.b.logits_row(len(chunk) - 1)
+
+    def step(self, token: int):
+        """One decode call: `token` appended to every sequence; the first sequence's logits row."""
+        from ...backends.base import BatchEntry
+
+        self.b.decode([BatchEntry(token, p, (s,), True) for s, p in enumerate(self.pos)])
+        self.pos = [p + 1 for p in self.pos]
+        return self.b.logits_row(0)
 
     def argmax(self, row) -> int:
         import numpy as np  # after llama.cpp loaded (see README, "GPU": numpy first crashed one CUDA image)
@@ -70,6 +81,20 @@ def time_plain(solo: Solo, tokens: List[int], n: int) -> Dict[str, float]:
     t1 = time.perf_counter()
     for _ in range(n - 1):
         tok = solo.argmax(solo.eval([tok]))
+    return _speed(t0, t1, time.perf_counter(), n)
+
+
+def time_forward(solo: Solo, prompts: Sequence[List[int]], n: int) -> Dict[str, float]:
+    """The K-token cap side by side: K prompts in one private backend, one decode call of K tokens
+    per step, greedy on the first row, no combination: what aligned decoding would cost if la_edge
+    added nothing to llama.cpp's batched forward pass."""
+    solo.reset(len(prompts))
+    t0 = time.perf_counter()
+    rows = [solo.eval(p, s) for s, p in enumerate(prompts)]
+    tok = solo.argmax(rows[0])
+    t1 = time.perf_counter()
+    for _ in range(n - 1):
+        tok = solo.argmax(solo.step(tok))
     return _speed(t0, t1, time.perf_counter(), n)
 
 

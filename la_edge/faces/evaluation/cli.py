@@ -8,6 +8,7 @@ import sys
 from typing import List, Tuple
 
 
+DEFAULT_RATIOS = {"--compose": (2.0,), "--turns": (2.0,), "--forbidden-words": (2.0,), "--documents": (1.0,)}
 MAX_PARALLEL = 32  # answers in flight; each holds --max-branches KV sequences of --n-ctx cells
 
 
@@ -30,13 +31,14 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
                     "for plain decoding, the principle in the prompt (r=0) and Linear Alignment at each ratio; "
                     "--compose: several principles and a word to avoid; --turns: the system message over a chat.")
     p.add_argument("--ratios", type=_floats, default=None,
-                   help="comma-separated ratios (default: 1,2,4; with --compose or --turns: 2; with --documents: 1)")
+                   help="comma-separated ratios (default: 1,2,4; with --compose, --turns or --forbidden-words: 2; "
+                        "with --documents: 1)")
     p.add_argument("--max-tokens", type=int, default=64, help="tokens per answer (default: 64)")
     p.add_argument("--limit", type=int, default=None,
                    help="prompts per principle, 8 at most (default: 4); with --mc: items (default: all 16); "
                         "with --compose: prompts per task (default: 4); with --turns: conversations (default: all 3); "
                         "with --documents: items per set (default: all); with --ifeval: prompts, evenly spaced "
-                        "(default: all that split cleanly)")
+                        "(default: all that split cleanly); with --forbidden-words: prompts, evenly spaced (default: all)")
     p.add_argument("--principles", type=_names, default=None, help="comma-separated principle ids (default: all)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default: 0)")
@@ -54,6 +56,9 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     mode.add_argument("--documents", action="store_true",
                       help="answers faithful to a document (context-aware decoding) on conflicting and agreeing "
                            "passages: no document, the document in the prompt, CAD at each ratio and adaptive (r=1)")
+    mode.add_argument("--forbidden-words", action="store_true",
+                      help="words to avoid on a larger set (IFEval's forbidden-word prompts and la-edge's own): "
+                           "plain, a 'do not' principle, --avoid and a negative prompt (--negative, g=1+R)")
     p.add_argument("--parallel", type=int, default=1, metavar="N",
                    help="answers decoded together in one batch (default: 1; up to 32; each holds --max-branches "
                         "KV sequences of --n-ctx cells, so lower those for large N)")
@@ -85,6 +90,12 @@ def _run_documents(la, config, **kw):
     return run_documents(la, config, **kw)
 
 
+def _run_avoid(la, config, **kw):
+    from .compose import run_avoid
+
+    return run_avoid(la, config, **kw)
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     """Run the evaluation and print or write its results."""
     from ...backends.models import resolve_model
@@ -95,27 +106,28 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .turns import run_turns
     from .runner import EvalConfig, load_tasks, run_mc, run_principles
 
-    limit = args.limit if args.limit is not None or args.mc or args.turns or args.ifeval or args.documents else 4
-    ratios = args.ratios if args.ratios is not None else (2.0,) if args.compose or args.turns else (1.0,) \
-        if args.documents else (1.0, 2.0, 4.0)
+    modes = ("compose", "turns", "ifeval", "documents", "forbidden_words")
+    own = next((f"--{m.replace('_', '-')}" for m in modes if getattr(args, m)), None)
+    limit = args.limit if args.limit is not None or args.mc or own not in (None, "--compose") else 4
+    ratios = args.ratios if args.ratios is not None else DEFAULT_RATIOS.get(own, (1.0, 2.0, 4.0))
     config = EvalConfig(ratios=ratios, max_tokens=args.max_tokens, limit=limit, seed=args.seed,
                         temperature=args.temperature, principles=args.principles, timeout=args.timeout,
                         adaptive=args.adaptive_ratio, parallel=args.parallel,
                         guard=args.ratio_guard)
     config.validate()
-    own = next((f"--{m}" for m in ("compose", "turns", "ifeval", "documents") if getattr(args, m)), None)
     if not 1 <= args.parallel <= MAX_PARALLEL:
         raise InvalidParameterError(f"--parallel must be in [1, {MAX_PARALLEL}], got {args.parallel}")
     if args.parallel > 1 and (args.mc or args.turns):
-        raise InvalidParameterError("--parallel decodes answers of the principles, --compose, --ifeval and "
-                                    "--documents modes together; --mc and --turns answer one at a time")
+        raise InvalidParameterError("--parallel decodes answers of the principles, --compose, --ifeval, "
+                                    "--documents and --forbidden-words modes together; --mc and --turns answer one "
+                                    "at a time")
     if args.ratio_guard and (args.mc or own not in (None, "--compose")):
         raise InvalidParameterError("--ratio-guard runs in the principles and --compose modes only")
     if own and (args.principles or args.adaptive_ratio):
         raise InvalidParameterError(f"{own} runs its own tasks: drop --principles and --adaptive-ratio")
     if not (args.mc or own):
         load_tasks(1, config.principles)
-    if args.ifeval:
+    if args.ifeval or args.forbidden_words:  # the avoid set takes IFEval's forbidden-word prompts
         from .ifeval import require
 
         require()
@@ -124,7 +136,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     args.model = model
     with load_aligner(args, max_requests=max(args.parallel, 1)) as la:
         run = (run_mc if args.mc else run_compose if args.compose else run_turns if args.turns
-               else _run_ifeval if args.ifeval else _run_documents if args.documents else run_principles)
+               else _run_ifeval if args.ifeval else _run_avoid if args.forbidden_words
+               else _run_documents if args.documents else run_principles)
         doc = run(la, config, progress=progress, model=model)
     notes: List[str] = write_outputs(doc, args.out) if args.out else []
     for note in notes:

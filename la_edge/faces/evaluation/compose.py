@@ -70,13 +70,15 @@ def compose_settings(ratios: Sequence[float], guard: bool = False) -> List[str]:
     return out
 
 
-def avoid_settings(ratios: Sequence[float]) -> List[str]:
+def avoid_settings(ratios: Sequence[float], wide: bool = False) -> List[str]:
     """plain, say r=0, then per ratio R: say r=R (Linear Alignment), avoid s=R (say r=0 + avoid) and
-    negative g=1+R (no principle: the avoid text as a negative prompt, `--negative` at cfg_scale 1+R)."""
+    negative g=1+R (no principle: the avoid text as a negative prompt, `--negative` at cfg_scale 1+R);
+    with `wide` also negative g=1+R top-p 1 (the nucleus is the whole vocabulary, as exllamav2's CFG)."""
     out = ["plain", "say r=0"]
     for r in ratios:
         if r != 0.0:
             out += [f"say {setting_name(r)}", f"avoid s={r:g}", f"negative g={1 + r:g}"]
+            out += [f"negative g={1 + r:g} top-p 1"] if wide else []
     return out
 
 
@@ -100,7 +102,7 @@ def load_compose_tasks(limit: Optional[int] = None) -> List[ComposeTask]:
 
 def load_avoid_tasks(limit: Optional[int] = None) -> List[AvoidTask]:
     """The packaged avoid tasks: the avoid_keywords prompts of principles.json with their words."""
-    spec = _load_json("compose.json")["avoid"]
+    spec = _compose_avoid_spec()
     source = next(p for p in _load_json("principles.json")["principles"] if p["id"] == spec["prompts_from"])
     out = []
     for x in source["prompts"][:limit]:
@@ -108,6 +110,35 @@ def load_avoid_tasks(limit: Optional[int] = None) -> List[AvoidTask]:
         out.append(AvoidTask(_fill(spec["say"], args), _fill(spec["avoid"], args), x["prompt"], x["source"],
                              tuple(args["forbidden_words"])))
     return out
+
+
+def load_avoid_set(limit: Optional[int] = None) -> List[AvoidTask]:
+    """`eval --forbidden-words`: the eight avoid tasks, IFEval's forbidden-word prompts whose
+    instructions split off cleanly (the task alone), and la-edge's own (data/avoid.json);
+    `limit` of them evenly spaced."""
+    from . import ifeval
+
+    spec = _compose_avoid_spec()
+    out, seen = load_avoid_tasks(), set()
+    for item in ifeval.load_items()[0]:
+        for iid, kw in zip(item.instruction_id_list, item.kwargs):
+            if iid == "keywords:forbidden_words":
+                out.append(AvoidTask("", "", item.task, f"ifeval:{item.key}", tuple(kw["forbidden_words"])))
+    out += [AvoidTask("", "", x["prompt"], x["source"], tuple(x["forbidden_words"]))
+            for x in _load_json("avoid.json")["items"]]
+    tasks = []
+    for t in out:  # the first copy of a prompt or an IFEval key (the eight come from IFEval too)
+        if t.prompt not in seen and t.source not in seen:
+            seen.update((t.prompt, t.source))
+            args = {"forbidden_words": list(t.words)}
+            tasks.append(AvoidTask(_fill(spec["say"], args), _fill(spec["avoid"], args), t.prompt, t.source, t.words))
+    if limit is not None and limit < len(tasks):
+        tasks = [tasks[int(i * len(tasks) / limit)] for i in range(limit)]
+    return tasks
+
+
+def _compose_avoid_spec() -> Dict[str, str]:
+    return _load_json("compose.json")["avoid"]
 
 
 def _ratio(setting: str) -> float:
@@ -132,15 +163,19 @@ def _avoid_where(la, task: AvoidTask, setting: str) -> Dict[str, object]:
     if setting.startswith("say"):
         return {"ratio": _ratio(setting), "prompt": task.prompt, "principle": task.say}
     if setting.startswith("negative"):
-        return {"branches": la.negative(task.prompt, negative=task.avoid, cfg_scale=_ratio(setting))}
+        wide = {"top_p": 1.0} if setting.endswith("top-p 1") else {}
+        return {"branches": la.negative(task.prompt, negative=task.avoid, cfg_scale=_ratio(setting)), **wide}
     return {"branches": la.branches(task.prompt, [task.say], ratios=0.0, avoid=[task.avoid],
                                     avoid_ratios=_ratio(setting))}
 
 
-def job(config: EvalConfig, ratio: float = 0.0, guard: bool = False, **where) -> Dict[str, object]:
-    """Aligner.submit keywords of one answer; `where`: prompt/principle, messages or branches."""
+def job(config: EvalConfig, ratio: float = 0.0, guard: bool = False, top_p: float = 0.8,
+        **where) -> Dict[str, object]:
+    """Aligner.submit keywords of one answer; `where`: prompt/principle, messages or branches;
+    top_p: the plausibility nucleus."""
     params = GenerationParams(ratio=ratio, temperature=config.temperature, seed=config.seed,
-                              max_tokens=config.max_tokens, timeout=config.timeout, ratio_guard=guard)
+                              max_tokens=config.max_tokens, timeout=config.timeout, ratio_guard=guard,
+                              plausibility_top_p=top_p)
     return dict(params=params, **where)
 
 
@@ -188,13 +223,45 @@ def run_compose(la, config: EvalConfig, progress: Optional[TextIO] = sys.stderr,
                        passed={p.id: checkers.check(row["text"], p.checker, finished=finished) for p in t.parts})
             samples.append(row)
         else:
-            hits = sum(len([w for w in checkers.words(row["text"]) if w.lower() == f.lower()]) for f in t.words)
-            row.update(source=t.source, setting=s, words=list(t.words), used=hits > 0, count=hits)
-            avoid_samples.append(row)
+            avoid_samples.append(_score_avoid(row, t, s))
     return {"mode": "compose", "model": model, "config": asdict(config), "settings": settings,
             "avoid_settings": asettings, "results": _compose_results(tasks, settings, samples),
             "avoid": _avoid_results(asettings, avoid_samples),
             "samples": samples, "avoid_samples": avoid_samples}
+
+
+def _score_avoid(row: Dict[str, object], task: AvoidTask, setting: str) -> Dict[str, object]:
+    hits = sum(len([w for w in checkers.words(row["text"]) if w.lower() == f.lower()]) for f in task.words)
+    row.update(source=task.source, setting=setting, words=list(task.words), used=hits > 0, count=hits)
+    return row
+
+
+def run_avoid(la, config: EvalConfig, progress: Optional[TextIO] = sys.stderr, model: str = "") -> Dict[str, object]:
+    """`eval --forbidden-words`: the forbidden-word rate per avoid setting on the larger avoid set,
+    with each setting's paired change against plain decoding."""
+    config.validate()
+    tasks, settings = load_avoid_set(config.limit), avoid_settings(config.ratios, wide=True)
+    bar = Progress(len(tasks) * len(settings), progress)
+    cells = [(t, s) for t in tasks for s in settings]
+    rows = run_all(la, [job(config, **_avoid_where(la, t, s)) for t, s in cells], config.parallel,
+                   lambda i, _: bar.step(cells[i][1]), collect)
+    samples = [_score_avoid(row, t, s) for (t, s), row in zip(cells, rows)]
+    res = _avoid_results(settings, samples)
+    plain = [float(x["used"]) for x in samples if x["setting"] == "plain"]
+    res["vs_plain"] = {s: ci([float(x["used"]) - p for x, p in zip([x for x in samples if x["setting"] == s], plain)])
+                       for s in settings if s != "plain"}
+    res["plain_users"] = {s: _of_plain_users(samples, s) for s in settings}
+    sources = {"ifeval": sum(t.source.startswith("ifeval") for t in tasks),
+               "la_edge": sum(t.source.startswith("la_edge") for t in tasks)}
+    return {"mode": "avoid", "model": model, "config": asdict(config), "settings": settings,
+            "avoid_settings": settings, "avoid": res, "sources": sources, "samples": samples}
+
+
+def _of_plain_users(samples, setting: str) -> float:
+    """The share of the prompts whose plain answer used a forbidden word that still use one here."""
+    plain = {x["source"]: x["used"] for x in samples if x["setting"] == "plain"}
+    mine = [x["used"] for x in samples if x["setting"] == setting and plain.get(x["source"])]
+    return round(_mean([float(u) for u in mine]), ROUND) if mine else 0.0
 
 
 def _compose_results(tasks: List[ComposeTask], settings: List[str], samples) -> Dict[str, object]:

@@ -40,6 +40,8 @@ def markdown(doc: Dict[str, object]) -> str:
         return documents_markdown(doc, head)
     if doc["mode"] == "turns":
         return turns_markdown(doc, head)
+    if doc["mode"] == "avoid":
+        return avoid_markdown(doc, head)
     if doc["mode"] == "mc":
         rows = [[s, _pct(r["accuracy"]), f"{r['correct']}/{r['n']}", _pct(r["answered"]), f"{r['letter_mass']:.2f}",
                  f"{r['answer_prob']:.2f}"] for s, r in doc["results"].items()]
@@ -74,16 +76,35 @@ def compose_markdown(doc: Dict[str, object], head: str) -> str:
     rows.append(["all parts of an answer"] + [_pct_ci(res["all_parts"][s], res.get("all_parts_ci", {}).get(s))
                                               for s in settings])
     av, asettings = doc["avoid"], doc["avoid_settings"]
-    arows = [["answers using a forbidden word"] + [_pct_ci(av["rate"][s], av.get("rate_ci", {}).get(s))
-                                                   for s in asettings],
-             ["forbidden words per answer"] + [f"{av['count'][s]:.2f}" for s in asettings]]
     return "\n".join(
         ["## Several principles: adherence per part", "", head + f" {res['n']} answers per setting" + CI_NOTE, ""]
         + _table(["combination: part"] + settings, rows)
         + ["", "## Fluency guard (combination tasks)", ""] + _table(["metric"] + settings,
                                                                     _fluency_rows(res["fluency"], settings))
         + ["", "## Avoid a word", "", f"{av['n']} answers per setting (lower is better).", ""]
-        + _table(["metric"] + asettings, arows + _fluency_rows(av["fluency"], asettings)[:2])) + "\n"
+        + _table(["metric"] + asettings, _avoid_rows(av, asettings))) + "\n"
+
+
+def _avoid_rows(av: Dict[str, object], settings: List[str]) -> List[List[str]]:
+    rows = [["answers using a forbidden word"] + [_pct_ci(av["rate"][s], av.get("rate_ci", {}).get(s))
+                                                  for s in settings],
+            ["forbidden words per answer"] + [f"{av['count'][s]:.2f}" for s in settings]]
+    if "vs_plain" in av:
+        rows.append(["change against plain (points)"] + ["" if s == "plain" else
+                                                         "{:+.0f} [{:+.0f}, {:+.0f}]".format(
+                                                             100 * (av["rate"][s] - av["rate"]["plain"]),
+                                                             *(100 * x for x in av["vs_plain"][s])) for s in settings])
+        rows.append(["of the prompts plain used a word in, still used"] + [_pct(av["plain_users"][s]) for s in settings])
+    return rows + _fluency_rows(av["fluency"], settings)[:2]
+
+
+def avoid_markdown(doc: Dict[str, object], head: str) -> str:
+    """The forbidden-word rate per avoid setting on the larger avoid set (`eval --forbidden-words`)."""
+    av, settings, src = doc["avoid"], doc["avoid_settings"], doc["sources"]
+    what = (f" {av['n']} prompts per setting ({src['ifeval']} from IFEval, {src['la_edge']} la-edge's own); "
+            "lower is better" + CI_NOTE)
+    return "\n".join(["## Avoid words: forbidden-word rate", "", head + what, ""]
+                      + _table(["metric"] + settings, _avoid_rows(av, settings))) + "\n"
 
 
 def turns_markdown(doc: Dict[str, object], head: str) -> str:
@@ -120,6 +141,13 @@ def plot(doc: Dict[str, object], path: str) -> Optional[str]:
         return import_module(f".{doc['mode']}", __package__).plot(plt, doc, path)
     if doc["mode"] == "turns":
         return _plot_turns(plt, doc, path)
+    if doc["mode"] == "avoid":
+        fig, ax = plt.subplots(figsize=(6, 4))
+        names = doc["avoid_settings"]
+        _bars(ax, names, [doc["avoid"]["rate"][s] for s in names], "tab:red",
+              "Answers using a forbidden word (lower is better)")
+        _save(plt, fig, path)
+        return None
     if doc["mode"] == "mc":
         fig, ax = plt.subplots(figsize=(5, 3.5))
         ax.plot(x, [doc["results"][s]["accuracy"] for s in settings], "o-", label="accuracy")
