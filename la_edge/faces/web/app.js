@@ -39,8 +39,16 @@
       .map((d) => ({ name: String(d.name || "document"), text: d.text }));
     return { settings, turns };
   }
+  let saveTimer = null;
   function save() {
+    clearTimeout(saveTimer);
+    saveTimer = null;
     try { localStorage.setItem(STORE, JSON.stringify(state)); } catch (e) { status(`Could not save: ${e.message}`); }
+  }
+  // Typing: one write per pause, not per keystroke (the state holds the documents); pagehide flushes.
+  function saveSoon() {
+    clearTimeout(saveTimer);
+    saveTimer = setTimeout(save, 400);
   }
   const apiKey = () => localStorage.getItem(KEY_STORE) || "";
 
@@ -418,7 +426,7 @@
       input.addEventListener("input", () => {
         s[key] = input[prop];
         showRatios();
-        save();
+        saveSoon();
       });
     }
     showRatios();
@@ -449,8 +457,8 @@
       Object.assign(ratio, { type: "range", min: 0, max: 10, step: 0.5, value: r.ratio });
       ratio.setAttribute("aria-label", `Ratio of principle ${n}`);
       remove.type = "button";
-      text.addEventListener("input", () => { r.text = text.value; save(); });
-      ratio.addEventListener("input", () => { r.ratio = ratio.valueAsNumber; value.textContent = String(r.ratio); save(); });
+      text.addEventListener("input", () => { r.text = text.value; saveSoon(); });
+      ratio.addEventListener("input", () => { r.ratio = ratio.valueAsNumber; value.textContent = String(r.ratio); saveSoon(); });
       remove.addEventListener("click", () => { s.more.splice(i, 1); save(); renderMore(); });
       const head = el("label", null, `Principle ${n} · ratio `);
       head.append(value);
