@@ -91,7 +91,15 @@ def tokenize_branches(backend, branches: BranchSet) -> List[List[int]]:
 def compose(principled: Sequence[Tuple[str, Optional[Parts]]], avoid: Sequence[Tuple[str, Optional[Parts]]],
             plain: Tuple[str, Optional[Parts]], ratios: Sequence[float], weights: Optional[Sequence[float]] = None,
             avoid_ratios: Sequence[float] = (), adaptive: bool = False) -> BranchSet:
-    """Branches [P_1..P_n, N_1..N_m, plain] with Combination.compose over them."""
+    """Branches [P_1..P_n, N_1..N_m, plain] with Combination.compose over them.
+
+    A negative pushed at s = 0 changes nothing and gets no branch (`/cfg 1`, cfg_scale 1); with
+    nothing else left the plain prompt decodes alone (K = 1)."""
+    kept = [j for j, s in enumerate(avoid_ratios) if not (isinstance(s, (int, float)) and s == 0.0)]
+    if len(kept) < len(avoid_ratios) and len(avoid) == len(avoid_ratios):
+        avoid, avoid_ratios = [avoid[j] for j in kept], [avoid_ratios[j] for j in kept]
+        if not principled and not avoid:
+            return BranchSet((Branch(plain[0], plain[1], "plain"),), Combination.plain())
     branches = ([Branch(t, p) for t, p in principled] + [Branch(t, p, "avoid") for t, p in avoid]
                 + [Branch(plain[0], plain[1], "plain")])
     combo = Combination.compose(tuple(ratios), None if weights is None else tuple(weights),

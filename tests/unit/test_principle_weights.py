@@ -60,3 +60,15 @@ def test_the_principles_file_error_names_the_file_and_the_weight(tmp_path):
     assert isinstance(err.value, ValueError) and not isinstance(err.value, OverflowError)
     path.write_text('[[principles]]\ntext = "a"\nweight = 1e308\n[[principles]]\ntext = "b"\nweight = 1e308\n')
     assert len(load_file(str(path)).principles) == 2
+
+
+def test_a_negative_at_zero_strength_gets_no_branch():
+    from la_edge.runtime.branches import compose
+
+    alone = compose([], [("N", None)], ("plain", None), [], None, [0.0])
+    assert alone.k == 1 and alone.branches[0].text == "plain" and alone.combination == Combination.plain()
+    with_p = compose([("P", None)], [("N", None), ("M", None)], ("plain", None), [2.0], None, [0.0, 1.5])
+    assert [b.text for b in with_p.branches] == ["P", "M", "plain"]
+    assert with_p.combination == Combination.compose((2.0,), None, (1.5,))
+    with pytest.raises(Exception, match="avoid_ratios"):  # what is not zero is still checked
+        compose([], [("N", None)], ("plain", None), [], None, [float("nan")])
