@@ -77,7 +77,7 @@ def plot(rows, path):
         sel = sorted((r for r in rows if r["threads"] == threads), key=lambda r: r["params_m"])
         x = [r["params_m"] for r in sel]
         a.plot(x, [r["aligned_vs_plain"][2] for r in sel], "o-", label=f"aligned K=2, {threads} thread(s)")
-        a.plot(x, [r["cap"][2] for r in sel], "s--", label=f"cap (side by side), {threads} thread(s)")
+        a.plot(x, [r["cap"].get(2) for r in sel], "s--", label=f"cap (side by side), {threads} thread(s)")
         b.plot(x, [r["aligned_vs_cap"].get(2) for r in sel], "o-", label=f"{threads} thread(s)")
     for ax, title in ((a, "aligned ÷ plain, and the cap"), (b, "aligned ÷ cap (1 = the forward pass only)")):
         ax.set_xscale("log")

@@ -95,7 +95,9 @@ def compose(principled: Sequence[Tuple[str, Optional[Parts]]], avoid: Sequence[T
 
     A negative pushed at s = 0 changes nothing and gets no branch (`/cfg 1`, cfg_scale 1); with
     nothing else left the plain prompt decodes alone (K = 1)."""
-    kept = [j for j, s in enumerate(avoid_ratios) if not (isinstance(s, (int, float)) and s == 0.0)]
+    Combination.compose(tuple(ratios), None if weights is None else tuple(weights),
+                        tuple(avoid_ratios), adaptive)  # every value checked first, zeros too
+    kept = [j for j, s in enumerate(avoid_ratios) if float(s) != 0.0]
     if len(kept) < len(avoid_ratios) and len(avoid) == len(avoid_ratios):
         avoid, avoid_ratios = [avoid[j] for j in kept], [avoid_ratios[j] for j in kept]
         if not principled and not avoid:

@@ -256,7 +256,7 @@ class Scheduler:
             budget -= n
         action = None
         if last:
-            for s in job.seqs:  # the last tokens, with logits: A's row first
+            for s in job.seqs:  # the last tokens, with logits (_by_sequence orders the batch)
                 entries.append(BatchEntry(s.pending[0], s.n_past, (s.seq_id,), logits=True))
                 s.tokens.append(s.pending[0])
                 s.pending = []

@@ -488,8 +488,10 @@ def test_no_web_serves_only_the_api(model_path):
 
 def test_typing_writes_the_saved_state_once_per_pause_and_a_reload_keeps_it(page):
     page.evaluate("""() => { window.__writes = 0; const set = Storage.prototype.setItem;
-        Storage.prototype.setItem = function (k, v) { if (k === '%s') window.__writes++; return set.call(this, k, v); }; }"""
-                  % STORE)
+        Storage.prototype.setItem = function (k, v) {
+            if (k === '%s') window.__writes++;
+            return set.call(this, k, v);
+        }; }""" % STORE)
     page.locator("#principle").press_sequentially("Answer in French, please.", delay=5)  # 25 keystrokes
     page.wait_for_function(f"() => ((JSON.parse(localStorage.getItem('{STORE}')) || {{}}).settings || {{}})"
                            ".principle === 'Answer in French, please.'", timeout=WAIT_MS)

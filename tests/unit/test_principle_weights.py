@@ -72,3 +72,10 @@ def test_a_negative_at_zero_strength_gets_no_branch():
     assert with_p.combination == Combination.compose((2.0,), None, (1.5,))
     with pytest.raises(Exception, match="avoid_ratios"):  # what is not zero is still checked
         compose([], [("N", None)], ("plain", None), [], None, [float("nan")])
+
+
+def test_zero_strength_negatives_keep_every_check():
+    from la_edge.runtime.branches import compose
+
+    with pytest.raises(Exception, match="weights"):  # as before: weights without principles
+        compose([], [("N", None)], ("plain", None), [], [1.0], [0.0])

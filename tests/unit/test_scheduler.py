@@ -494,7 +494,7 @@ def test_random_traffic_with_the_cache_feeds_every_sequence_exactly_its_tokens(s
     n_seq = n_req * k_max
     s = sched(n_seq_max=n_seq, max_requests=n_req, n_batch=max(2 * k_max, rnd.choice([4, 16, 64])),
               kv_unified=rnd.random() < 0.5, n_ctx_total=400, prefill_chunk=rnd.choice([2, 8]) * k_max,
-              prompt_cache=True)
+              prompt_cache=True, mix_prefill=rnd.random() < 0.5)
     kv, history, jobs = FakeKv(), {}, []
     base = [[rnd.randrange(5) for _ in range(rnd.randint(2, 10))] for _ in range(3)]
     for step in range(400):
@@ -526,6 +526,9 @@ def test_random_traffic_with_the_cache_feeds_every_sequence_exactly_its_tokens(s
                     kv.copy(p.job)
                     s.copied(p.job)
                 elif p.action is Action.SAMPLE:
+                    # the rows are the job's own sequences' last entries, in branch order, with logits
+                    assert [b.entries[r].seq_ids[0] for r in p.rows] == [x.seq_id for x in p.job.seqs]
+                    assert all(b.entries[r].logits for r in p.rows)
                     h = history[id(p.job)]
                     for x, prompt in zip(p.job.seqs, p.job.prompts):
                         assert kv.kv[x.seq_id] == prompt + h, (seed, step)

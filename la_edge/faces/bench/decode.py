@@ -14,6 +14,7 @@ import statistics
 from typing import Dict, List, Optional, Sequence
 
 from ...decoding.params import GenerationParams
+from ...runtime.branches import tokenize_branches
 from ..tables import markdown_table, pyplot
 from .timing import Solo, peak_rss_mb, time_forward, time_naive, time_plain, time_request
 
@@ -60,7 +61,7 @@ def run(model: Optional[str] = None, quick: bool = False, repetitions: Optional[
              for k in branches if k > la.max_branches]
     solos: List[Solo] = []
     try:
-        solos = [Solo(la.backend) for _ in range(2)] + [Solo(la.backend, max(ks or [2]))]
+        solos = [Solo(la.backend) for _ in range(2)] + ([Solo(la.backend, max(ks))] if ks else [])
         pairs = [la.prompts(p, BENCH_PRINCIPLE) for p in prompts]
         toks = [(la.tokenize(pr.principled), la.tokenize(pr.plain)) for pr in pairs]
         requests = {k: [pr if k == 2 else la.branches(p, [BENCH_PRINCIPLE] + EXTRA_PRINCIPLES[:k - 2], ratios=ratio)
@@ -75,8 +76,8 @@ def run(model: Optional[str] = None, quick: bool = False, repetitions: Optional[
             return lambda i, m: time_request(la, requests[k][i], params.with_(max_tokens=m))
 
         def cap(k: int):
-            tokens = [toks[i] if k == 2 else [la.tokenize(b.text) for b in requests[k][i].branches]
-                      for i in range(len(prompts))]
+            with la.engine.lease() as b:  # tokenized as the engine tokenizes the request
+                tokens = [toks[i] if k == 2 else tokenize_branches(b, requests[k][i]) for i in range(len(prompts))]
             return lambda i, m: time_forward(solos[2], tokens[i], m)
 
         for k in ks:

@@ -38,7 +38,8 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
                    help="prompts per principle, 8 at most (default: 4); with --mc: items (default: all 16); "
                         "with --compose: prompts per task (default: 4); with --turns: conversations (default: all 3); "
                         "with --documents: items per set (default: all); with --ifeval: prompts, evenly spaced "
-                        "(default: all that split cleanly); with --forbidden-words: prompts, evenly spaced (default: all)")
+                        "(default: all that split cleanly); with --forbidden-words: prompts, evenly spaced "
+                        "(default: all)")
     p.add_argument("--principles", type=_names, default=None, help="comma-separated principle ids (default: all)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default: 0)")

@@ -169,13 +169,13 @@ def _avoid_where(la, task: AvoidTask, setting: str) -> Dict[str, object]:
                                     avoid_ratios=_ratio(setting))}
 
 
-def job(config: EvalConfig, ratio: float = 0.0, guard: bool = False, top_p: float = 0.8,
+def job(config: EvalConfig, ratio: float = 0.0, guard: bool = False, top_p: Optional[float] = None,
         **where) -> Dict[str, object]:
     """Aligner.submit keywords of one answer; `where`: prompt/principle, messages or branches;
-    top_p: the plausibility nucleus."""
+    top_p: the plausibility nucleus (None: GenerationParams' default)."""
+    wide = {} if top_p is None else {"plausibility_top_p": top_p}
     params = GenerationParams(ratio=ratio, temperature=config.temperature, seed=config.seed,
-                              max_tokens=config.max_tokens, timeout=config.timeout, ratio_guard=guard,
-                              plausibility_top_p=top_p)
+                              max_tokens=config.max_tokens, timeout=config.timeout, ratio_guard=guard, **wide)
     return dict(params=params, **where)
 
 
@@ -247,21 +247,23 @@ def run_avoid(la, config: EvalConfig, progress: Optional[TextIO] = sys.stderr, m
                    lambda i, _: bar.step(cells[i][1]), collect)
     samples = [_score_avoid(row, t, s) for (t, s), row in zip(cells, rows)]
     res = _avoid_results(settings, samples)
-    plain = [float(x["used"]) for x in samples if x["setting"] == "plain"]
-    res["vs_plain"] = {s: ci([float(x["used"]) - p for x, p in zip([x for x in samples if x["setting"] == s], plain)])
+    used = {(x["source"], x["setting"]): float(x["used"]) for x in samples}
+    res["vs_plain"] = {s: ci([used[t.source, s] - used[t.source, "plain"] for t in tasks])
                        for s in settings if s != "plain"}
     res["plain_users"] = {s: _of_plain_users(samples, s) for s in settings}
+    res["plain_users_n"] = sum(used[t.source, "plain"] > 0 for t in tasks)
     sources = {"ifeval": sum(t.source.startswith("ifeval") for t in tasks),
                "la_edge": sum(t.source.startswith("la_edge") for t in tasks)}
     return {"mode": "avoid", "model": model, "config": asdict(config), "settings": settings,
             "avoid_settings": settings, "avoid": res, "sources": sources, "samples": samples}
 
 
-def _of_plain_users(samples, setting: str) -> float:
-    """The share of the prompts whose plain answer used a forbidden word that still use one here."""
+def _of_plain_users(samples, setting: str) -> Optional[float]:
+    """The share of the prompts whose plain answer used a forbidden word that still use one here
+    (None: plain used none)."""
     plain = {x["source"]: x["used"] for x in samples if x["setting"] == "plain"}
     mine = [x["used"] for x in samples if x["setting"] == setting and plain.get(x["source"])]
-    return round(_mean([float(u) for u in mine]), ROUND) if mine else 0.0
+    return round(_mean([float(u) for u in mine]), ROUND) if mine else None
 
 
 def _compose_results(tasks: List[ComposeTask], settings: List[str], samples) -> Dict[str, object]:

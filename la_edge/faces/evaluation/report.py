@@ -86,6 +86,8 @@ def compose_markdown(doc: Dict[str, object], head: str) -> str:
 
 
 def _avoid_rows(av: Dict[str, object], settings: List[str]) -> List[List[str]]:
+    """The avoid table's rows: rate with interval, words per answer, the change against plain and
+    what is left of plain's users (--forbidden-words), distinct-2 and rep-4."""
     rows = [["answers using a forbidden word"] + [_pct_ci(av["rate"][s], av.get("rate_ci", {}).get(s))
                                                   for s in settings],
             ["forbidden words per answer"] + [f"{av['count'][s]:.2f}" for s in settings]]
@@ -94,7 +96,8 @@ def _avoid_rows(av: Dict[str, object], settings: List[str]) -> List[List[str]]:
                                                          "{:+.0f} [{:+.0f}, {:+.0f}]".format(
                                                              100 * (av["rate"][s] - av["rate"]["plain"]),
                                                              *(100 * x for x in av["vs_plain"][s])) for s in settings])
-        rows.append(["of the prompts plain used a word in, still used"] + [_pct(av["plain_users"][s]) for s in settings])
+        users = f"of the {av.get('plain_users_n', '')} prompts plain used a word in, still used"
+        rows.append([users] + ["n/a" if av["plain_users"][s] is None else _pct(av["plain_users"][s]) for s in settings])
     return rows + _fluency_rows(av["fluency"], settings)[:2]
 
 

@@ -458,7 +458,11 @@
       ratio.setAttribute("aria-label", `Ratio of principle ${n}`);
       remove.type = "button";
       text.addEventListener("input", () => { r.text = text.value; saveSoon(); });
-      ratio.addEventListener("input", () => { r.ratio = ratio.valueAsNumber; value.textContent = String(r.ratio); saveSoon(); });
+      ratio.addEventListener("input", () => {
+        r.ratio = ratio.valueAsNumber;
+        value.textContent = String(r.ratio);
+        saveSoon();
+      });
       remove.addEventListener("click", () => { s.more.splice(i, 1); save(); renderMore(); });
       const head = el("label", null, `Principle ${n} · ratio `);
       head.append(value);
