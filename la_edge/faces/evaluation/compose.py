@@ -246,16 +246,24 @@ def run_avoid(la, config: EvalConfig, progress: Optional[TextIO] = sys.stderr, m
     rows = run_all(la, [job(config, **_avoid_where(la, t, s)) for t, s in cells], config.parallel,
                    lambda i, _: bar.step(cells[i][1]), collect)
     samples = [_score_avoid(row, t, s) for (t, s), row in zip(cells, rows)]
-    res = _avoid_results(settings, samples)
-    used = {(x["source"], x["setting"]): float(x["used"]) for x in samples}
-    res["vs_plain"] = {s: ci([used[t.source, s] - used[t.source, "plain"] for t in tasks])
-                       for s in settings if s != "plain"}
-    res["plain_users"] = {s: _of_plain_users(samples, s) for s in settings}
-    res["plain_users_n"] = sum(used[t.source, "plain"] > 0 for t in tasks)
+    res = avoid_summary(settings, samples)
     sources = {"ifeval": sum(t.source.startswith("ifeval") for t in tasks),
                "la_edge": sum(t.source.startswith("la_edge") for t in tasks)}
     return {"mode": "avoid", "model": model, "config": asdict(config), "settings": settings,
             "avoid_settings": settings, "avoid": res, "sources": sources, "samples": samples}
+
+
+def avoid_summary(settings: List[str], samples: List[Dict[str, object]]) -> Dict[str, object]:
+    """The forbidden-word rate per setting with intervals, each setting's paired change against
+    plain (per prompt, by source) and what is left of the prompts plain used a word in."""
+    res = _avoid_results(settings, samples)
+    used = {(x["source"], x["setting"]): float(x["used"]) for x in samples}
+    sources = [x["source"] for x in samples if x["setting"] == "plain"]
+    res["vs_plain"] = {s: ci([used[src, s] - used[src, "plain"] for src in sources])
+                       for s in settings if s != "plain"}
+    res["plain_users"] = {s: _of_plain_users(samples, s) for s in settings}
+    res["plain_users_n"] = sum(used[src, "plain"] > 0 for src in sources)
+    return res
 
 
 def _of_plain_users(samples, setting: str) -> Optional[float]:
