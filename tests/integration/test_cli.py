@@ -93,7 +93,8 @@ def test_bench_context_json():
     assert r.returncode == 0, r.stderr
     ctx = json.loads(r.stdout)["contexts"]
     assert set(ctx) == {"16", "64"} and ctx["16"]["ratio_vs_shortest"] == 1.0
-    assert all(v["aligned_vs_plain"] > 0 and v["aligned_vs_r0"] > 0 for v in ctx.values())
+    assert all(v["aligned_vs_plain"] > 0 and v["aligned_vs_r0"] > 0 and v["aligned_vs_cap"] > 0 and v["cap_vs_plain"] > 0
+               for v in ctx.values())
 
 
 def test_doctor_reports_the_prompt_cache(model_path):
