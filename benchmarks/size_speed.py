@@ -54,13 +54,15 @@ def measure(model, threads, kv_type, extra=()):
     ms = bench(["--scaling", "--tokens", "20"], model, threads, kv_type, extra)["llama_decode_ms"]
     ms = {int(k): v for k, v in ms.items()}
     scaling = {k: ms[1] / ms[k] for k in (2, 4) if k in ms}
+    from la_edge.faces.bench.decode import cap_name, method_name  # the bench's own result keys
+
     ratios = run.get("ratios", {})
-    name = {2: "aligned", 3: "aligned_k3", 4: "aligned_k4"}
-    aligned = {k: ratios.get(f"{name[k]}_vs_plain") for k in (2, 3, 4)}
+    aligned = {k: ratios.get(f"{method_name(k)}_vs_plain") for k in (2, 3, 4)}
     return {"threads": threads, "kv_type": kv_type, "decode_ms": ms,
-            "cap": {k: ratios[f"cap_k{k}_vs_plain"] for k in (2, 3, 4) if f"cap_k{k}_vs_plain" in ratios},
+            "cap": {k: ratios[f"{cap_name(k)}_vs_plain"] for k in (2, 3, 4) if f"{cap_name(k)}_vs_plain" in ratios},
             "scaling_cap": scaling, "aligned_vs_plain": aligned,
-            "aligned_vs_cap": {k: ratios[f"{name[k]}_vs_cap"] for k in (2, 3, 4) if f"{name[k]}_vs_cap" in ratios},
+            "aligned_vs_cap": {k: ratios[f"{method_name(k)}_vs_cap"] for k in (2, 3, 4)
+                               if f"{method_name(k)}_vs_cap" in ratios},
             "aligned_vs_naive": ratios.get("aligned_vs_naive"),
             "plain_tokens_per_s": run.get("methods", {}).get("plain", {}).get("tokens_per_s")}
 

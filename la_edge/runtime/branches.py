@@ -95,15 +95,14 @@ def compose(principled: Sequence[Tuple[str, Optional[Parts]]], avoid: Sequence[T
 
     A negative pushed at s = 0 changes nothing and gets no branch (`/cfg 1`, cfg_scale 1); with
     nothing else left the plain prompt decodes alone (K = 1)."""
-    Combination.compose(tuple(ratios), None if weights is None else tuple(weights),
-                        tuple(avoid_ratios), adaptive)  # every value checked first, zeros too
+    weights = None if weights is None else tuple(weights)
+    combo = Combination.compose(tuple(ratios), weights, tuple(avoid_ratios), adaptive)  # zeros checked too
     kept = [j for j, s in enumerate(avoid_ratios) if float(s) != 0.0]
     if len(kept) < len(avoid_ratios) and len(avoid) == len(avoid_ratios):
         avoid, avoid_ratios = [avoid[j] for j in kept], [avoid_ratios[j] for j in kept]
         if not principled and not avoid:
             return BranchSet((Branch(plain[0], plain[1], "plain"),), Combination.plain())
+        combo = Combination.compose(tuple(ratios), weights, tuple(avoid_ratios), adaptive)
     branches = ([Branch(t, p) for t, p in principled] + [Branch(t, p, "avoid") for t, p in avoid]
                 + [Branch(plain[0], plain[1], "plain")])
-    combo = Combination.compose(tuple(ratios), None if weights is None else tuple(weights),
-                                tuple(avoid_ratios), adaptive)
     return BranchSet(tuple(branches), combo)

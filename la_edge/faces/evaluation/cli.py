@@ -128,7 +128,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise InvalidParameterError(f"{own} runs its own tasks: drop --principles and --adaptive-ratio")
     if not (args.mc or own):
         load_tasks(1, config.principles)
-    if args.ifeval or args.forbidden_words:  # the avoid set takes IFEval's forbidden-word prompts
+    if own in ("--ifeval", "--forbidden-words"):  # the avoid set takes IFEval's forbidden-word prompts
         from .ifeval import require
 
         require()
@@ -136,9 +136,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     progress = None if args.quiet else sys.stderr
     args.model = model
     with load_aligner(args, max_requests=max(args.parallel, 1)) as la:
-        run = (run_mc if args.mc else run_compose if args.compose else run_turns if args.turns
-               else _run_ifeval if args.ifeval else _run_avoid if args.forbidden_words
-               else _run_documents if args.documents else run_principles)
+        run = run_mc if args.mc else {None: run_principles, "--compose": run_compose, "--turns": run_turns,
+                                      "--ifeval": _run_ifeval, "--documents": _run_documents,
+                                      "--forbidden-words": _run_avoid}[own]
         doc = run(la, config, progress=progress, model=model)
     notes: List[str] = write_outputs(doc, args.out) if args.out else []
     for note in notes:

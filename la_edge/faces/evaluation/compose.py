@@ -119,19 +119,16 @@ def load_avoid_set(limit: Optional[int] = None) -> List[AvoidTask]:
     from . import ifeval
 
     spec = _compose_avoid_spec()
-    out, seen = load_avoid_tasks(), set()
-    for item in ifeval.load_items()[0]:
-        for iid, kw in zip(item.instruction_id_list, item.kwargs):
-            if iid == "keywords:forbidden_words":
-                out.append(AvoidTask("", "", item.task, f"ifeval:{item.key}", tuple(kw["forbidden_words"])))
-    out += [AvoidTask("", "", x["prompt"], x["source"], tuple(x["forbidden_words"]))
-            for x in _load_json("avoid.json")["items"]]
-    tasks = []
-    for t in out:  # the first copy of a prompt or an IFEval key (the eight come from IFEval too)
-        if t.prompt not in seen and t.source not in seen:
-            seen.update((t.prompt, t.source))
-            args = {"forbidden_words": list(t.words)}
-            tasks.append(AvoidTask(_fill(spec["say"], args), _fill(spec["avoid"], args), t.prompt, t.source, t.words))
+    found = [(t.prompt, t.source, t.words) for t in load_avoid_tasks()]
+    found += [(item.task, f"ifeval:{item.key}", tuple(kw["forbidden_words"])) for item in ifeval.load_items()[0]
+              for iid, kw in zip(item.instruction_id_list, item.kwargs) if iid == "keywords:forbidden_words"]
+    found += [(x["prompt"], x["source"], tuple(x["forbidden_words"])) for x in _load_json("avoid.json")["items"]]
+    tasks, seen = [], set()
+    for prompt, source, words in found:  # the first copy of a prompt or an IFEval key (the eight are IFEval's)
+        if prompt not in seen and source not in seen:
+            seen.update((prompt, source))
+            args = {"forbidden_words": list(words)}
+            tasks.append(AvoidTask(_fill(spec["say"], args), _fill(spec["avoid"], args), prompt, source, words))
     if limit is not None and limit < len(tasks):
         tasks = [tasks[int(i * len(tasks) / limit)] for i in range(limit)]
     return tasks
@@ -261,17 +258,11 @@ def avoid_summary(settings: List[str], samples: List[Dict[str, object]]) -> Dict
     sources = [x["source"] for x in samples if x["setting"] == "plain"]
     res["vs_plain"] = {s: ci([used[src, s] - used[src, "plain"] for src in sources])
                        for s in settings if s != "plain"}
-    res["plain_users"] = {s: _of_plain_users(samples, s) for s in settings}
-    res["plain_users_n"] = sum(used[src, "plain"] > 0 for src in sources)
+    users = [src for src in sources if used[src, "plain"]]  # None below: plain used no word
+    res["plain_users"] = {s: round(_mean([used[src, s] for src in users]), ROUND) if users else None
+                          for s in settings}
+    res["plain_users_n"] = len(users)
     return res
-
-
-def _of_plain_users(samples, setting: str) -> Optional[float]:
-    """The share of the prompts whose plain answer used a forbidden word that still use one here
-    (None: plain used none)."""
-    plain = {x["source"]: x["used"] for x in samples if x["setting"] == "plain"}
-    mine = [x["used"] for x in samples if x["setting"] == setting and plain.get(x["source"])]
-    return round(_mean([float(u) for u in mine]), ROUND) if mine else None
 
 
 def _compose_results(tasks: List[ComposeTask], settings: List[str], samples) -> Dict[str, object]:
