@@ -222,14 +222,19 @@ class Aligner:
 
     def documents(self, prompt: Optional[str] = None, documents: Sequence[str] = (), *, ratio: float = 1.0,
                   adaptive: bool = False, system: Optional[str] = None,
-                  messages: Optional[Sequence[Dict[str, str]]] = None, at: Optional[int] = None) -> BranchSet:
+                  messages: Optional[Sequence[Dict[str, str]]] = None, at: Optional[int] = None,
+                  reference: str = "headers") -> BranchSet:
         """Context-aware decoding: answers that follow the documents rather than the model's memory.
 
         The principled branch's last user message (or `messages[at]`, a user message earlier in the
-        conversation) starts with the documents ("Document 1:\n..."); the plain branch is the same
-        conversation without them. z = z_D + r (z_D - z_0); adaptive scales r by
-        s_t = JSD(p_D || p_0) in bits per token (AdaCAD's weight when r = 1).
+        conversation) starts with the documents ("Document 1:\n..."). The plain branch keeps the
+        headers with empty bodies (reference "headers", the default: the branches differ only by the
+        documents' text, so CAD does not amplify the headers) or has no documents ("none": CAD as
+        published). z = z_D + r (z_D - z_0); adaptive scales r by s_t = JSD(p_D || p_0) in bits per
+        token (AdaCAD's weight when r = 1).
         """
+        if reference not in ("headers", "none"):
+            raise InvalidParameterError(f"reference must be 'headers' or 'none', got {reference!r}")
         docs = list(documents) if not isinstance(documents, str) else [documents]
         if not docs:
             raise InvalidParameterError("documents must hold at least one document")
@@ -243,10 +248,12 @@ class Aligner:
         if at is not None and (isinstance(at, bool) or not isinstance(at, int) or at not in users):
             raise InvalidParameterError(f"at must be the index of a user message (one of {users}), got {at!r}")
         at = users[-1] if at is None else at
-        header = "".join(f"Document {i + 1}:\n{d.strip()}\n\n" for i, d in enumerate(docs))
-        with_docs = messages[:at] + [dict(messages[at], content=header + str(messages[at]["content"]))] \
-            + messages[at + 1:]
-        d, plain = self.template.pair(with_docs, None), self.template.pair(messages, None)
+        def put(bodies: Sequence[str]) -> List[Dict[str, str]]:
+            head = "".join(f"Document {i + 1}:\n{b.strip()}\n\n" for i, b in enumerate(bodies))
+            return messages[:at] + [dict(messages[at], content=head + str(messages[at]["content"]))] + messages[at + 1:]
+
+        d = self.template.pair(put(docs), None)
+        plain = self.template.pair(put([""] * len(docs)) if reference == "headers" else messages, None)
         combo = dataclasses.replace(Combination.linear_alignment(ratio), adaptive=adaptive)
         return BranchSet((Branch(d.principled, d.principled_parts),
                           Branch(plain.principled, plain.principled_parts, "plain")), combo)

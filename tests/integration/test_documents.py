@@ -21,12 +21,19 @@ def test_documents_go_in_the_principled_branch_only(la):
     bs = la.documents(Q, [DOC, "Rome is the capital of Italy."])
     with_docs, plain = (b.text for b in bs.branches)
     assert "Document 1:\n" + DOC in with_docs and "Document 2:" in with_docs and DOC not in plain
-    assert plain == la.prompts(Q).principled and with_docs.index("Document 1") < with_docs.index(Q)
+    assert with_docs.index("Document 1") < with_docs.index(Q)
+    # The reference keeps the headers with empty bodies: the branches differ by the documents' text only.
+    assert plain == la.prompts("Document 1:\n\n\nDocument 2:\n\n\n" + Q).principled
+    bare = la.documents(Q, [DOC, "Rome is the capital of Italy."], reference="none")
+    assert bare.branches[0].text == with_docs and bare.branches[1].text == la.prompts(Q).principled
+    for bad in ("None", "", None, "empty"):
+        with pytest.raises(InvalidParameterError, match="reference"):
+            la.documents(Q, [DOC], reference=bad)
 
 
-@pytest.mark.parametrize("ratio", [1.0, 2.0])
-def test_fixed_cad_equals_two_separate_contexts(la, ratio):
-    bs = la.documents(Q, [DOC], ratio=ratio)
+@pytest.mark.parametrize("ratio,reference", [(1.0, "headers"), (2.0, "headers"), (1.0, "none")])
+def test_fixed_cad_equals_two_separate_contexts(la, ratio, reference):
+    bs = la.documents(Q, [DOC], ratio=ratio, reference=reference)
     res = la.generate(params=GREEDY, branches=bs)
     td, t0 = (la.tokenize(b.text) for b in bs.branches)
     assert res.tokens == aligned_greedy(la.backend.model.handle, td, t0, ratio, GREEDY.max_tokens, la.backend.is_eog)

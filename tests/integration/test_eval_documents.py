@@ -10,7 +10,7 @@ from la_edge.faces.cli import main
 from la_edge.faces.evaluation.documents import SETS
 
 HAS_PLOT = importlib.util.find_spec("matplotlib") is not None
-SETTINGS = ["no document", "document in prompt", "CAD r=1", "CAD adaptive"]
+SETTINGS = ["no document", "document in prompt", "CAD r=1", "CAD r=1 bare", "CAD adaptive"]
 
 
 def test_eval_documents(model_path, tmp_path, capsys):
@@ -29,10 +29,10 @@ def test_eval_documents(model_path, tmp_path, capsys):
             lo, hi = cell["vs_prompt_ci"]
             assert 0.0 <= cell["memory"] <= 1.0 and lo <= cell["vs_prompt"] <= hi
         assert by["document in prompt"]["vs_prompt"] == 0.0 and 0.0 < by["CAD adaptive"]["ratio_scale"] <= 1.0
-    assert set(doc["targets"]) == {"CAD r=1", "CAD adaptive"}
+    assert set(doc["targets"]) == {"CAD r=1", "CAD r=1 bare", "CAD adaptive"}
     assert {"never_below", "plus_15", "no_agree_loss", "worst_set"} <= set(doc["targets"]["CAD r=1"])
     samples = doc["samples"]
-    assert len(samples) == 40 and {s["setting"] for s in samples} == set(SETTINGS)
+    assert len(samples) == 50 and {s["setting"] for s in samples} == set(SETTINGS)
     by_id = {(s["id"], s["setting"]): s for s in samples}
     for s in samples:  # one decode with the documents, two with CAD; the question alone is shorter
         if s["setting"] != "no document":
@@ -60,7 +60,10 @@ def test_documents_at_an_earlier_user_message(la):
     doc = "The Eiffel Tower stands in Rome."
     with_docs, plain = (b.text for b in la.documents(messages=msgs, documents=[doc], at=0).branches)
     assert with_docs.index("Document 1:\n" + doc) < with_docs.index("Read this.") < with_docs.index("Done.")
-    assert plain == la.prompts(messages=msgs).principled
+    headers = [dict(msgs[0], content="Document 1:\n\n\nRead this.")] + msgs[1:]
+    assert plain == la.prompts(messages=headers).principled
+    bare = la.documents(messages=msgs, documents=[doc], at=0, reference="none").branches[1].text
+    assert bare == la.prompts(messages=msgs).principled
     last = la.documents(messages=msgs, documents=[doc]).branches[0].text
     assert last.index("Done.") < last.index("Document 1:") < last.index("Where is the tower?")
     assert la.documents(messages=msgs, documents=[doc], at=2).branches[0].text == last

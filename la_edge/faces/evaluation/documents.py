@@ -4,7 +4,9 @@ Items (`data/documents.json`, written by scripts/make_documents_set.py) ask a qu
 passage answers; conflicting sets state a counterfactual, `agree` the true fact. Settings: the
 question alone ("no document"), the documents in the user message with plain decoding ("document
 in prompt": the principled branch of Aligner.documents alone), context-aware decoding at each
-ratio ("CAD r=R": z = z_D + R (z_D - z_0)) and the adaptive ratio at r = 1 ("CAD adaptive").
+ratio ("CAD r=R": z = z_D + R (z_D - z_0), the plain branch keeping the document headers with empty
+bodies), CAD as published at r = 1 ("CAD r=1 bare": the plain branch without the headers) and the
+adaptive ratio at r = 1 ("CAD adaptive").
 An answer follows the passage when it names the passage's answer or an alias (case-insensitive,
 whole words); it gives the memory answer when it names the true answer and not the passage's.
 """
@@ -23,7 +25,7 @@ from ...runtime.branches import BranchSet
 from .runner import EvalConfig, Progress, _load_json, _mean, ci, run_all, setting_name
 
 SETS = ("conflict-short", "conflict-long", "conflict-multi", "conflict-far", "agree")
-NO_DOC, IN_PROMPT, ADAPTIVE = "no document", "document in prompt", "CAD adaptive"
+NO_DOC, IN_PROMPT, BARE, ADAPTIVE = "no document", "document in prompt", "CAD r=1 bare", "CAD adaptive"
 CONFLICT, ALL = "conflict (all)", "all"
 ROUND = 4
 
@@ -57,8 +59,8 @@ def load_documents(limit: Optional[int] = None) -> Dict[str, object]:
 
 
 def document_settings(ratios: Sequence[float]) -> List[str]:
-    """no document, document in prompt, 'CAD r=R' per nonzero ratio, CAD adaptive (r = 1)."""
-    return [NO_DOC, IN_PROMPT] + [f"CAD {setting_name(r)}" for r in ratios if r != 0.0] + [ADAPTIVE]
+    """no document, document in prompt, 'CAD r=R' per nonzero ratio, CAD r=1 bare, CAD adaptive (r = 1)."""
+    return [NO_DOC, IN_PROMPT] + [f"CAD {setting_name(r)}" for r in ratios if r != 0.0] + [BARE, ADAPTIVE]
 
 
 def _job(la, config: EvalConfig, item: Dict[str, object], setting: str, instruction: str) -> Dict[str, object]:
@@ -72,8 +74,9 @@ def _job(la, config: EvalConfig, item: Dict[str, object], setting: str, instruct
     if setting == NO_DOC:
         where.pop("at", None)
         return {"params": params, **where}
-    ratio = 1.0 if setting in (IN_PROMPT, ADAPTIVE) else float(setting.rsplit("=", 1)[1])
-    bs = la.documents(documents=item["documents"], ratio=ratio, adaptive=setting == ADAPTIVE, **where)
+    ratio = 1.0 if setting in (IN_PROMPT, BARE, ADAPTIVE) else float(setting.rsplit("=", 1)[1])
+    bs = la.documents(documents=item["documents"], ratio=ratio, adaptive=setting == ADAPTIVE,
+                      reference="none" if setting == BARE else "headers", **where)
     if setting == IN_PROMPT:
         bs = BranchSet(bs.branches[:1], Combination.plain())
     return {"params": params, "branches": bs}
