@@ -1,7 +1,8 @@
-"""Invented words in eval answers: the share of words the model's tokenizer splits into 3+ tokens.
+"""Broken answers in eval results: invented words, a switch of script, a refusal.
 
 distinct-n and rep-4 catch loops, not non-words ("sparkerers"); a word a tokenizer has never seen
-whole falls into many pieces. Per setting of an `la-edge eval` results.json (any mode with samples
+whole falls into many pieces (rare: the share of words split into 3+ tokens). Strong guidance can
+also leave English for Chinese or open with an apology: counted per answer. Per setting of an `la-edge eval` results.json (any mode with samples
 that hold "setting" and "text"):
 
     python benchmarks/rare_words.py benchmarks/results/eval_forbidden_smollm2_strong/results.json [--model PATH]
@@ -12,6 +13,8 @@ import json
 import re
 
 WORD = re.compile(r"[A-Za-z]+")
+CJK = re.compile(r"[\u3000-\u9fff\uac00-\ud7af\uff00-\uffef]")  # CJK, kana, hangul, full-width forms
+REFUSAL = re.compile(r"\W*(i'?m sorry|sorry|i cannot|i can'?t|as an ai)\b", re.IGNORECASE)
 
 
 def main() -> None:
@@ -25,11 +28,17 @@ def main() -> None:
     model = LlamaModel(resolve_model(args.model))
     doc = json.load(open(args.results, encoding="utf-8"))
     samples = doc.get("samples", []) + doc.get("avoid_samples", [])
+    print("| setting | words | tokens per word | rare words | answers in CJK script | answers opening with a refusal |")
+    print("|---|---|---|---|---|---|")
     for setting in dict.fromkeys(x["setting"] for x in samples):
-        words = [w for x in samples if x["setting"] == setting for w in WORD.findall(x["text"])]
+        texts = [x["text"] for x in samples if x["setting"] == setting]
+        words = [w for t in texts for w in WORD.findall(t)]
         pieces = [len(model.tokenize(" " + w.lower(), False, False)) for w in words]
         rare = sum(n >= 3 for n in pieces) / max(1, len(pieces))
-        print(f"| {setting} | {len(words)} | {sum(pieces) / max(1, len(pieces)):.2f} | {100 * rare:.1f}% |")
+        script = sum(bool(CJK.search(t)) for t in texts)
+        refusals = sum(bool(REFUSAL.match(t)) for t in texts)
+        print(f"| {setting} | {len(words)} | {sum(pieces) / max(1, len(pieces)):.2f} | {100 * rare:.1f}% "
+              f"| {script}/{len(texts)} | {refusals}/{len(texts)} |")
     model.close()
 
 
