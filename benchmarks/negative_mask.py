@@ -4,7 +4,7 @@
 under any mask (`--plausibility-temperature` widens the nucleus while it still ranks by z_pos) and
 counts what breaks: answers in CJK script and answers opening with a refusal.
 
-    python benchmarks/negative_mask.py --cfg-scale 9 --plausibility-temperature 2 --limit 24 --model WITNESS
+    PYTHONPATH=. python benchmarks/negative_mask.py --cfg-scale 9 --plausibility-temperature 2 --limit 24 --model WITNESS
 """
 
 import argparse
@@ -42,7 +42,8 @@ def main() -> None:
           f"{sum(r['count'] for r in rows) / n:.2f}, CJK script {sum(bool(CJK.search(r['text'])) for r in rows)}/{n}, "
           f"refusal first {sum(bool(REFUSAL.match(r['text'])) for r in rows)}/{n}")
     if args.out:
-        json.dump({"args": vars(args), "samples": rows}, open(args.out, "w", encoding="utf-8"), indent=1)
+        with open(args.out, "w", encoding="utf-8") as f:
+            json.dump({"args": vars(args), "samples": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -2,10 +2,10 @@
 
 distinct-n and rep-4 catch loops, not non-words ("sparkerers"); a word a tokenizer has never seen
 whole falls into many pieces (rare: the share of words split into 3+ tokens). Strong guidance can
-also leave English for Chinese or open with an apology: counted per answer. Per setting of an `la-edge eval` results.json (any mode with samples
-that hold "setting" and "text"):
+also leave English for Chinese or open with an apology: counted per answer. Per setting of an
+`la-edge eval` results.json (any mode with samples that hold "setting" and "text"):
 
-    python benchmarks/rare_words.py benchmarks/results/eval_forbidden_smollm2_strong/results.json [--model PATH]
+    PYTHONPATH=. python benchmarks/rare_words.py benchmarks/results/eval_forbidden_smollm2_strong/results.json [--model PATH]
 """
 
 import argparse

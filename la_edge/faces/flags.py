@@ -131,7 +131,8 @@ def add_principle_flags(p: argparse.ArgumentParser) -> None:
                         "1 = none); alone: away from the BOS token, as TabbyAPI")
     p.add_argument("--document", action="append", default=None, metavar="FILE",
                    help="answer from this document (repeatable): context-aware decoding against the same "
-                        "prompt without the documents; with --adaptive-ratio the weight is AdaCAD's per-token JSD")
+                        "prompt with empty documents (the headers alone); with --adaptive-ratio the weight is "
+                        "AdaCAD's per-token JSD")
     p.add_argument("--document-ratio", type=float, default=None, metavar="R",
                    help="how hard the documents pull (default: 1)")
     p.add_argument("--principles-file", default=None, metavar="FILE",

@@ -248,6 +248,7 @@ class Aligner:
         if at is not None and (isinstance(at, bool) or not isinstance(at, int) or at not in users):
             raise InvalidParameterError(f"at must be the index of a user message (one of {users}), got {at!r}")
         at = users[-1] if at is None else at
+
         def put(bodies: Sequence[str]) -> List[Dict[str, str]]:
             head = "".join(f"Document {i + 1}:\n{b.strip()}\n\n" for i, b in enumerate(bodies))
             return messages[:at] + [dict(messages[at], content=head + str(messages[at]["content"]))] + messages[at + 1:]

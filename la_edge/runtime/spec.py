@@ -108,8 +108,8 @@ class PrincipleSpec:
             _text(f"documents[{i}]", d)
         _in_range("document_ratio", self.document_ratio, RATIO_MIN)
         if self.documents and (self.principles or self.avoid or self.cfg):
-            raise SpecError("documents", "documents are decoded against the same conversation without them; send "
-                                         "them without principles, avoid or cfg_scale")
+            raise SpecError("documents", "documents are decoded against the same conversation with empty documents; "
+                                         "send them without principles, avoid or cfg_scale")
 
     # ---- building -------------------------------------------------------------------------------
     @classmethod

@@ -56,7 +56,8 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
                            "IFEval's own rules (needs if-verifiable): prompt/instruction accuracy, strict and loose")
     mode.add_argument("--documents", action="store_true",
                       help="answers faithful to a document (context-aware decoding) on conflicting and agreeing "
-                           "passages: no document, the document in the prompt, CAD at each ratio and adaptive (r=1)")
+                           "passages: no document, the document in the prompt, CAD at each ratio, CAD as published "
+                           "(r=1 bare) and adaptive (r=1)")
     mode.add_argument("--forbidden-words", action="store_true",
                       help="words to avoid on a larger set (IFEval's forbidden-word prompts and la-edge's own): "
                            "plain, a 'do not' principle, --avoid and a negative prompt (--negative, g=1+R)")

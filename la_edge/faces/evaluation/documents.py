@@ -86,7 +86,7 @@ def _order(items: List[Dict[str, object]], settings: List[str], parallel: int):
     """(item, setting) cells, `parallel` items at a time setting by setting, the document first: each
     request then starts after the one before it on its item ended, and adopts that one's parked
     prompt (the prompt cache) instead of prefilling the documents again; the question alone comes
-    last and finds CAD's plain branch."""
+    last and finds the bare setting's plain branch (parked, unless a later setting evicted it)."""
     first = [IN_PROMPT] + [s for s in settings if s not in (IN_PROMPT, NO_DOC)] + [NO_DOC]
     return [(it, s) for b in range(0, len(items), parallel) for s in first for it in items[b:b + parallel]]
 
