@@ -496,6 +496,15 @@ static int reached(double above, la_thr* t) {
   return above >= t->lo;
 }
 
+/* plausibility_min_p: keep the nucleus tokens whose weight relative to the top is >= min_p, in order. */
+static int32_t stage_min_mask(la_cand* c, int32_t n, double top, const la_params* p) {
+  double s = weight_scale(p->mask_temperature), dlo = Y_MIN / s;
+  int32_t m = 0;
+  for (int32_t j = 0; j < n; j++)
+    if (exp2_weight((double)c[j].value - top, s, dlo) >= p->mask_min_p) c[m++] = c[j];
+  return m;
+}
+
 /* plausibility_mask: the nucleus of softmax(b/T_m) into ws->cand (topf finite); *sorted says if it is ordered. */
 static int32_t stage_nucleus(const float* zb, int32_t n, float topf, const la_params* p, la_workspace* ws,
                              int* sorted) {
@@ -776,7 +785,8 @@ int32_t la_choose(const float* const* rows, int32_t k, const la_combination* com
   if (bad_combination(rows, k, combo) || p == NULL || ws == NULL || n_vocab < 1 || n_vocab > ws->n_vocab)
     return LA_ERR_INVALID;
   int greedy = p->temperature == 0.0;
-  if (!(p->temperature >= 0.0) || !(p->mask_temperature > 0.0) || p->top_logprobs < 0 ||
+  if (!(p->temperature >= 0.0) || !(p->mask_temperature > 0.0) || !(p->mask_min_p >= 0.0 && p->mask_min_p <= 1.0) ||
+      p->top_logprobs < 0 ||
       p->top_logprobs > LA_MAX_TOP_LOGPROBS || p->repeat_last_n < 0 || n_history < 0 ||
       (n_history > 0 && history == NULL) || (!greedy && rng_state == NULL))
     return LA_ERR_INVALID;
@@ -800,6 +810,7 @@ int32_t la_choose(const float* const* rows, int32_t k, const la_combination* com
   int sorted;
   la_cand* c = ws->cand;
   int32_t nn = stage_nucleus(b, n_vocab, topf, p, ws, &sorted);
+  if (p->mask_min_p > 0.0) nn = stage_min_mask(c, nn, topf, p);
   out->nucleus_size = nn;
   if (combo->adaptive)
     out->ratio_scale =

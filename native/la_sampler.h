@@ -14,7 +14,7 @@ extern "C" {
 #define LA_API __attribute__((visibility("default")))
 #endif
 
-#define LA_ABI_VERSION 4 /* 4: -inf bans and LA_ERR_NO_TOKEN, only la_choose exported; 3: K rows and a la_combination */
+#define LA_ABI_VERSION 5 /* 5: mask_min_p; 4: -inf bans and LA_ERR_NO_TOKEN, only la_choose exported; 3: K rows */
 #define LA_MAX_TOP_LOGPROBS 20
 #define LA_MAX_BRANCHES 16
 
@@ -38,6 +38,7 @@ typedef struct {
   double temperature;      /* 0 = greedy */
   double mask_top_p;       /* plausibility_top_p */
   double mask_temperature; /* params.mask_temperature (already resolved) */
+  double mask_min_p;       /* plausibility_min_p: 0 = off */
   int32_t top_k;
   double top_p;
   double min_p;

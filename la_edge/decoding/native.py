@@ -22,7 +22,7 @@ from .params import GenerationParams
 from .rng import SplitMix64
 from .sampling import BASE_BANNED, NUCLEUS_BANNED, Choice, choose_rows
 
-ABI_VERSION = 4  # 4: -inf bans (LA_ERR_NO_TOKEN), only la_choose exported; 3: K rows and a combination
+ABI_VERSION = 5  # 5: mask_min_p; 4: -inf bans (LA_ERR_NO_TOKEN), only la_choose exported; 3: K rows
 MAX_TOP_LOGPROBS = 20
 _ERR_NONFINITE, _ERR_INVALID, _ERR_NO_TOKEN = -1, -3, -4
 _PFLOAT = ctypes.POINTER(ctypes.c_float)
@@ -56,6 +56,7 @@ class LaParams(ctypes.Structure):
         ("temperature", ctypes.c_double),
         ("mask_top_p", ctypes.c_double),
         ("mask_temperature", ctypes.c_double),
+        ("mask_min_p", ctypes.c_double),
         ("top_k", ctypes.c_int32),
         ("top_p", ctypes.c_double),
         ("min_p", ctypes.c_double),
@@ -190,7 +191,7 @@ def _address(row, n_vocab: int, name: str) -> int:
 
 def _to_params(p: GenerationParams) -> LaParams:
     return LaParams(
-        p.temperature, p.plausibility_top_p, p.mask_temperature, p.top_k, p.top_p, p.min_p,
+        p.temperature, p.plausibility_top_p, p.mask_temperature, p.plausibility_min_p, p.top_k, p.top_p, p.min_p,
         p.repeat_penalty, p.frequency_penalty, p.presence_penalty, p.repeat_last_n, p.top_logprobs,
     )
 

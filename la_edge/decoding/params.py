@@ -64,7 +64,8 @@ class GenerationParams:
     ratio: r in z = z_P + r*(z_P - z_0); 0 is plain principled decoding; bounded to [-1, 100].
     temperature: 0 means greedy. plausibility_top_p / plausibility_temperature define the
     nucleus of softmax(z_P / T_m) that every chosen token must lie in (T_m defaults to T, or 1
-    when T = 0). top_k / top_p / min_p and the penalties default to off. timeout: seconds from
+    when T = 0); plausibility_min_p also drops tokens below that share of the top token's
+    probability (contrastive decoding's alpha). top_k / top_p / min_p and the penalties default to off. timeout: seconds from
     submission after which the request ends with RequestTimeoutError (None = no deadline).
     stop: up to MAX_STOP_STRINGS (16) non-empty strings of at most MAX_STOP_LENGTH (512) characters.
     ratio_guard: drop the guidance (r -> 0) while the answer repeats itself (decoding/strength.py).
@@ -74,6 +75,7 @@ class GenerationParams:
     temperature: float = 0.7
     plausibility_top_p: float = 0.8
     plausibility_temperature: Optional[float] = None
+    plausibility_min_p: float = 0.0
     top_k: int = 0
     top_p: float = 1.0
     min_p: float = 0.0
@@ -109,6 +111,10 @@ class GenerationParams:
                 raise InvalidParameterError(
                     f"plausibility_temperature must be in (0, {TEMPERATURE_MAX:g}], got {tm:g}")
             set_("plausibility_temperature", tm)
+        pm = _finite("plausibility_min_p", self.plausibility_min_p)
+        if not 0.0 <= pm <= 1.0:
+            raise InvalidParameterError(f"plausibility_min_p must be in [0, 1] (0 = off), got {pm:g}")
+        set_("plausibility_min_p", pm)
         set_("top_k", _integer("top_k", self.top_k, 0, 2**31 - 1))  # the C sampler's int32
         set_("top_p", self._unit_open("top_p", self.top_p))
         mp = _finite("min_p", self.min_p)

@@ -219,8 +219,9 @@ def nucleus_count(weights_sorted: np.ndarray, top_p: float, total: Optional[floa
     return max(1, min(keep, nonzero))
 
 
-def plausibility_mask(z_p: np.ndarray, top_p: float, temperature: float) -> np.ndarray:
-    """Token ids of the nucleus of softmax(z_P/T_m) (z_P: the base row b), ordered by z_P descending.
+def plausibility_mask(z_p: np.ndarray, top_p: float, temperature: float, min_p: float = 0.0) -> np.ndarray:
+    """Token ids of the nucleus of softmax(z_P/T_m) (z_P: the base row b), ordered by z_P descending,
+    less those whose weight relative to the top token is below min_p.
 
     The whole vocabulary (top_p = 1, no zero weight) stays in id order: the C sampler never sorts it.
     """
@@ -229,7 +230,8 @@ def plausibility_mask(z_p: np.ndarray, top_p: float, temperature: float) -> np.n
     order = order_desc(z_p, ids)
     total = mass_total(w) if top_p < 1.0 else None
     count = nucleus_count(w[order], top_p, total)
-    return ids if top_p >= 1.0 and count == ids.size else ids[order[:count]]
+    kept = ids if top_p >= 1.0 and count == ids.size else ids[order[:count]]
+    return kept[w[kept] >= min_p] if min_p > 0.0 else kept
 
 
 def apply_penalties(z: np.ndarray, ids: np.ndarray, history: Sequence[int], p: GenerationParams) -> np.ndarray:
@@ -288,7 +290,7 @@ def choose_rows(
     b = base_row(rows, combo)
     if not (b > -np.inf).any():
         raise AllTokensBannedError(BASE_BANNED)
-    nucleus = plausibility_mask(b, params.plausibility_top_p, params.mask_temperature)
+    nucleus = plausibility_mask(b, params.plausibility_top_p, params.mask_temperature, params.plausibility_min_p)
     scale = jsd_bits(b, rows[combo.ref], params.mask_temperature) if combo.adaptive else 1.0
     allowed = nucleus[~banned(rows, combo, nucleus, scale)]
     if allowed.size == 0:

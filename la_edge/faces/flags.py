@@ -44,6 +44,8 @@ PARAMS = (
           "nucleus of the principled distribution"),
     Param("plausibility_temperature", "--plausibility-temperature", "plausibility_temperature", float,
           "temperature of that nucleus (default: T, or 1 if T = 0)"),
+    Param("plausibility_min_p", "--plausibility-min-p", "plausibility_min_p", float,
+          "also drop tokens below this share of the principled top token's probability (0 = off)"),
     Param("top_logprobs", "--top-logprobs", None, int, "alternatives per token in --json logprobs (0..20)"),
     Param("ignore_eos", "--ignore-eos", "ignore_eos", bool, "do not stop at end-of-generation tokens"),
     Param("ratio_guard", "--ratio-guard", "ratio_guard", bool,

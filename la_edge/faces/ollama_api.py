@@ -42,7 +42,7 @@ OPTIONS = {"temperature": "temperature", "top_k": "top_k", "top_p": "top_p", "mi
            "presence_penalty": "presence_penalty", "frequency_penalty": "frequency_penalty"}
 # la_edge's own fields, accepted at the top level and in options (the top level wins)
 LA_EDGE = ("principle", "alignment_ratio", "principles", "avoid", "ratio_schedule", "principle_from",
-           "plausibility_top_p", "plausibility_temperature", "ignore_eos", "timeout",
+           "plausibility_top_p", "plausibility_temperature", "plausibility_min_p", "ignore_eos", "timeout",
            "negative_prompt", "cfg_scale", "guidance_scale", "documents", "document_ratio", "ratio_guard")
 # Ollama features la_edge does not have: the field and why, refused when set to a non-empty value
 UNSUPPORTED = {

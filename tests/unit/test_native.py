@@ -212,7 +212,7 @@ def test_the_library_exports_only_the_chooser_and_its_checks():
     # The building blocks were exported for tests only; parity is checked through la_choose itself.
     for name in ("la_relative_weights", "la_row_mass", "la_log", "la_jsd_bits"):
         assert not hasattr(native._LIB, name), name
-    assert native._LIB.la_abi_version() == native.ABI_VERSION == 4
+    assert native._LIB.la_abi_version() == native.ABI_VERSION == 5
     for owner, name in [(native, "native_relative_weights"), (native, "native_row_mass"), (native, "native_log"),
                         (native, "native_jsd_bits"), (native.NativeSampler, "choose_pair"),
                         (native.NumpySampler, "choose_pair")]:
@@ -279,6 +279,7 @@ params_st = st.builds(
     temperature=st.sampled_from([0.0, 0.3, 0.7, 1.0, 2.5]),
     plausibility_top_p=st.sampled_from([0.05, 0.5, 0.8, 0.95, 1.0 - 1e-12, 1.0]),
     plausibility_temperature=st.sampled_from([None, 0.5, 1.5]),
+    plausibility_min_p=st.sampled_from([0.0, 0.0, 1e-3, 0.1, 1.0]),
     top_k=st.sampled_from([0, 1, 5, 50]),
     top_p=st.sampled_from([1.0, 0.9, 0.5]),
     min_p=st.sampled_from([0.0, 0.05, 0.5]),
@@ -296,6 +297,7 @@ greedy_penalties_st = st.builds(
     temperature=st.just(0.0),
     plausibility_top_p=st.sampled_from([0.05, 0.5, 0.8, 0.95, 1.0]),
     plausibility_temperature=st.sampled_from([None, 0.5, 1.5]),
+    plausibility_min_p=st.sampled_from([0.0, 0.0, 1e-3, 0.1, 1.0]),
     repeat_penalty=st.sampled_from([1.0, 1.3, 0.8, 10.0]),
     frequency_penalty=st.sampled_from([0.0, 0.5, -0.7]),
     presence_penalty=st.sampled_from([0.0, 0.4, 2.0]),
@@ -680,3 +682,14 @@ def test_sort_stack_depth_is_logarithmic_on_adversarial_rows(tmp_path):
     want = choose_rows((row,), Combination.plain(), GenerationParams(temperature=1.0, plausibility_top_p=1.0,
                                                                      top_logprobs=3), SplitMix64(5))
     assert run.stdout.strip() == f"{want.token} {want.top}"
+
+
+def test_plausibility_min_p_drops_tokens_below_a_share_of_the_top():
+    # Weights relative to the top (T_m = 1): 1, e^-1 = 0.37, e^-3 = 0.05, e^-6 = 0.0025.
+    p = GREEDY.with_(ratio=4.0, plausibility_top_p=1.0)
+    zp, z0 = [6.0, 5.0, 3.0, 0.0], [6.0, 5.0, 3.0, -9.0]
+    for min_p, size, token in [(0.0, 4, 3), (0.01, 3, 0), (0.1, 2, 0), (1.0, 1, 0)]:
+        ref, nat, *_ = both(zp, z0, p.with_(plausibility_min_p=min_p))
+        assert (ref.token, ref.nucleus_size) == (nat.token, nat.nucleus_size) == (token, size)
+    with pytest.raises(InvalidParameterError, match="plausibility_min_p"):
+        GREEDY.with_(plausibility_min_p=1.5)
