@@ -73,6 +73,23 @@ def test_completions_take_the_negative_prompt_raw(server, client):
     assert body["choices"][0]["text"] == r.choices[0].text
 
 
+def test_a_negative_with_the_min_p_mask_over_chat_and_ollama(server, client):
+    """The whole vocabulary less tokens under 5% of the top one: one field on both APIs, as in the Python API."""
+    wide = GREEDY.with_(plausibility_top_p=1.0, plausibility_min_p=0.05)
+    want = server.la.generate(params=wide, branches=server.la.negative(Q, negative_raw=NEG, cfg_scale=9.0)).text
+    assert want != server.la.generate(params=wide.with_(plausibility_min_p=0.0),
+                                      branches=server.la.negative(Q, negative_raw=NEG, cfg_scale=9.0)).text
+    fields = {"negative_prompt": NEG, "cfg_scale": 9.0, "plausibility_top_p": 1.0, "plausibility_min_p": 0.05}
+    assert chat(client, Q, **fields).choices[0].message.content == want
+    o = ollama.Client(host=server.base, timeout=120).chat(
+        model="smollm2", messages=[{"role": "user", "content": Q}],
+        options={"temperature": 0, "num_predict": 16, **fields})
+    assert o.message.content == want
+    body = {"model": "smollm2", "messages": [{"role": "user", "content": Q}], **fields, "plausibility_min_p": 1.5}
+    r = httpx.post(server.base + "/v1/chat/completions", json=body, timeout=60)
+    assert r.status_code == 400 and "plausibility_min_p must be in [0, 1]" in r.json()["error"]["message"]
+
+
 def test_documents_over_chat_and_ollama(server, client):
     want = server.la.generate(params=GREEDY, branches=server.la.documents("Where is the Eiffel Tower?", [DOC])).text
     r = chat(client, "Where is the Eiffel Tower?", documents=[DOC])
