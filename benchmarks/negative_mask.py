@@ -10,7 +10,7 @@ counts what breaks: answers in CJK script and answers opening with a refusal.
 import argparse
 import json
 
-from rare_words import CJK, REFUSAL
+from rare_words import CJK, refuses
 
 
 def main() -> None:
@@ -45,7 +45,7 @@ def main() -> None:
           f"min-p {args.plausibility_min_p:g}: "
           f"answers using a word {sum(r['used'] for r in rows)}/{n}, words per answer "
           f"{sum(r['count'] for r in rows) / n:.2f}, CJK script {sum(bool(CJK.search(r['text'])) for r in rows)}/{n}, "
-          f"refusal first {sum(bool(REFUSAL.match(r['text'])) for r in rows)}/{n}")
+          f"refusal first {sum(refuses(r['text']) for r in rows)}/{n}")
     if args.out:
         with open(args.out, "w", encoding="utf-8") as f:
             json.dump({"args": vars(args), "samples": rows}, f, indent=1)

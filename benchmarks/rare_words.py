@@ -14,7 +14,13 @@ import re
 
 WORD = re.compile(r"[A-Za-z]+")
 CJK = re.compile(r"[\u3000-\u9fff\uac00-\ud7af\uff00-\uffef]")  # CJK, kana, hangul, full-width forms
-REFUSAL = re.compile(r"\W*(i'?m sorry|sorry|i cannot|i can'?t|as an ai)\b", re.IGNORECASE)
+# A refusal: an apology or "I cannot" in the answer's first 100 characters.
+REFUSAL = re.compile(r"\b(sorry|i cannot|i can'?t|as an ai|i regret|i apologi[sz]e|not within my)\b", re.IGNORECASE)
+
+
+def refuses(text: str) -> bool:
+    """True when the answer opens with a refusal (the pattern within its first 100 characters)."""
+    return bool(REFUSAL.search(text[:100]))
 
 
 def main() -> None:
@@ -36,7 +42,7 @@ def main() -> None:
         pieces = [len(model.tokenize(" " + w.lower(), False, False)) for w in words]
         rare = sum(n >= 3 for n in pieces) / max(1, len(pieces))
         script = sum(bool(CJK.search(t)) for t in texts)
-        refusals = sum(bool(REFUSAL.match(t)) for t in texts)
+        refusals = sum(refuses(t) for t in texts)
         print(f"| {setting} | {len(words)} | {sum(pieces) / max(1, len(pieces)):.2f} | {100 * rare:.1f}% "
               f"| {script}/{len(texts)} | {refusals}/{len(texts)} |")
     model.close()
