@@ -65,8 +65,9 @@ class GenerationParams:
     temperature: 0 means greedy. plausibility_top_p / plausibility_temperature define the
     nucleus of softmax(z_P / T_m) that every chosen token must lie in (T_m defaults to T, or 1
     when T = 0); plausibility_min_p also drops tokens below that share of the top token's
-    probability (contrastive decoding's alpha). top_k / top_p / min_p and the penalties default to off. timeout: seconds from
-    submission after which the request ends with RequestTimeoutError (None = no deadline).
+    probability (contrastive decoding's alpha). top_k / top_p / min_p and the penalties default to
+    off. timeout: seconds from submission after which the request ends with RequestTimeoutError
+    (None = no deadline).
     stop: up to MAX_STOP_STRINGS (16) non-empty strings of at most MAX_STOP_LENGTH (512) characters.
     ratio_guard: drop the guidance (r -> 0) while the answer repeats itself (decoding/strength.py).
     """
