@@ -4,7 +4,8 @@
 under any mask (`--plausibility-temperature` widens the nucleus while it still ranks by z_pos) and
 counts what breaks: answers in CJK script and answers opening with a refusal.
 
-    PYTHONPATH=. python benchmarks/negative_mask.py --cfg-scale 9 --plausibility-temperature 2 --limit 24 --model WITNESS
+    PYTHONPATH=. python benchmarks/negative_mask.py --cfg-scale 9 --plausibility-top-p 1 \
+        --plausibility-min-p 0.01 --limit 24 --model WITNESS
 """
 
 import argparse

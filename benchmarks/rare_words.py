@@ -5,7 +5,8 @@ whole falls into many pieces (rare: the share of words split into 3+ tokens). St
 also leave English for Chinese or open with an apology: counted per answer. Per setting of an
 `la-edge eval` results.json (any mode with samples that hold "setting" and "text"):
 
-    PYTHONPATH=. python benchmarks/rare_words.py benchmarks/results/eval_forbidden_smollm2_strong/results.json [--model PATH]
+    PYTHONPATH=. python benchmarks/rare_words.py \
+        benchmarks/results/eval_forbidden_smollm2_strong/results.json [--model PATH]
 """
 
 import argparse

@@ -3,9 +3,10 @@
 Alignment fields are request extensions: `principle`, `alignment_ratio`, `plausibility_top_p`,
 `plausibility_temperature`, `plausibility_min_p` (plus `top_k`, `min_p`, `repeat_penalty`, `ignore_eos`),
 and for several principles `principles`, `avoid`, `ratio_schedule` (faces/principles.py), and
-`principle_from`, usable via `extra_body`. A request that names no principle gets one from the `Steering` (faces/presets.py): the system
-message, the preset its `model` names (`MODEL:NAME`), or the server's default. openai_schema.py reads the
-requests, the gateway runs them and openai_wire.py writes the answers.
+`principle_from`, usable via `extra_body`. A request that names no principle gets one from the
+`Steering` (faces/presets.py): the system message, the preset its `model` names (`MODEL:NAME`), or
+the server's default. openai_schema.py reads the requests, the gateway runs them and openai_wire.py
+writes the answers.
 """
 
 from __future__ import annotations
