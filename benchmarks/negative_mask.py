@@ -1,8 +1,9 @@
 """The negative prompt on `eval --forbidden-words` prompts under one plausibility mask.
 
 `la-edge eval --forbidden-words` runs the nucleus and top-p 1; this runs the negative setting alone
-under any mask (`--plausibility-temperature` widens the nucleus while it still ranks by z_pos) and
-counts what breaks: answers in CJK script and answers opening with a refusal.
+under any mask (`--plausibility-temperature` widens the nucleus while it still ranks by z_pos;
+`--plausibility-min-p` drops tokens under alpha times the top one) and counts what breaks: answers
+in CJK script and answers opening with a refusal.
 
     PYTHONPATH=. python benchmarks/negative_mask.py --cfg-scale 9 --plausibility-top-p 1 \
         --plausibility-min-p 0.01 --limit 24 --model WITNESS
