@@ -12,7 +12,7 @@ in CJK script and answers opening with a refusal.
 import argparse
 import json
 
-from rare_words import CJK, refuses
+from rare_words import breakage
 
 
 def main() -> None:
@@ -41,13 +41,12 @@ def main() -> None:
                 for t in tasks]
         rows = run_all(la, jobs, 8, None, compose.collect)
     setting = f"negative g={args.cfg_scale:g}"
-    rows = [compose._score_avoid(r, t, setting) for r, t in zip(rows, tasks)]
+    rows = [compose.score_avoid(r, t, setting) for r, t in zip(rows, tasks)]
     n = len(rows)
     print(f"{setting}, plausibility top-p {args.plausibility_top_p:g}, T_m {args.plausibility_temperature}, "
           f"min-p {args.plausibility_min_p:g}: "
           f"answers using a word {sum(r['used'] for r in rows)}/{n}, words per answer "
-          f"{sum(r['count'] for r in rows) / n:.2f}, CJK script {sum(bool(CJK.search(r['text'])) for r in rows)}/{n}, "
-          f"refusal first {sum(refuses(r['text']) for r in rows)}/{n}")
+          f"{sum(r['count'] for r in rows) / n:.2f}, CJK script | refusal first: {breakage([r['text'] for r in rows])}")
     if args.out:
         with open(args.out, "w", encoding="utf-8") as f:
             json.dump({"args": vars(args), "samples": rows}, f, indent=1)

@@ -24,6 +24,11 @@ def refuses(text: str) -> bool:
     return bool(REFUSAL.search(text[:100]))
 
 
+def breakage(texts) -> str:
+    """'CJK/n | refusals/n': the answers in CJK script and those opening with a refusal."""
+    return f"{sum(bool(CJK.search(t)) for t in texts)}/{len(texts)} | {sum(refuses(t) for t in texts)}/{len(texts)}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("results")
@@ -42,10 +47,8 @@ def main() -> None:
         words = [w for t in texts for w in WORD.findall(t)]
         pieces = [len(model.tokenize(" " + w.lower(), False, False)) for w in words]
         rare = sum(n >= 3 for n in pieces) / max(1, len(pieces))
-        script = sum(bool(CJK.search(t)) for t in texts)
-        refusals = sum(refuses(t) for t in texts)
         print(f"| {setting} | {len(words)} | {sum(pieces) / max(1, len(pieces)):.2f} | {100 * rare:.1f}% "
-              f"| {script}/{len(texts)} | {refusals}/{len(texts)} |")
+              f"| {breakage(texts)} |")
     model.close()
 
 

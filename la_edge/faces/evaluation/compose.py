@@ -220,14 +220,15 @@ def run_compose(la, config: EvalConfig, progress: Optional[TextIO] = sys.stderr,
                        passed={p.id: checkers.check(row["text"], p.checker, finished=finished) for p in t.parts})
             samples.append(row)
         else:
-            avoid_samples.append(_score_avoid(row, t, s))
+            avoid_samples.append(score_avoid(row, t, s))
     return {"mode": "compose", "model": model, "config": asdict(config), "settings": settings,
             "avoid_settings": asettings, "results": _compose_results(tasks, settings, samples),
             "avoid": _avoid_results(asettings, avoid_samples),
             "samples": samples, "avoid_samples": avoid_samples}
 
 
-def _score_avoid(row: Dict[str, object], task: AvoidTask, setting: str) -> Dict[str, object]:
+def score_avoid(row: Dict[str, object], task: AvoidTask, setting: str) -> Dict[str, object]:
+    """Add to a collected answer its setting, source and words, whether it used one and how often."""
     hits = sum(len([w for w in checkers.words(row["text"]) if w.lower() == f.lower()]) for f in task.words)
     row.update(source=task.source, setting=setting, words=list(task.words), used=hits > 0, count=hits)
     return row
@@ -242,7 +243,7 @@ def run_avoid(la, config: EvalConfig, progress: Optional[TextIO] = sys.stderr, m
     cells = [(t, s) for t in tasks for s in settings]
     rows = run_all(la, [job(config, **_avoid_where(la, t, s)) for t, s in cells], config.parallel,
                    lambda i, _: bar.step(cells[i][1]), collect)
-    samples = [_score_avoid(row, t, s) for (t, s), row in zip(cells, rows)]
+    samples = [score_avoid(row, t, s) for (t, s), row in zip(cells, rows)]
     res = avoid_summary(settings, samples)
     sources = {"ifeval": sum(t.source.startswith("ifeval") for t in tasks),
                "la_edge": sum(t.source.startswith("la_edge") for t in tasks)}
